@@ -1,0 +1,187 @@
+"""A typed, strict view of params.yaml: unknown keys and wrong types are errors that name the key."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from deepprune.answers import AnswerSpec
+
+DEFAULT_REASONING_WORDS = (
+    "wait", "but", "however", "alternatively", "hmm", "so", "thus", "therefore", "since", "because",
+    "hence", "let", "check", "verify", "now", "then", "first", "next", "finally",
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AnswerConfig(_Strict):
+    """How a corpus's answers are extracted and compared (deepprune.answers)."""
+
+    extractor: Literal["boxed_math", "letter", "regex"] = "boxed_math"
+    pattern: str | None = Field(None, description="regex extractor: the last match's group 1 is the answer")
+    normalizer: Literal["strip", "lower", "number", "date_mdy"] = "strip"
+
+    @model_validator(mode="after")
+    def _regex_needs_pattern(self) -> "AnswerConfig":
+        if self.extractor == "regex" and not self.pattern:
+            raise ValueError("extractor 'regex' needs a pattern")
+        return self
+
+    def spec(self) -> AnswerSpec:
+        """The plain spec the core functions take."""
+        return AnswerSpec(extractor=self.extractor, pattern=self.pattern, normalizer=self.normalizer)
+
+
+class FieldMap(_Strict):
+    """Where the generic importer finds each trace field in a source record (dotted paths allowed)."""
+
+    problem_id: str
+    text: str | None = Field(None, description="one trace per record: the field holding its text")
+    texts: str | None = Field(None, description="several traces per record: the field holding the list of texts")
+    trace_id: str | None = Field(None, description="one trace per record: its id (default: running number)")
+    gold: str | None = None
+    source_answer: str | None = Field(None, description="with `text`: the answer the source recorded")
+    source_answers: str | None = Field(None, description="with `texts`: the list of answers the source recorded")
+    n_tokens: str | None = Field(None, description="token count recorded by the engine (else counted)")
+    finish_reason: str | None = None
+    logprobs: str | None = None
+    model: str | None = Field(None, description="per-record model name (else the corpus's `model`)")
+
+    @model_validator(mode="after")
+    def _one_text_field(self) -> "FieldMap":
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of `text` (one trace per record) or `texts` (a list per record)")
+        return self
+
+
+class CorpusConfig(_Strict):
+    """One trace corpus: where it is, how to import it, how to read its answers."""
+
+    importer: Literal["qwen25_math_eval", "generic"]
+    path: str
+    model: str
+    format: Literal["json", "jsonl"] = "jsonl"
+    tokenizer: str = Field("qwen", description="'qwen' (packaged Qwen tokenizer) or a local HF tokenizer dir")
+    answer: AnswerConfig = AnswerConfig()
+    fields: FieldMap | None = None
+
+    @model_validator(mode="after")
+    def _generic_needs_fields(self) -> "CorpusConfig":
+        if self.importer == "generic" and self.fields is None:
+            raise ValueError("importer 'generic' needs a `fields` mapping")
+        return self
+
+
+class SampleConfig(_Strict):
+    backend: Literal["replay"] = Field("replay", description="where traces come from (replay: a recorded corpus)")
+    limit: int | None = Field(None, ge=1, description="keep the first N problems of each corpus (null: all)")
+    skip_invalid: bool = Field(False, description="skip (and count) records that fail validation instead of failing")
+
+
+class TruncationConfig(_Strict):
+    strategy: Literal["tokens", "reasoning_words"]
+    k: int = Field(ge=1)
+
+
+class LabelConfig(_Strict):
+    tokens_k: list[int] = Field(description="first-k-tokens prefixes to build (absolute counts)")
+    reasoning_words_k: list[int] = Field(description="first-k-reasoning-words prefixes to build")
+    reasoning_words: list[str] = list(DEFAULT_REASONING_WORDS)
+    folds: int = Field(5, ge=2, description="grouped K-fold over problems")
+
+
+class FocalConfig(_Strict):
+    alpha: float = Field(0.25, gt=0, lt=1, description="alpha_t weight of the positive (same-answer) class")
+    gamma: float = Field(2.0, ge=0, description="focusing exponent in FL = -alpha_t (1-p_t)^gamma log p_t")
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(300, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    hidden: int = Field(128, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    batch_size: int = Field(512, ge=1)
+    oversample_ratio: float = Field(1.0, gt=0, description="minority:majority ratio after oversampling")
+    focal: FocalConfig = FocalConfig()
+    finetune_encoder: bool = Field(False, description="also train the encoder's weights (slow on CPU)")
+    finetune_lr: float = Field(2e-5, gt=0)
+    finetune_epochs: int = Field(1, ge=1)
+
+
+class VariantConfig(_Strict):
+    kind: Literal["sbert_cosine", "encoder"]
+    loss: Literal["ce", "focal"] = "ce"
+    oversample: bool = False
+
+
+class JudgeConfig(_Strict):
+    truncation: TruncationConfig
+    encoder_path: str | None = Field(None, description="sentence encoder dir (null: packaged all-MiniLM-L6-v2)")
+    max_length: int = Field(256, ge=8)
+    batch_size: int = Field(32, ge=1)
+    variants: dict[str, VariantConfig]
+    primary: str = Field(description="the trained variant compared with the baseline")
+    baseline: str = "sbert_cosine"
+    train: TrainConfig = TrainConfig()
+    fnr: float = Field(0.2, gt=0, lt=1, description="TNR is reported at this FNR")
+    threshold: float = Field(0.5, description="decision threshold for TNR/TPR")
+
+    @model_validator(mode="after")
+    def _named_variants_exist(self) -> "JudgeConfig":
+        for role in ("primary", "baseline"):
+            if getattr(self, role) not in self.variants:
+                raise ValueError(f"{role} {getattr(self, role)!r} is not one of the variants {sorted(self.variants)}")
+        return self
+
+
+class ReportConfig(_Strict):
+    title: str = "DeepPrune Lab report"
+
+
+class Params(_Strict):
+    seed: int
+    corpora: dict[str, CorpusConfig]
+    sample: SampleConfig
+    label: LabelConfig
+    judge: JudgeConfig
+    report: ReportConfig = ReportConfig()
+
+    @field_validator("corpora")
+    @classmethod
+    def _corpus_names(cls, value: dict[str, CorpusConfig]) -> dict[str, CorpusConfig]:
+        for name in value:
+            if not name.replace("_", "").isalnum():
+                raise ValueError(f"corpus name {name!r}: use letters, digits and _ only (it names files)")
+        return value
+
+    def corpus(self, name: str) -> CorpusConfig:
+        """The named corpus, or a clear error listing the known ones."""
+        if name not in self.corpora:
+            raise KeyError(f"unknown corpus {name!r}; params.yaml defines {sorted(self.corpora)}")
+        return self.corpora[name]
+
+
+class ConfigError(ValueError):
+    """params.yaml does not match the schema; the message names the file and the key path."""
+
+
+def load_params(path: str | os.PathLike = "params.yaml") -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    try:
+        raw: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{path}: {'.'.join(str(p) for p in err['loc']) or '<top>'}: {err['msg']}" for err in exc.errors()]
+        raise ConfigError("invalid params:\n" + "\n".join(lines)) from None

@@ -1,0 +1,1 @@
+"""Problem sets, trace corpora, the trace schema and importers."""

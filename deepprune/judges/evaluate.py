@@ -1,0 +1,97 @@
+"""Offline evaluation of judges on held-out problems: grouped K-fold, one set of embeddings for every variant."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from deepprune.config import JudgeConfig, VariantConfig
+from deepprune.judges.encoder import EncoderJudge, SentenceEncoder, cosine_scores
+from deepprune.metrics import judge_metrics, summarize_folds
+from deepprune.pairs import Pair
+
+
+@dataclass
+class VariantResult:
+    """One judge variant: out-of-fold scores for every pair, metrics per fold and summarised."""
+
+    name: str
+    oof_scores: np.ndarray
+    per_fold: list[dict[str, float]]
+    summary: dict[str, float]
+    pooled: dict[str, float]
+    train_loss: list[list[float]] = field(default_factory=list)
+
+
+def _variant_scores(variant: VariantConfig, cfg: JudgeConfig, encoder: SentenceEncoder, seed: int,
+                    emb_a: np.ndarray, emb_b: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray,
+                    texts_a: Sequence[str], texts_b: Sequence[str],
+                    frozen_state: dict | None) -> tuple[np.ndarray, list[float]]:
+    if variant.kind == "sbert_cosine":
+        return cosine_scores(emb_a[test], emb_b[test]), []
+    judge = EncoderJudge(encoder, cfg.train, variant.loss, variant.oversample, seed)
+    judge.fit(emb_a[train], emb_b[train], labels[train],
+              texts_a=[texts_a[i] for i in train], texts_b=[texts_b[i] for i in train])
+    if cfg.train.finetune_encoder:
+        fresh_a = encoder.embed([texts_a[i] for i in test], cfg.batch_size)
+        fresh_b = encoder.embed([texts_b[i] for i in test], cfg.batch_size)
+        scores = judge.score(fresh_a, fresh_b)
+        encoder.model.load_state_dict(frozen_state)  # the next fold starts from the same weights
+        return scores, judge.train_log
+    return judge.score(emb_a[test], emb_b[test]), judge.train_log
+
+
+@dataclass
+class PairData:
+    """Pairs as arrays: prefix texts, their embeddings (computed once), labels and folds."""
+
+    texts_a: list[str]
+    texts_b: list[str]
+    emb_a: np.ndarray
+    emb_b: np.ndarray
+    labels: np.ndarray
+    folds: np.ndarray
+
+
+def embed_pairs(pairs: Sequence[Pair], prefixes: Mapping[tuple[str, str], str], encoder: SentenceEncoder,
+                batch_size: int) -> PairData:
+    """Each distinct prefix encoded once; rows aligned with pairs."""
+    texts_a = [prefixes[(p.problem_id, p.trace_a)] for p in pairs]
+    texts_b = [prefixes[(p.problem_id, p.trace_b)] for p in pairs]
+    emb = encoder.embed(texts_a + texts_b, batch_size)
+    return PairData(texts_a, texts_b, emb[: len(pairs)], emb[len(pairs):],
+                    np.array([p.label for p in pairs], dtype=np.int64), np.array([p.fold for p in pairs]))
+
+
+def cross_validate(data: PairData, cfg: JudgeConfig, encoder: SentenceEncoder, seed: int) -> dict[str, VariantResult]:
+    """Every variant's out-of-fold scores and metrics, with the same folds and the same pairs."""
+    labels, folds = data.labels, data.folds
+    if (folds < 0).any():
+        raise ValueError("pairs have no fold assigned (run the label stage)")
+    frozen_state = ({k: v.clone() for k, v in encoder.model.state_dict().items()}
+                    if cfg.train.finetune_encoder else None)
+    results: dict[str, VariantResult] = {}
+    fold_ids = sorted(set(folds.tolist()))
+    for offset, (name, variant) in enumerate(sorted(cfg.variants.items())):
+        oof = np.full(len(labels), np.nan)
+        per_fold, logs = [], []
+        for fold in fold_ids:
+            test = np.flatnonzero(folds == fold)
+            train = np.flatnonzero(folds != fold)
+            scores, log = _variant_scores(variant, cfg, encoder, seed + 1000 * offset + fold, data.emb_a, data.emb_b,
+                                          labels, train, test, data.texts_a, data.texts_b, frozen_state)
+            oof[test] = scores
+            logs.append(log)
+            per_fold.append(judge_metrics(labels[test], scores, cfg.fnr, cfg.threshold))
+        results[name] = VariantResult(name, oof, per_fold, summarize_folds(per_fold),
+                                      judge_metrics(labels, oof, cfg.fnr, cfg.threshold), logs)
+    return results
+
+
+def train_final(data: PairData, cfg: JudgeConfig, variant: VariantConfig, encoder: SentenceEncoder,
+                seed: int) -> EncoderJudge:
+    """A trained variant fitted on every pair (the judge that later stages load)."""
+    judge = EncoderJudge(encoder, cfg.train, variant.loss, variant.oversample, seed)
+    return judge.fit(data.emb_a, data.emb_b, data.labels, texts_a=data.texts_a, texts_b=data.texts_b)

@@ -1,0 +1,82 @@
+"""Judge metrics. Positive class = same answer (label 1); the negative class is "different answers".
+
+TNR at FNR = f: among thresholds that call at most a share f of the same-answer pairs "different"
+(TPR >= 1 - f), the best share of different-answer pairs called different (DESIGN.md section 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+
+def auroc(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """Area under the ROC curve; NaN when only one class is present."""
+    labels = np.asarray(labels)
+    if labels.min(initial=1) == labels.max(initial=0) or len(set(labels.tolist())) < 2:
+        return float("nan")
+    return float(roc_auc_score(labels, scores))
+
+
+def roc_points(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(FPR, TPR, thresholds) of the ROC curve."""
+    fpr, tpr, thr = roc_curve(np.asarray(labels), np.asarray(scores), drop_intermediate=False)
+    return fpr, tpr, thr
+
+
+def tnr_at_fnr(labels: Sequence[int], scores: Sequence[float], fnr: float = 0.2) -> float:
+    """Best TNR among operating points whose FNR is at most fnr; NaN without both classes."""
+    labels = np.asarray(labels)
+    if len(set(labels.tolist())) < 2:
+        return float("nan")
+    fpr, tpr, _ = roc_points(labels, scores)
+    ok = tpr >= 1.0 - fnr - 1e-12
+    return float(1.0 - fpr[ok].min())
+
+
+def rates_at_threshold(labels: Sequence[int], scores: Sequence[float], threshold: float) -> tuple[float, float]:
+    """(TNR, TPR) when scores >= threshold are called "same answer"."""
+    labels = np.asarray(labels)
+    pred = np.asarray(scores) >= threshold
+    neg, pos = labels == 0, labels == 1
+    tnr = float((~pred[neg]).mean()) if neg.any() else float("nan")
+    tpr = float(pred[pos].mean()) if pos.any() else float("nan")
+    return tnr, tpr
+
+
+def judge_metrics(labels: Sequence[int], scores: Sequence[float], fnr: float, threshold: float) -> dict[str, float]:
+    """The offline judge metrics on one set of pairs."""
+    tnr_thr, tpr_thr = rates_at_threshold(labels, scores, threshold)
+    return {
+        "auroc": auroc(labels, scores),
+        f"tnr_at_fnr_{fnr:g}": tnr_at_fnr(labels, scores, fnr),
+        f"tnr_at_{threshold:g}": tnr_thr,
+        f"tpr_at_{threshold:g}": tpr_thr,
+        "n_pairs": float(len(labels)),
+        "n_different": float(int((np.asarray(labels) == 0).sum())),
+    }
+
+
+def summarize_folds(per_fold: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Mean and spread (sample std, min, max) of each metric over folds, ignoring folds where it is NaN."""
+    out: dict[str, float] = {}
+    for key in per_fold[0]:
+        values = np.array([f[key] for f in per_fold], dtype=float)
+        values = values[~np.isnan(values)]
+        if key in ("n_pairs", "n_different"):
+            out[key] = float(values.sum())
+            continue
+        out[key] = float(values.mean()) if len(values) else float("nan")
+        out[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        out[f"{key}_min"] = float(values.min()) if len(values) else float("nan")
+        out[f"{key}_max"] = float(values.max()) if len(values) else float("nan")
+        out[f"{key}_folds"] = float(len(values))
+    return out
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON-safe number: NaN and infinities become None."""
+    return None if value is None or not math.isfinite(value) else float(value)

@@ -1,0 +1,80 @@
+"""Plot builders: each plot_<what>() returns a plotly figure; save_figure writes self-contained HTML."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from deepprune.io import atomic_open
+from deepprune.reference import PAPER_SAME_ANSWER_SHARE
+
+OURS, THEIRS = "#1f77b4", "#b0b0b0"
+
+
+def plot_redundancy(shares: Mapping[str, float], per_problem: Mapping[str, Sequence[float]]) -> go.Figure:
+    """Figure 2(a) on our corpora: share of same-answer pairs beside the paper's, and its spread over problems."""
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.45, 0.55],
+                        subplot_titles=("Same-answer share of trace pairs", "Per-problem same-answer share"))
+    names = [f"{c} (ours)" for c in shares] + list(PAPER_SAME_ANSWER_SHARE)
+    values = list(shares.values()) + list(PAPER_SAME_ANSWER_SHARE.values())
+    colors = [OURS] * len(shares) + [THEIRS] * len(PAPER_SAME_ANSWER_SHARE)
+    fig.add_trace(go.Bar(x=names, y=values, marker_color=colors, text=[f"{v:.1%}" for v in values],
+                         textposition="outside", showlegend=False), row=1, col=1)
+    for corpus, values_ in per_problem.items():
+        fig.add_trace(go.Histogram(x=list(values_), name=corpus, xbins=dict(start=0, end=1.0001, size=0.05),
+                                   opacity=0.7), row=1, col=2)
+    fig.update_yaxes(range=[0, 1.1], tickformat=".0%", row=1, col=1)
+    fig.update_xaxes(title_text="share of the problem's pairs with the same answer", row=1, col=2)
+    fig.update_yaxes(title_text="problems", row=1, col=2)
+    fig.update_layout(barmode="overlay", height=420, title="Inter-trace redundancy (paper: Figure 2a)")
+    return fig
+
+
+def plot_score_distributions(labels: Sequence[int], scores: Mapping[str, Sequence[float]], corpus: str) -> go.Figure:
+    """Held-out judge scores of same- and different-answer pairs, one panel per judge (Figure 2b-c style)."""
+    names = list(scores)
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names)
+    labels_ = np.asarray(labels)
+    for col, name in enumerate(names, start=1):
+        values = np.asarray(scores[name], dtype=float)
+        for label, title, color in ((1, "same answer", OURS), (0, "different answers", "#d62728")):
+            fig.add_trace(go.Histogram(x=values[labels_ == label], name=title, histnorm="probability density",
+                                       marker_color=color, opacity=0.6, nbinsx=30, legendgroup=title,
+                                       showlegend=col == 1), row=1, col=col)
+    fig.update_layout(barmode="overlay", height=360, title=f"{corpus}: judge scores on held-out problems")
+    return fig
+
+
+def plot_roc(rocs: Mapping[str, tuple[Sequence[float], Sequence[float], float]], corpus: str) -> go.Figure:
+    """ROC curves of every judge variant on the same held-out pairs, AUROC in the legend."""
+    fig = go.Figure()
+    for name, (fpr, tpr, area) in rocs.items():
+        fig.add_trace(go.Scatter(x=list(fpr), y=list(tpr), mode="lines", name=f"{name} (AUROC {area:.3f})"))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="gray"), name="chance"))
+    fig.update_layout(title=f"{corpus}: ROC of the judges (positive = same answer)", height=420,
+                      xaxis_title="false positive rate (different-answer pairs called same)",
+                      yaxis_title="true positive rate")
+    return fig
+
+
+def plot_judge_comparison(table: Mapping[str, Mapping[str, tuple[float, float]]],
+                          paper: Mapping[str, float]) -> go.Figure:
+    """AUROC (mean and fold std) per variant and corpus, beside the paper's figures for the same recipes."""
+    fig = go.Figure()
+    for corpus, rows in table.items():
+        fig.add_trace(go.Bar(name=f"{corpus} (ours)", x=list(rows), y=[m for m, _ in rows.values()],
+                             error_y=dict(type="data", array=[s for _, s in rows.values()])))
+    fig.add_trace(go.Bar(name="paper", x=list(paper), y=list(paper.values()), marker_color=THEIRS))
+    fig.update_layout(barmode="group", height=420, yaxis=dict(range=[0, 1], title="AUROC"),
+                      title="Judges on held-out problems: ours (mean ± fold std) and the paper's (Table 1, Figure 2)")
+    return fig
+
+
+def save_figure(fig: go.Figure, path: str | os.PathLike) -> None:
+    """Write a self-contained HTML file (plotly.js inlined: opens offline)."""
+    with atomic_open(path) as handle:
+        handle.write(fig.to_html(include_plotlyjs=True, full_html=True))

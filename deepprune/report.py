@@ -1,0 +1,136 @@
+"""The report: figures and tables from the stages' outputs, rendered as one self-contained HTML page."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+
+from deepprune.config import Params
+from deepprune.plots import plot_judge_comparison, plot_redundancy, plot_roc, plot_score_distributions
+from deepprune.reference import PAPER_BASELINE_AUROC, PAPER_TABLE1, paper_row_for
+
+
+@dataclass
+class CorpusResults:
+    """What the report needs of one corpus."""
+
+    sample: Mapping[str, Any]
+    label: Mapping[str, Any]
+    judge: Mapping[str, Any]
+    per_problem_share: Sequence[float]
+    labels: Sequence[int]
+    scores: Mapping[str, Sequence[float]]
+    folds: Mapping[str, Any]
+
+
+def _fmt(value: Any, pct: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.1%}" if pct else f"{value:.3f}"
+    return html.escape(str(value))
+
+
+def build_figures(params: Params, results: Mapping[str, CorpusResults]) -> dict[str, go.Figure]:
+    """Every figure of the report, by file stem."""
+    figs = {"redundancy": plot_redundancy({c: r.label["label/same_answer_share"] for c, r in results.items()},
+                                          {c: r.per_problem_share for c, r in results.items()})}
+    shown = [params.judge.baseline, params.judge.primary]
+    table: dict[str, dict[str, tuple[float, float]]] = {}
+    for corpus, res in results.items():
+        figs[f"scores_{corpus}"] = plot_score_distributions(res.labels, {n: res.scores[n] for n in shown}, corpus)
+        rocs = {}
+        for name, doc in res.folds["variants"].items():
+            rocs[name] = (doc["roc"]["fpr"], doc["roc"]["tpr"], res.judge.get(f"judge/{name}/pooled_auroc") or float("nan"))
+        figs[f"roc_{corpus}"] = plot_roc(rocs, corpus)
+        table[corpus] = {name: (res.judge.get(f"judge/{name}/auroc") or 0.0, res.judge.get(f"judge/{name}/auroc_std") or 0.0)
+                         for name in params.judge.variants}
+    paper = {"SentenceBERT cosine (paper)": PAPER_BASELINE_AUROC["SentenceBERT cosine"],
+             "Qwen3-4B zero-shot (paper)": PAPER_BASELINE_AUROC["Qwen3-4B-Instruct zero-shot"]}
+    paper.update({f"{row} (paper, 25 words)": v[0] for row, v in PAPER_TABLE1["reasoning_words_25"].items()})
+    figs["judge_comparison"] = plot_judge_comparison(table, paper)
+    return figs
+
+
+def _redundancy_table(results: Mapping[str, CorpusResults]) -> str:
+    keys = [("label/n_problems", "problems", False), ("label/n_traces", "traces", False),
+            ("label/n_pairs", "pairs", False), ("label/same_answer_share", "same-answer share", True),
+            ("label/problems_with_disagreement", "problems with a disagreement", False),
+            ("label/mean_distinct_answers", "distinct answers per problem", False),
+            ("label/no_answer_share", "traces with no answer", True),
+            ("label/trace_accuracy", "trace accuracy", True), ("label/majority_vote_accuracy", "majority-vote accuracy", True),
+            ("label/median_trace_tokens", "median tokens per trace", False)]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in results)
+    rows = "".join(f"<tr><td>{label}</td>" + "".join(f"<td>{_fmt(r.label.get(k), pct)}</td>" for r in results.values())
+                   + "</tr>" for k, label, pct in keys)
+    return f"<table><tr><th></th>{head}</tr>{rows}</table>"
+
+
+def _judge_table(params: Params, corpus: str, res: CorpusResults) -> str:
+    cfg = params.judge
+    fnr_key, thr = f"tnr_at_fnr_{cfg.fnr:g}", f"{cfg.threshold:g}"
+    trunc = cfg.truncation
+    paper_set = "reasoning_words_25" if trunc.strategy == "reasoning_words" else "tokens_500"
+    rows = []
+    for name, variant in cfg.variants.items():
+        get = lambda key: res.judge.get(f"judge/{name}/{key}")
+        auroc = f"{_fmt(get('auroc'))} ± {_fmt(get('auroc_std'))} [{_fmt(get('auroc_min'))}, {_fmt(get('auroc_max'))}]"
+        if variant.kind == "encoder":
+            row = paper_row_for(variant.loss, variant.oversample)
+            paper = "{:.4f} / {:.4f} ({})".format(*PAPER_TABLE1[paper_set][row], row)
+        else:
+            paper = f"{PAPER_BASELINE_AUROC['SentenceBERT cosine']:.2f} / n/a"
+        role = " (primary)" if name == cfg.primary else " (baseline)" if name == cfg.baseline else ""
+        rows.append(f"<tr><td>{html.escape(name)}{role}</td><td>{auroc}</td>"
+                    f"<td>{_fmt(get(fnr_key))} ± {_fmt(get(fnr_key + '_std'))}</td>"
+                    f"<td>{_fmt(get('tnr_at_' + thr))}</td><td>{_fmt(get('tpr_at_' + thr))}</td>"
+                    f"<td>{_fmt(get('pooled_auroc'))}</td><td class='theirs'>{paper}</td></tr>")
+    head = (f"<tr><th>judge</th><th>AUROC mean ± std [min, max] over folds</th><th>TNR at FNR={cfg.fnr:g}</th>"
+            f"<th>TNR at {thr}</th><th>TPR at {thr}</th><th>pooled out-of-fold AUROC</th>"
+            f"<th class='theirs'>paper AUROC / TNR (Table 1, {paper_set.replace('_', ' ')})</th></tr>")
+    primary, baseline = res.judge.get(f"judge/{cfg.primary}/auroc"), res.judge.get(f"judge/{cfg.baseline}/auroc")
+    verdict = ""
+    if primary is not None and baseline is not None:
+        word = "beats" if primary > baseline else "does <b>not</b> beat"
+        verdict = (f"<p>On held-out problems, the trained judge <code>{cfg.primary}</code> {word} the baseline "
+                   f"<code>{cfg.baseline}</code>: AUROC {primary:.3f} against {baseline:.3f}, on the same pairs and folds.</p>")
+    return f"<table>{head}{''.join(rows)}</table>{verdict}"
+
+
+def render_index(params: Params, results: Mapping[str, CorpusResults], figures: Mapping[str, go.Figure],
+                 commit: str) -> str:
+    """The whole report page: tables, embedded figures, plotly.js inlined once (opens offline)."""
+    def embed(name: str) -> str:
+        return (f"<div class='fig'>{figures[name].to_html(include_plotlyjs=False, full_html=False)}"
+                f"<p class='link'><a href='figures/{name}.html'>open {name} alone</a></p></div>")
+
+    trunc = params.judge.truncation
+    sections = [
+        "<h2>1. Inter-trace redundancy</h2>",
+        "<p>Share of within-problem trace pairs whose final answers are equivalent (one equivalence function for "
+        "labels, votes and grading). The paper's bars (grey) are its Figure 2(a), on long reasoning models.</p>",
+        _redundancy_table(results), embed("redundancy"),
+        "<h2>2. Judges on held-out problems</h2>",
+        f"<p>Every judge sees the first {trunc.k} {'tokens' if trunc.strategy == 'tokens' else 'reasoning words'} "
+        f"of each trace. Splits are grouped by problem ({params.label.folds}-fold); figures are the mean, sample "
+        "standard deviation and range over folds, and the AUROC of all out-of-fold scores pooled. The paper's "
+        "numbers come from Qwen3-4B judges on long traces of other models (Table 1) and are shown for orientation, "
+        "not as a like-for-like comparison.</p>",
+    ]
+    for corpus, res in results.items():
+        sections += [f"<h3>{html.escape(corpus)}</h3>", _judge_table(params, corpus, res),
+                     embed(f"roc_{corpus}"), embed(f"scores_{corpus}")]
+    sections += ["<h2>3. All variants side by side</h2>", embed("judge_comparison")]
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+             "td:first-child{text-align:left}.theirs{color:#666;background:#f4f4f4}.link{font-size:small}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(params.report.title)}</title>"
+            f"<style>{style}</style><script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
+            f"<h1>{html.escape(params.report.title)}</h1><p>Corpora: {', '.join(map(html.escape, results))}. "
+            f"Seed {params.seed}. Code at commit <code>{html.escape(commit)}</code>.</p>"
+            + "".join(sections) + "</body></html>")

@@ -1,0 +1,65 @@
+"""Replay backend: recorded traces, with answers, grading and token counts recomputed by our own functions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from deepprune.answers import extract_answer, is_correct
+from deepprune.data.importers import RawTrace, import_corpus
+from deepprune.data.schema import Trace
+from deepprune.sampling.base import SampleRequest
+from deepprune.tokens import get_tokenizer
+
+
+class ReplaySampler:
+    """Re-reads a recorded corpus; `limit` keeps its first problems (in file order)."""
+
+    name = "replay"
+
+    def sample(self, request: SampleRequest) -> Iterator[list[Trace]]:
+        """Yield each problem's traces, recomputed."""
+        spec = request.corpus.answer.spec()
+        tokenizer = get_tokenizer(request.corpus.tokenizer)
+        stats = request.stats
+        for key in ("problems", "traces", "skipped", "no_answer", "source_answer_checked", "source_answer_agrees"):
+            stats.setdefault(key, 0)
+        limit = request.settings.limit
+        current: list[RawTrace] = []
+        emitted: set[str] = set()
+
+        def finish(group: list[RawTrace]) -> list[Trace]:
+            out = []
+            for raw in group:
+                answer = extract_answer(raw.text, spec)
+                stats["traces"] += 1
+                stats["no_answer"] += answer is None
+                if raw.source_answer is not None:
+                    stats["source_answer_checked"] += 1
+                    stats["source_answer_agrees"] += bool(is_correct(answer, raw.source_answer, spec)) or (
+                        answer is None and raw.source_answer.strip().lower() in {"", "no answer!", "none", "[invalid]"})
+                n_tokens = raw.n_tokens if raw.n_tokens is not None else len(tokenizer.encode(raw.text))
+                out.append(Trace(
+                    problem_id=raw.problem_id, dataset=request.dataset, model=raw.model, trace_id=raw.trace_id,
+                    text=raw.text, n_tokens=n_tokens,
+                    tokenizer="engine" if raw.n_tokens is not None else tokenizer.name,
+                    answer=answer, gold=raw.gold, correct=is_correct(answer, raw.gold, spec),
+                    finish_reason=raw.finish_reason, logprobs=raw.logprobs, source_answer=raw.source_answer))
+            stats["problems"] += 1
+            return out
+
+        skipped: list[str] | None = [] if request.settings.skip_invalid else None
+        for raw in import_corpus(request.corpus, skipped):
+            stats["skipped"] = len(skipped or ())
+            if current and raw.problem_id != current[0].problem_id:
+                yield finish(current)
+                emitted.add(current[0].problem_id)
+                current = []
+                if limit is not None and len(emitted) >= limit:
+                    return
+            if raw.problem_id in emitted:
+                raise ValueError(f"{request.corpus.path}: problem {raw.problem_id!r} appears in two separate runs of "
+                                 "records; the replay backend needs each problem's traces together")
+            current.append(raw)
+        stats["skipped"] = len(skipped or ())
+        if current and (limit is None or len(emitted) < limit):
+            yield finish(current)

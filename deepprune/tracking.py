@@ -1,0 +1,115 @@
+"""MLflow mirroring: the only module that imports mlflow. Runs always end: FAILED on errors, KILLED on signals."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+
+def _mlflow():
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    return mlflow
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """Nested mapping -> flat {'a.b.c': value}."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name, sep))
+        else:
+            out[name] = value
+    return out
+
+
+def ensure_experiment(name: str, artifact_root: str | os.PathLike | None) -> str:
+    """Experiment id for name, created with its artifacts under artifact_root (an absolute path)."""
+    mlflow = _mlflow()
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = Path(artifact_root, name.replace("/", "_")).resolve().as_uri() if artifact_root else None
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+class Run:
+    """A thin handle on the active MLflow run: batch logging, NaN-safe metrics."""
+
+    def __init__(self, run: Any, experiment: str, name: str, tags: Mapping[str, str]) -> None:
+        self._run = run
+        self.run_id: str = run.info.run_id
+        self.experiment, self.name, self.tags = experiment, name, dict(tags)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log nested params flattened ('judge.train.epochs'); values are stringified, 500 chars at most."""
+        flat = {k: ("null" if v is None else str(v))[:500] for k, v in flatten(params).items()}
+        mlflow = _mlflow()
+        items = sorted(flat.items())
+        for start in range(0, len(items), 100):
+            mlflow.log_params(dict(items[start:start + 100]))
+
+    def log_metrics(self, metrics: Mapping[str, float | int | None], step: int | None = None) -> None:
+        """Log finite numeric metrics in one batch (MLflow key charset: '/' is fine)."""
+        clean = {k: float(v) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+        if clean:
+            _mlflow().log_metrics(clean, step=step)
+
+    def log_artifact(self, path: str | os.PathLike, folder: str | None = None) -> None:
+        """Attach a file or directory to the run."""
+        mlflow = _mlflow()
+        if Path(path).is_dir():
+            mlflow.log_artifacts(str(path), artifact_path=folder)
+        else:
+            mlflow.log_artifact(str(path), artifact_path=folder)
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        """Attach a plotly figure as a self-contained HTML file."""
+        _mlflow().log_figure(figure, name if name.endswith(".html") else f"{name}.html")
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        _mlflow().set_tags(dict(tags))
+
+
+@contextlib.contextmanager
+def start_run(experiment: str, run_name: str, tags: Mapping[str, str] | None = None,
+              parent_run_id: str | None = None, nested: bool = False,
+              artifact_root: str | os.PathLike | None = None) -> Iterator[Run]:
+    """An MLflow run that ends FINISHED, FAILED (exception) or KILLED (SIGTERM/SIGINT), never left RUNNING."""
+    mlflow = _mlflow()
+    exp_id = ensure_experiment(experiment, artifact_root)
+    all_tags = dict(tags or {})
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    active = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=all_tags, nested=nested)
+    previous: dict[int, Any] = {}
+
+    def _killed(signum: int, frame: Any) -> None:
+        mlflow.end_run(status="KILLED")
+        handler = previous.get(signum)
+        if callable(handler):
+            handler(signum, frame)
+        raise SystemExit(128 + signum)
+
+    if not nested:
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, _killed)
+    try:
+        yield Run(active, experiment, run_name, all_tags)
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

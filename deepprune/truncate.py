@@ -1,0 +1,63 @@
+"""Prefix strategies: what a judge may see of an unfinished trace (DESIGN.md section 1)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from deepprune.tokens import Tokenizer
+
+_SENTENCE_END = re.compile(r"[.!?\n]")
+
+
+def first_k_tokens(text: str, k: int, tokenizer: Tokenizer, ids: Sequence[int] | None = None) -> str:
+    """The text of the first k tokens of a trace (the whole trace when it is shorter); ids: text's encoding."""
+    ids = list(ids) if ids is not None else tokenizer.encode(text)
+    if len(ids) <= k:
+        return text
+    return tokenizer.decode(ids[:k])
+
+
+def reasoning_word_pattern(words: Sequence[str]) -> re.Pattern[str]:
+    """Whole-word, case-insensitive matcher for the reasoning words."""
+    alternatives = "|".join(sorted((re.escape(w) for w in words), key=len, reverse=True))
+    return re.compile(rf"\b(?:{alternatives})\b", re.IGNORECASE)
+
+
+def first_k_reasoning_words(text: str, k: int, pattern: re.Pattern[str]) -> str:
+    """The segments starting at the first k reasoning words, each up to its sentence end, joined in order.
+
+    A segment that starts inside an earlier segment is not repeated; a trace with no reasoning word gives "".
+    """
+    segments: list[str] = []
+    covered_until = -1
+    for match in pattern.finditer(text):
+        if len(segments) >= k:
+            break
+        start = match.start()
+        end_match = _SENTENCE_END.search(text, match.end())
+        end = end_match.end() if end_match else len(text)
+        if start < covered_until:
+            continue
+        segments.append(text[start:end].strip())
+        covered_until = end
+    return " ".join(segments)
+
+
+def prefix_name(strategy: str, k: int) -> str:
+    """Column name of a prefix: 'tokens_128', 'reasoning_words_25'."""
+    return f"{strategy}_{k}"
+
+
+def build_prefixes(texts: dict[tuple[str, str], str], tokens_k: Sequence[int], reasoning_words_k: Sequence[int],
+                   reasoning_words: Sequence[str], tokenizer: Tokenizer) -> dict[tuple[str, str], dict[str, str]]:
+    """Every prefix of every trace, keyed by (problem id, trace id), then prefix name. Each text is encoded once."""
+    pattern = reasoning_word_pattern(reasoning_words)
+    out: dict[tuple[str, str], dict[str, str]] = {}
+    for key, text in texts.items():
+        ids = tokenizer.encode(text)
+        row = {prefix_name("tokens", k): first_k_tokens(text, k, tokenizer, ids) for k in tokens_k}
+        row.update({prefix_name("reasoning_words", k): first_k_reasoning_words(text, k, pattern)
+                    for k in reasoning_words_k})
+        out[key] = row
+    return out

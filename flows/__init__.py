@@ -1,0 +1,35 @@
+"""Prefect flows, one per DVC stage. Importing this package pins every store inside the project.
+
+Prefect's home, the MLflow store and its artifacts live under the project root (absolute paths, git-ignored),
+so nothing leaks into the user's home. `dvc exp run --queue/--temp` runs stages in a copy of the repository
+under `<repo>/.dvc/tmp/exps/`; there the stores of the real repository are used, so every experiment lands
+in the one MLflow store and the one Prefect database the UIs show. Variables already set win.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def project_root() -> Path:
+    """The repository that owns the stores (the real one, also from inside a DVC experiment copy)."""
+    here = Path(__file__).resolve().parent.parent
+    parts = here.parts
+    for idx in range(len(parts) - 3):
+        if parts[idx:idx + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:idx])
+    return here
+
+
+ROOT = project_root()
+os.environ.setdefault("PREFECT_HOME", str(ROOT / ".prefect"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LOG_PRINTS", "true")
+os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT / '.mlflow' / 'mlflow.db'}")
+os.environ.setdefault("DEEPPRUNE_MLFLOW_ARTIFACTS", str(ROOT / ".mlflow" / "artifacts"))
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+(ROOT / ".mlflow").mkdir(exist_ok=True)

@@ -1,0 +1,78 @@
+"""Flow of the judge stage: every judge variant on held-out problems, side by side (Table 1 style)."""
+
+from __future__ import annotations
+
+import sys
+
+from prefect import flow
+
+from deepprune.io import write_json, write_jsonl
+from deepprune.metrics import finite_or_none, roc_points
+from deepprune.truncate import prefix_name
+from flows._stage import child_run, stage_params, stage_run
+from flows.label import labels_dir
+from tasks.judge import encode_pairs, evaluate_judges, fit_final_judge, load_encoder, load_labels
+
+
+def judge_dir(corpus: str) -> str:
+    return f"data/judge/{corpus}"
+
+
+def _metric_keys(name: str, summary: dict[str, float], pooled: dict[str, float]) -> dict[str, float | None]:
+    out = {f"judge/{name}/{key}": finite_or_none(value) for key, value in summary.items()}
+    out.update({f"judge/{name}/pooled_{key}": finite_or_none(value) for key, value in pooled.items()
+                if key not in ("n_pairs", "n_different")})
+    return out
+
+
+@flow(name="judge", log_prints=True)
+def judge_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float | None]:
+    """Cross-validate every judge variant on one corpus, then fit and save the trained ones on all pairs."""
+    params = stage_params(params_path)
+    cfg = params.judge
+    prefix = prefix_name(cfg.truncation.strategy, cfg.truncation.k)
+    with stage_run("judge", corpus, {"seed": params.seed, "judge": cfg.model_dump()}) as run:
+        pairs, prefixes = load_labels(labels_dir(corpus), prefix)
+        encoder = load_encoder(cfg.encoder_path, cfg.max_length)
+        data = encode_pairs(pairs, prefixes, encoder, cfg.batch_size)
+        results = evaluate_judges(data, cfg, encoder, params.seed)
+        out = judge_dir(corpus)
+        metrics: dict[str, float | None] = {"judge/n_pairs": len(pairs), "judge/n_folds": params.label.folds}
+        folds_doc: dict[str, object] = {"prefix": prefix, "variants": {}}
+        for name, result in results.items():
+            metrics.update(_metric_keys(name, result.summary, result.pooled))
+            fpr, tpr, _ = roc_points([p.label for p in pairs], result.oof_scores)
+            folds_doc["variants"][name] = {  # type: ignore[index]
+                "per_fold": [{k: finite_or_none(v) for k, v in f.items()} for f in result.per_fold],
+                "roc": {"fpr": fpr.round(5).tolist(), "tpr": tpr.round(5).tolist()},
+                "train_loss": result.train_loss,
+            }
+            with child_run(run, name, cfg.variants[name].model_dump()) as child:
+                child.log_metrics({k.split("/", 2)[2]: v for k, v in _metric_keys(name, result.summary, result.pooled).items()
+                                   if v is not None})
+            variant = cfg.variants[name]
+            if variant.kind == "encoder":
+                final = fit_final_judge(data, cfg, variant, encoder, params.seed)
+                path = f"{out}/models/{name}.safetensors"
+                final.save(path, {"variant": name, "corpus": corpus, "prefix": prefix})
+                run.log_artifact(path, folder="models")
+        primary, baseline = results[cfg.primary].summary["auroc"], results[cfg.baseline].summary["auroc"]
+        metrics["judge/primary_minus_baseline_auroc"] = finite_or_none(primary - baseline)
+        write_jsonl(f"{out}/scores.jsonl", (
+            {**p.__dict__, "scores": {name: finite_or_none(r.oof_scores[i]) for name, r in results.items()}}
+            for i, p in enumerate(pairs)))
+        write_json(f"{out}/folds.json", folds_doc)
+        write_json(f"reports/metrics/judge_{corpus}.json", metrics)
+        run.log_metrics(metrics)
+        verdict = "beats" if primary > baseline else "does NOT beat"
+        print(f"judge[{corpus}]: {cfg.primary} AUROC {primary:.3f} {verdict} {cfg.baseline} {baseline:.3f} "
+              f"(held-out problems, {params.label.folds} folds, prefix {prefix})")
+        return metrics
+
+
+def main() -> None:
+    judge_flow(sys.argv[1])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""The whole chain as one Prefect flow that runs `dvc repro`, so DVC's cache decides what reruns.
+
+    python -m flows.pipeline                 # run once (what `make run` does after set-up)
+    python -m flows.pipeline --serve         # serve as a deployment: start runs from the Prefect UI
+
+Each stage still runs as its own flow run (DVC starts `python -m flows.<stage>`); they are tied together by
+an MLflow parent run in experiment 'deepprune/pipeline' that every stage run points to.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from prefect import flow
+
+from flows import ROOT
+from flows._stage import PARENT_RUN_ENV, git_commit
+from deepprune.tracking import start_run
+
+
+def _dvc(*args: str) -> None:
+    cmd = [sys.executable, "-m", "dvc", *args]
+    print("$", " ".join(cmd[2:]))
+    subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline_flow(targets: list[str] | None = None, force: bool = False, set_params: list[str] | None = None) -> None:
+    """`dvc repro` (or `dvc exp run` with params overrides) under one MLflow parent run."""
+    from prefect.runtime import flow_run
+
+    tags = {"git_commit": git_commit(ROOT), "prefect_flow_run_id": str(flow_run.id or "none")}
+    artifacts = os.environ.get("DEEPPRUNE_MLFLOW_ARTIFACTS", str(ROOT / ".mlflow" / "artifacts"))
+    with start_run("deepprune/pipeline", f"pipeline {flow_run.name or ''}".strip(), tags=tags,
+                   artifact_root=artifacts) as run:
+        os.environ[PARENT_RUN_ENV] = run.run_id
+        try:
+            if set_params:  # an experiment: DVC records it beside the workspace's results
+                _dvc("exp", "run", *[a for p in set_params for a in ("-S", p)], *(targets or []))
+            else:
+                _dvc("repro", *(["--force"] if force else []), *(targets or []))
+        finally:
+            os.environ.pop(PARENT_RUN_ENV, None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--serve" in argv:
+        pipeline_flow.serve(name="deepprune-pipeline", tags=["deepprune"])
+    else:
+        pipeline_flow(targets=[a for a in argv if not a.startswith("--")] or None, force="--force" in argv)
+
+
+if __name__ == "__main__":
+    main()

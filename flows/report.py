@@ -1,0 +1,37 @@
+"""Flow of the report stage: figures and reports/index.html from every corpus's outputs."""
+
+from __future__ import annotations
+
+import sys
+
+from prefect import flow
+
+from deepprune.report import build_figures, render_index
+from flows._stage import git_commit, stage_params, stage_run
+from flows.judge import judge_dir
+from flows.label import labels_dir
+from tasks.report import load_corpus_results, write_figure, write_page
+
+
+@flow(name="report", log_prints=True)
+def report_flow(params_path: str = "params.yaml") -> str:
+    """Render the report for every corpus in params."""
+    params = stage_params(params_path)
+    with stage_run("report", None, {"report": params.report.model_dump(), "corpora": list(params.corpora)}) as run:
+        results = {c: load_corpus_results(c, labels_dir(c), judge_dir(c)) for c in params.corpora}
+        figures = build_figures(params, results)
+        for name, fig in figures.items():
+            write_figure(fig, f"reports/figures/{name}.html")
+        page = write_page(render_index(params, results, figures, git_commit()), "reports/index.html")
+        run.log_artifact(page)
+        run.log_artifact("reports/figures", folder="figures")
+        print(f"report: {page} ({len(figures)} figures)")
+        return page
+
+
+def main() -> None:
+    report_flow()
+
+
+if __name__ == "__main__":
+    main()

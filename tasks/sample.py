@@ -1,0 +1,21 @@
+"""Tasks of the sample stage."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from deepprune.data.schema import Trace, write_traces
+from deepprune.sampling import SampleRequest, get_sampler
+from tasks import IO_RETRIES, NO_CACHE
+
+
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
+def sample_traces(request: SampleRequest) -> list[list[Trace]]:
+    """Run the configured backend over the request; traces grouped by problem."""
+    return list(get_sampler(request.settings.backend).sample(request))
+
+
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
+def save_traces(path: str, problems: list[list[Trace]]) -> int:
+    """Write the trace file atomically; returns the trace count."""
+    return write_traces(path, (t for group in problems for t in group))

@@ -1,0 +1,62 @@
+"""Focal loss against its formula; TNR at FNR against a hand-computed ROC."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from deepprune.judges.losses import cross_entropy, focal_loss
+from deepprune.metrics import auroc, judge_metrics, rates_at_threshold, summarize_folds, tnr_at_fnr
+
+
+def test_focal_loss_matches_formula():
+    logits = torch.tensor([2.0, -1.0, 0.3, -0.2])
+    targets = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    alpha, gamma = 0.25, 2.0
+    expected = 0.0
+    for z, y in zip(logits.tolist(), targets.tolist()):
+        p = 1 / (1 + math.exp(-z))
+        pt = p if y == 1 else 1 - p
+        at = alpha if y == 1 else 1 - alpha
+        expected += -at * (1 - pt) ** gamma * math.log(pt)
+    assert focal_loss(logits, targets, alpha, gamma).item() == pytest.approx(expected / 4, rel=1e-6)
+
+
+def test_focal_reduces_to_half_cross_entropy():
+    logits = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    targets = (torch.rand(64, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+    assert focal_loss(logits, targets, 0.5, 0.0).item() == pytest.approx(0.5 * cross_entropy(logits, targets).item(), rel=1e-6)
+
+
+def test_focal_downweights_easy_examples():
+    easy, hard = torch.tensor([4.0]), torch.tensor([-1.0])
+    one = torch.tensor([1.0])
+    ratio_focal = focal_loss(easy, one, 0.5, 2.0) / focal_loss(hard, one, 0.5, 2.0)
+    ratio_ce = cross_entropy(easy, one) / cross_entropy(hard, one)
+    assert ratio_focal < ratio_ce
+
+
+def test_tnr_at_fnr_on_a_hand_computed_roc():
+    # positives (same answer) score 0.9 0.8 0.7 0.35 0.2; negatives 0.6 0.4 0.3 0.1
+    labels = [1, 1, 1, 1, 1, 0, 0, 0, 0]
+    scores = [0.9, 0.8, 0.7, 0.35, 0.2, 0.6, 0.4, 0.3, 0.1]
+    # FNR <= 0.2 needs TPR >= 0.8: threshold 0.35 keeps 4 of 5 positives; negatives below it: 0.3, 0.1 -> TNR 2/4
+    assert tnr_at_fnr(labels, scores, 0.2) == pytest.approx(0.5)
+    # FNR <= 0.4 (threshold 0.7): negatives below: all four -> TNR 1.0
+    assert tnr_at_fnr(labels, scores, 0.4) == pytest.approx(1.0)
+    # AUROC: of the 20 (positive, negative) pairs the positive ranks higher in 4 + 4 + 4 + 2 + 1
+    assert auroc(labels, scores) == pytest.approx(15 / 20)
+    assert rates_at_threshold(labels, scores, 0.5) == (pytest.approx(0.75), pytest.approx(0.6))
+
+
+def test_metrics_are_nan_with_one_class_and_folds_skip_nan():
+    assert math.isnan(auroc([1, 1], [0.2, 0.3]))
+    assert math.isnan(tnr_at_fnr([1, 1], [0.2, 0.3]))
+    folds = [judge_metrics([1, 0, 1], [0.9, 0.1, 0.8], 0.2, 0.5), judge_metrics([1, 1], [0.5, 0.6], 0.2, 0.5),
+             judge_metrics([1, 0], [0.4, 0.6], 0.2, 0.5)]
+    summary = summarize_folds(folds)
+    assert summary["auroc"] == pytest.approx(0.5)
+    assert summary["auroc_folds"] == 2
+    assert summary["n_pairs"] == 7
+    assert summary["auroc_std"] == pytest.approx(np.std([1.0, 0.0], ddof=1))
