@@ -1,7 +1,25 @@
 """Judges: predict from two unfinished traces whether they will reach the same final answer.
 
-Kinds (params `judge.variants.<name>.kind`): `sbert_cosine` (the paper's SentenceBERT baseline) and
-`encoder` (a trained head on sentence-encoder embeddings). Heavy modules are imported only when used.
+A lazy registry: params name a judge `kind` (`judge.variants.<name>.kind`); its module is imported only
+when it is used. Every judge works on prefix embeddings of aligned pairs:
+`fit(emb_a, emb_b, labels, texts_a, texts_b)` then `score(emb_a, emb_b)` -> higher means "same answer".
 """
 
-JUDGE_KINDS = ("sbert_cosine", "encoder")
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# kind -> "module:class"
+JUDGES: dict[str, str] = {
+    "sbert_cosine": "deepprune.judges.encoder:CosineJudge",
+    "encoder": "deepprune.judges.encoder:EncoderJudge",
+}
+
+
+def judge_class(kind: str) -> Any:
+    """The judge class registered under kind, or a clear error naming the known kinds."""
+    if kind not in JUDGES:
+        raise KeyError(f"unknown judge kind {kind!r}; known: {sorted(JUDGES)}")
+    module, attr = JUDGES[kind].split(":")
+    return getattr(importlib.import_module(module), attr)

@@ -92,6 +92,25 @@ def cosine_scores(emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", emb_a, emb_b).astype(np.float64)
 
 
+class CosineJudge:
+    """The SentenceBERT baseline: nothing to train; the score is the prefixes' cosine similarity."""
+
+    trainable = False
+
+    def __init__(self, encoder: SentenceEncoder, cfg: TrainConfig, loss: str, oversample: bool, seed: int) -> None:
+        self.encoder = encoder
+        self.train_log: list[float] = []
+
+    def fit(self, emb_a: np.ndarray, emb_b: np.ndarray, labels: np.ndarray,
+            texts_a: Sequence[str] | None = None, texts_b: Sequence[str] | None = None) -> "CosineJudge":
+        """Nothing to learn."""
+        return self
+
+    def score(self, emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
+        """Cosine similarity of each pair."""
+        return cosine_scores(emb_a, emb_b)
+
+
 def _loss(logits: torch.Tensor, targets: torch.Tensor, loss: str, cfg: TrainConfig) -> torch.Tensor:
     if loss == "focal":
         return focal_loss(logits, targets, cfg.focal.alpha, cfg.focal.gamma)
@@ -101,8 +120,11 @@ def _loss(logits: torch.Tensor, targets: torch.Tensor, loss: str, cfg: TrainConf
 class EncoderJudge:
     """Trained judge: PairHead on encoder embeddings, optionally fine-tuning the encoder too."""
 
+    trainable = True
+
     def __init__(self, encoder: SentenceEncoder, cfg: TrainConfig, loss: str, oversample: bool, seed: int) -> None:
         self.encoder, self.cfg, self.loss, self.oversample, self.seed = encoder, cfg, loss, oversample, seed
+        torch.manual_seed(seed)  # the head's initial weights come from the one seed too
         self.head = PairHead(encoder.dim, cfg.hidden, cfg.dropout)
         self.finetuned_state: dict[str, torch.Tensor] | None = None
         self.train_log: list[float] = []

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from deepprune.config import JudgeConfig, VariantConfig
-from deepprune.judges.encoder import EncoderJudge, SentenceEncoder, cosine_scores
+from deepprune.judges import judge_class
+from deepprune.judges.encoder import EncoderJudge, SentenceEncoder
 from deepprune.metrics import judge_metrics, summarize_folds
 from deepprune.pairs import Pair
 
@@ -26,21 +27,19 @@ class VariantResult:
 
 
 def _variant_scores(variant: VariantConfig, cfg: JudgeConfig, encoder: SentenceEncoder, seed: int,
-                    emb_a: np.ndarray, emb_b: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray,
-                    texts_a: Sequence[str], texts_b: Sequence[str],
+                    data: "PairData", train: np.ndarray, test: np.ndarray,
                     frozen_state: dict | None) -> tuple[np.ndarray, list[float]]:
-    if variant.kind == "sbert_cosine":
-        return cosine_scores(emb_a[test], emb_b[test]), []
-    judge = EncoderJudge(encoder, cfg.train, variant.loss, variant.oversample, seed)
-    judge.fit(emb_a[train], emb_b[train], labels[train],
-              texts_a=[texts_a[i] for i in train], texts_b=[texts_b[i] for i in train])
-    if cfg.train.finetune_encoder:
-        fresh_a = encoder.embed([texts_a[i] for i in test], cfg.batch_size)
-        fresh_b = encoder.embed([texts_b[i] for i in test], cfg.batch_size)
-        scores = judge.score(fresh_a, fresh_b)
-        encoder.model.load_state_dict(frozen_state)  # the next fold starts from the same weights
+    """Fit one variant on the train rows and score the test rows."""
+    judge = judge_class(variant.kind)(encoder, cfg.train, variant.loss, variant.oversample, seed)
+    judge.fit(data.emb_a[train], data.emb_b[train], data.labels[train],
+              texts_a=[data.texts_a[i] for i in train], texts_b=[data.texts_b[i] for i in train])
+    if judge.trainable and cfg.train.finetune_encoder:
+        # the encoder itself changed: embed the held-out prefixes again, then restore it for the next fold
+        scores = judge.score(encoder.embed([data.texts_a[i] for i in test], cfg.batch_size),
+                             encoder.embed([data.texts_b[i] for i in test], cfg.batch_size))
+        encoder.model.load_state_dict(frozen_state)
         return scores, judge.train_log
-    return judge.score(emb_a[test], emb_b[test]), judge.train_log
+    return judge.score(data.emb_a[test], data.emb_b[test]), judge.train_log
 
 
 @dataclass
@@ -80,8 +79,8 @@ def cross_validate(data: PairData, cfg: JudgeConfig, encoder: SentenceEncoder, s
         for fold in fold_ids:
             test = np.flatnonzero(folds == fold)
             train = np.flatnonzero(folds != fold)
-            scores, log = _variant_scores(variant, cfg, encoder, seed + 1000 * offset + fold, data.emb_a, data.emb_b,
-                                          labels, train, test, data.texts_a, data.texts_b, frozen_state)
+            scores, log = _variant_scores(variant, cfg, encoder, seed + 1000 * offset + fold, data, train, test,
+                                          frozen_state)
             oof[test] = scores
             logs.append(log)
             per_fold.append(judge_metrics(labels[test], scores, cfg.fnr, cfg.threshold))

@@ -1,0 +1,88 @@
+"""`dvc repro` for real on a tiny params file, in a temporary copy of the repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT, mlflow_runs, tiny_params
+
+pytestmark = pytest.mark.slow
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 900) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def repo_copy(tmp_path_factory):
+    """The tracked files of this repository (plus the work tree's edits), as a fresh git + DVC repo."""
+    dest = tmp_path_factory.mktemp("repo")
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(None, files):
+        src = ROOT / rel
+        if src.is_file() and not rel.startswith(("reports/metrics/", "dvc.lock")):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params(limit=6)))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PREFECT_HOME": str(dest / ".prefect"), "MLFLOW_TRACKING_URI": f"sqlite:///{dest / 'mlflow.db'}",
+           "DEEPPRUNE_MLFLOW_ARTIFACTS": str(dest / "mlartifacts"), "PYTHONPATH": str(dest)}
+    env.pop("DEEPPRUNE_PARENT_RUN_ID", None)
+    git = ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost"]
+    _run(["git", "init", "-q"], dest, env)
+    _run([*git, "add", "-A"], dest, env)
+    _run([*git, "commit", "-qm", "copy"], dest, env)
+    return dest, env
+
+
+def test_dvc_repro_builds_everything_then_reruns_nothing(repo_copy):
+    repo, env = repo_copy
+    _run([sys.executable, "-m", "dvc", "repro"], repo, env)
+    for corpus in ("math", "date"):
+        assert (repo / f"data/traces/{corpus}.jsonl").exists()
+        assert (repo / f"data/labels/{corpus}/pairs.jsonl").exists()
+        assert (repo / f"data/judge/{corpus}/models/encoder_focal_oversample.safetensors").exists()
+        label = json.loads((repo / f"reports/metrics/label_{corpus}.json").read_text())
+        judge = json.loads((repo / f"reports/metrics/judge_{corpus}.json").read_text())
+        assert 0 < label["label/same_answer_share"] <= 1
+        for variant in ("sbert_cosine", "encoder_focal_oversample"):
+            assert {f"judge/{variant}/auroc", f"judge/{variant}/auroc_std", f"judge/{variant}/tnr_at_fnr_0.2"} <= set(judge)
+    assert "plotly" in (repo / "reports/index.html").read_text()
+
+    again = _run([sys.executable, "-m", "dvc", "repro"], repo, env)
+    assert "Running stage" not in again and "up to date" in again
+
+    shown = _run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], repo, env)
+    assert "label/same_answer_share" in shown
+
+    runs = mlflow_runs(env["MLFLOW_TRACKING_URI"], "deepprune/judge")
+    stage_runs = [r for r in runs if r.data.tags.get("dvc_stage", "").startswith("judge@")
+                  and "variant" not in r.data.tags]
+    assert {r.data.tags["dvc_stage"] for r in stage_runs} == {"judge@math", "judge@date"}
+    commit = _run(["git", "rev-parse", "HEAD"], repo, env).strip()
+    assert all(r.data.tags["git_commit"].startswith(commit) for r in stage_runs)
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    for run in stage_runs:
+        assert "models" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_changing_a_judge_param_reruns_only_judge_and_report(repo_copy):
+    repo, env = repo_copy
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["judge"]["train"]["epochs"] = 2
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    out = _run([sys.executable, "-m", "dvc", "repro"], repo, env)
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"judge@math", "judge@date", "report"}
