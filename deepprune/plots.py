@@ -62,15 +62,15 @@ def plot_roc(rocs: Mapping[str, tuple[Sequence[float], Sequence[float], float]],
 
 
 def plot_judge_comparison(table: Mapping[str, Mapping[str, tuple[float, float]]],
-                          paper: Mapping[str, float]) -> go.Figure:
-    """AUROC (mean and fold std) per variant and corpus, beside the paper's figures for the same recipes."""
+                          paper: Mapping[str, float | None], paper_label: str) -> go.Figure:
+    """AUROC (mean and fold std) per variant and corpus, and the paper's figure for the same recipe."""
     fig = go.Figure()
     for corpus, rows in table.items():
         fig.add_trace(go.Bar(name=f"{corpus} (ours)", x=list(rows), y=[m for m, _ in rows.values()],
                              error_y=dict(type="data", array=[s for _, s in rows.values()])))
-    fig.add_trace(go.Bar(name="paper", x=list(paper), y=list(paper.values()), marker_color=THEIRS))
+    fig.add_trace(go.Bar(name=paper_label, x=list(paper), y=list(paper.values()), marker_color=THEIRS))
     fig.update_layout(barmode="group", height=420, yaxis=dict(range=[0, 1], title="AUROC"),
-                      title="Judges on held-out problems: ours (mean ± fold std) and the paper's (Table 1, Figure 2)")
+                      title="Judges on held-out problems: ours (mean ± fold std) beside the paper's same recipe")
     return fig
 
 

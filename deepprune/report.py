@@ -10,7 +10,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from deepprune.config import Params
+from deepprune.config import Params, VariantConfig
 from deepprune.plots import plot_judge_comparison, plot_redundancy, plot_roc, plot_score_distributions
 from deepprune.reference import PAPER_BASELINE_AUROC, PAPER_TABLE1, paper_row_for
 
@@ -32,7 +32,9 @@ def _fmt(value: Any, pct: bool = False) -> str:
     if value is None:
         return "n/a"
     if isinstance(value, float):
-        return f"{value:.1%}" if pct else f"{value:.3f}"
+        if pct:
+            return f"{value:.1%}"
+        return str(int(value)) if value.is_integer() and abs(value) >= 2 else f"{value:.3f}"
     return html.escape(str(value))
 
 
@@ -50,11 +52,23 @@ def build_figures(params: Params, results: Mapping[str, CorpusResults]) -> dict[
         figs[f"roc_{corpus}"] = plot_roc(rocs, corpus)
         table[corpus] = {name: (res.judge.get(f"judge/{name}/auroc") or 0.0, res.judge.get(f"judge/{name}/auroc_std") or 0.0)
                          for name in params.judge.variants}
-    paper = {"SentenceBERT cosine (paper)": PAPER_BASELINE_AUROC["SentenceBERT cosine"],
-             "Qwen3-4B zero-shot (paper)": PAPER_BASELINE_AUROC["Qwen3-4B-Instruct zero-shot"]}
-    paper.update({f"{row} (paper, 25 words)": v[0] for row, v in PAPER_TABLE1["reasoning_words_25"].items()})
-    figs["judge_comparison"] = plot_judge_comparison(table, paper)
+    paper_set = _paper_set(params)
+    paper = {name: _paper_auroc_tnr(v, paper_set)[0] for name, v in params.judge.variants.items()}
+    figs["judge_comparison"] = plot_judge_comparison(
+        table, paper, f"paper (Table 1, {paper_set.replace('_', ' ')}; SentenceBERT: Figure 2)")
     return figs
+
+
+def _paper_set(params: Params) -> str:
+    """Table 1's half closest to our truncation (its 25-reasoning-words or first-500-tokens rows)."""
+    return "reasoning_words_25" if params.judge.truncation.strategy == "reasoning_words" else "tokens_500"
+
+
+def _paper_auroc_tnr(variant: VariantConfig, paper_set: str) -> tuple[float | None, float | None]:
+    """The paper's (AUROC, TNR) for the recipe a variant follows."""
+    if variant.kind == "sbert_cosine":
+        return PAPER_BASELINE_AUROC["SentenceBERT cosine"], None
+    return PAPER_TABLE1[paper_set][paper_row_for(variant.loss, variant.oversample)]
 
 
 def _redundancy_table(results: Mapping[str, CorpusResults]) -> str:
@@ -74,17 +88,12 @@ def _redundancy_table(results: Mapping[str, CorpusResults]) -> str:
 def _judge_table(params: Params, corpus: str, res: CorpusResults) -> str:
     cfg = params.judge
     fnr_key, thr = f"tnr_at_fnr_{cfg.fnr:g}", f"{cfg.threshold:g}"
-    trunc = cfg.truncation
-    paper_set = "reasoning_words_25" if trunc.strategy == "reasoning_words" else "tokens_500"
+    paper_set = _paper_set(params)
     rows = []
     for name, variant in cfg.variants.items():
         get = lambda key: res.judge.get(f"judge/{name}/{key}")
         auroc = f"{_fmt(get('auroc'))} ± {_fmt(get('auroc_std'))} [{_fmt(get('auroc_min'))}, {_fmt(get('auroc_max'))}]"
-        if variant.kind == "encoder":
-            row = paper_row_for(variant.loss, variant.oversample)
-            paper = "{:.4f} / {:.4f} ({})".format(*PAPER_TABLE1[paper_set][row], row)
-        else:
-            paper = f"{PAPER_BASELINE_AUROC['SentenceBERT cosine']:.2f} / n/a"
+        paper = " / ".join(_fmt(v) for v in _paper_auroc_tnr(variant, paper_set))
         role = " (primary)" if name == cfg.primary else " (baseline)" if name == cfg.baseline else ""
         rows.append(f"<tr><td>{html.escape(name)}{role}</td><td>{auroc}</td>"
                     f"<td>{_fmt(get(fnr_key))} ± {_fmt(get(fnr_key + '_std'))}</td>"
@@ -92,7 +101,8 @@ def _judge_table(params: Params, corpus: str, res: CorpusResults) -> str:
                     f"<td>{_fmt(get('pooled_auroc'))}</td><td class='theirs'>{paper}</td></tr>")
     head = (f"<tr><th>judge</th><th>AUROC mean ± std [min, max] over folds</th><th>TNR at FNR={cfg.fnr:g}</th>"
             f"<th>TNR at {thr}</th><th>TPR at {thr}</th><th>pooled out-of-fold AUROC</th>"
-            f"<th class='theirs'>paper AUROC / TNR (Table 1, {paper_set.replace('_', ' ')})</th></tr>")
+            f"<th class='theirs'>paper AUROC / TNR (Table 1, {paper_set.replace('_', ' ')}; "
+            "SentenceBERT: Figure 2)</th></tr>")
     primary, baseline = res.judge.get(f"judge/{cfg.primary}/auroc"), res.judge.get(f"judge/{cfg.baseline}/auroc")
     verdict = ""
     if primary is not None and baseline is not None:

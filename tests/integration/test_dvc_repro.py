@@ -86,3 +86,57 @@ def test_changing_a_judge_param_reruns_only_judge_and_report(repo_copy):
     out = _run([sys.executable, "-m", "dvc", "repro"], repo, env)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     assert ran == {"judge@math", "judge@date", "report"}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_pipeline_deployment_runs_from_a_prefect_server(repo_copy):
+    """The documented `serve` path: a real Prefect server on 127.0.0.1, the pipeline served as a deployment,
+    a run started through the API with parameters, as the UI's Run button does."""
+    import time
+    import urllib.request
+
+    repo, env = repo_copy
+    port = _free_port()
+    env = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], cwd=repo, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    served = None
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline, "Prefect server did not start"
+                time.sleep(1)
+        served = subprocess.Popen([sys.executable, "-m", "flows.pipeline", "--serve"], cwd=repo, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        script = ("import sys, time\n"
+                  "from prefect.deployments import run_deployment\n"
+                  "for _ in range(60):\n"
+                  "    try:\n"
+                  "        run = run_deployment('pipeline/deepprune-pipeline', parameters={'targets': ['report']},"
+                  " timeout=600)\n"
+                  "        break\n"
+                  "    except Exception:  # the deployment registers a moment after `serve` starts\n"
+                  "        time.sleep(2)\n"
+                  "print('STATE', run.state.type.value)\n")
+        out = _run([sys.executable, "-c", script], repo, env, timeout=900)
+        assert "STATE COMPLETED" in out
+    finally:
+        for proc in (served, server):
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
