@@ -142,6 +142,39 @@ class JudgeConfig(_Strict):
         return self
 
 
+class DeepConfConfig(_Strict):
+    """DeepConf (Fu et al. 2025), DESIGN.md section 4; runs only on traces that carry logprobs."""
+
+    window: int = Field(2048, ge=1, description="sliding window of token confidences (the paper: 2048)")
+    warmup: int = Field(16, ge=1, description="warm-up traces that run to completion and set the threshold")
+    low_eta: float = Field(10, gt=0, le=100, description="DeepConf-low keeps the top eta%")
+    high_eta: float = Field(90, gt=0, le=100, description="DeepConf-high keeps the top eta%")
+
+
+class PruneConfig(_Strict):
+    """The online pruning evaluation, replayed on held-out judge scores (DESIGN.md sections 1 and 4)."""
+
+    judge: str = Field(description="the judge variant whose out-of-fold scores drive DeepPrune")
+    n: int | None = Field(None, ge=1, description="traces per problem per draw (null: all that are available)")
+    repetitions: int = Field(50, ge=1, description="seeded draws (arrival orders) per method; 95% intervals over them")
+    taus: list[float] = Field(description="DeepPrune thresholds, one method each (the paper's Table 3 grid)")
+    tau: float = Field(0.5, description="the headline DeepPrune threshold (its budget is what random pruning matches)")
+    r: int = Field(1, ge=1, description="cluster members a new trace is compared with")
+    q: int = Field(2, ge=0, description="members of the largest cluster resumed to completion for the vote")
+    max_clusters: int | None = Field(None, ge=1, description="cap on clusters (null: none)")
+    vote: Literal["all_completed", "largest_cluster"] = Field(
+        "all_completed", description="vote over every completed trace, or the largest cluster's completed members")
+    sbert_taus: list[float] = Field(description="cosine thresholds for SBERT clustering, one method each")
+    esc_window: int = Field(4, ge=1, description="ESC: traces per window")
+    deepconf: DeepConfConfig = DeepConfConfig()
+
+    @model_validator(mode="after")
+    def _headline_in_grid(self) -> "PruneConfig":
+        if self.tau not in self.taus:
+            raise ValueError(f"tau {self.tau} must be one of taus {self.taus}")
+        return self
+
+
 class ReportConfig(_Strict):
     title: str = "DeepPrune Lab report"
 
@@ -152,6 +185,7 @@ class Params(_Strict):
     sample: SampleConfig
     label: LabelConfig
     judge: JudgeConfig
+    prune: PruneConfig
     report: ReportConfig = ReportConfig()
 
     @field_validator("corpora")
@@ -161,6 +195,14 @@ class Params(_Strict):
             if not name.replace("_", "").isalnum():
                 raise ValueError(f"corpus name {name!r}: use letters, digits and _ only (it names files)")
         return value
+
+    @model_validator(mode="after")
+    def _prune_judge_exists(self) -> "Params":
+        if self.prune.judge not in self.judge.variants:
+            raise ValueError(f"prune.judge {self.prune.judge!r} is not one of judge.variants {sorted(self.judge.variants)}")
+        if self.judge.truncation.strategy != "tokens":
+            raise ValueError("the prune stage needs judge.truncation.strategy 'tokens' (a prefix's cost is its k tokens)")
+        return self
 
     def corpus(self, name: str) -> CorpusConfig:
         """The named corpus, or a clear error listing the known ones."""

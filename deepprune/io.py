@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -33,10 +34,21 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
         raise
 
 
+def json_safe(obj: Any) -> Any:
+    """obj with NaN and infinities replaced by None (JSON has no NaN; a metric undefined on a fold is null)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write obj as indented, key-sorted JSON, atomically."""
+    """Write obj as indented, key-sorted JSON, atomically; undefined numbers (NaN) are written as null."""
     with atomic_open(path) as handle:
-        json.dump(obj, handle, indent=2, sort_keys=True, allow_nan=False)
+        json.dump(json_safe(obj), handle, indent=2, sort_keys=True, allow_nan=False)
         handle.write("\n")
 
 

@@ -78,3 +78,21 @@ def save_figure(fig: go.Figure, path: str | os.PathLike) -> None:
     """Write a self-contained HTML file (plotly.js inlined: opens offline)."""
     with atomic_open(path) as handle:
         handle.write(fig.to_html(include_plotlyjs=True, full_html=True))
+
+
+def plot_pareto(summary: Mapping[str, Mapping[str, float | str | None]], corpus: str, n: int) -> go.Figure:
+    """Accuracy against total tokens for every method (mean and 95% interval over repetitions)."""
+    fig = go.Figure()
+    for name, row in summary.items():
+        if "skipped" in row:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[row["tokens"]], y=[row["accuracy"]], mode="markers+text", name=name, text=[name],
+            textposition="top center",
+            error_x=dict(type="data", symmetric=False, array=[row["tokens_hi"] - row["tokens"]],
+                         arrayminus=[row["tokens"] - row["tokens_lo"]]),
+            error_y=dict(type="data", symmetric=False, array=[row["accuracy_hi"] - row["accuracy"]],
+                         arrayminus=[row["accuracy"] - row["accuracy_lo"]])))
+    fig.update_layout(title=f"{corpus}: accuracy vs tokens, N = {n} (mean and 95% interval over draws)",
+                      xaxis_title="total tokens generated", yaxis_title="accuracy", height=520, showlegend=False)
+    return fig

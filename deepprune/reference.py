@@ -30,3 +30,13 @@ def paper_row_for(variant_loss: str, oversample: bool) -> str:
     if variant_loss == "focal":
         return "focal_oversample" if oversample else "focal"
     return "oversample" if oversample else "plain"
+
+# Online results the paper reports (v1; DESIGN.md section 1): DeepPrune against cons@512 with the trained judge.
+PAPER_ONLINE = {
+    "token reduction vs cons@512 (DeepSeek-8B, Qwen3-32B, GPT-OSS-20B; AIME24/25, GPQA)": "76.7% to 91.6%",
+    "accuracy vs cons@512": "within 3 points",
+    "Qwen3-32B, AIME25: cons@512": "2.64e8 tokens, 80.0%",
+    "Qwen3-32B, AIME25: DeepPrune": "0.23e8 tokens, 90.0%",
+    "tau sweep 0.75 / 0.63 / 0.5 / 0.25 (Table 3, Qwen3-32B)": "tokens barely move",
+    "v2 of the paper (abstract): token reduction": "65.73% to 88.50%",
+}

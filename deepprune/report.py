@@ -11,8 +11,8 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from deepprune.config import Params, VariantConfig
-from deepprune.plots import plot_judge_comparison, plot_redundancy, plot_roc, plot_score_distributions
-from deepprune.reference import PAPER_BASELINE_AUROC, PAPER_TABLE1, paper_row_for
+from deepprune.plots import plot_judge_comparison, plot_pareto, plot_redundancy, plot_roc, plot_score_distributions
+from deepprune.reference import PAPER_BASELINE_AUROC, PAPER_ONLINE, PAPER_TABLE1, paper_row_for
 
 
 @dataclass
@@ -26,6 +26,7 @@ class CorpusResults:
     labels: Sequence[int]
     scores: Mapping[str, Sequence[float]]
     folds: Mapping[str, Any]
+    prune: Mapping[str, Any] | None = None
 
 
 def _fmt(value: Any, pct: bool = False) -> str:
@@ -50,6 +51,8 @@ def build_figures(params: Params, results: Mapping[str, CorpusResults]) -> dict[
         for name, doc in res.folds["variants"].items():
             rocs[name] = (doc["roc"]["fpr"], doc["roc"]["tpr"], res.judge.get(f"judge/{name}/pooled_auroc") or float("nan"))
         figs[f"roc_{corpus}"] = plot_roc(rocs, corpus)
+        if res.prune is not None:
+            figs[f"pareto_{corpus}"] = plot_pareto(res.prune["summary"], corpus, res.prune["n"])
         table[corpus] = {name: (res.judge.get(f"judge/{name}/auroc") or 0.0, res.judge.get(f"judge/{name}/auroc_std") or 0.0)
                          for name in params.judge.variants}
     paper_set = _paper_set(params)
@@ -112,6 +115,55 @@ def _judge_table(params: Params, corpus: str, res: CorpusResults) -> str:
     return f"<table>{head}{''.join(rows)}</table>{verdict}"
 
 
+def _ci(row: Mapping[str, Any], key: str, pct: bool = False, scale: float = 1.0) -> str:
+    if key not in row:
+        return "n/a"
+    fmt = (lambda v: f"{v * scale:.1%}") if pct else (lambda v: f"{v * scale:,.0f}" if abs(v) >= 100 else f"{v * scale:.3f}")
+    return f"{fmt(row[key])} <small>[{fmt(row[key + '_lo'])}, {fmt(row[key + '_hi'])}]</small>"
+
+
+def _leaderboard(results: Mapping[str, CorpusResults]) -> str:
+    """Methods x corpora, laid out like the paper's main table: accuracy, tokens, reduction, accuracy change."""
+    pruned = {c: r.prune for c, r in results.items() if r.prune is not None}
+    if not pruned:
+        return "<p>No prune results.</p>"
+    methods = [m["name"] for m in next(iter(pruned.values()))["methods"]]  # the stage's order, not sorted
+    columns = ("<th>accuracy</th><th>tokens</th><th>token reduction vs cons@N</th><th>accuracy change (points)</th>"
+               "<th>judge calls / judge seconds</th>")
+    head = ("<tr><th rowspan=2>method</th>"
+            + "".join(f"<th colspan=5>{html.escape(c)} (N = {p['n']}, k = {p['k']})</th>" for c, p in pruned.items())
+            + "</tr><tr>" + columns * len(pruned) + "</tr>")
+    rows = []
+    for name in methods:
+        cells = []
+        for corpus, prune in pruned.items():
+            row = prune["summary"].get(name, {})
+            if "skipped" in row:
+                cells.append(f"<td colspan=5><i>{html.escape(str(row['skipped']))}</i></td>")
+                continue
+            cells.append(f"<td>{_ci(row, 'accuracy', pct=True)}</td><td>{_ci(row, 'tokens')}</td>"
+                         f"<td>{_ci(row, 'token_reduction', pct=True)}</td><td>{_ci(row, 'accuracy_change_pts')}</td>"
+                         f"<td>{row.get('judge_calls', 0):,.0f} / {_fmt(row.get('judge_seconds'))}</td>")
+        headline = any(p["headline"] == name for p in pruned.values())
+        rows.append(f"<tr><td>{'<b>' if headline else ''}{html.escape(name)}{'</b>' if headline else ''}</td>{''.join(cells)}</tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _prune_verdicts(results: Mapping[str, CorpusResults]) -> str:
+    out = []
+    for corpus, res in results.items():
+        if res.prune is None:
+            continue
+        summary, headline = res.prune["summary"], res.prune["headline"]
+        dp, oracle, cons = summary[headline], summary["oracle"], summary["cons"]
+        share = dp["token_reduction"] / oracle["token_reduction"] if oracle["token_reduction"] else float("nan")
+        out.append(f"<li><b>{html.escape(corpus)}</b>: <code>{headline}</code> saves {dp['token_reduction']:.1%} of "
+                   f"cons@N's tokens at accuracy {dp['accuracy']:.1%} (cons@N {cons['accuracy']:.1%}, change "
+                   f"{dp['accuracy_change_pts']:+.1f} points); the oracle saves {oracle['token_reduction']:.1%}, so "
+                   f"DeepPrune reaches {share:.0%} of the oracle's savings.</li>")
+    return f"<ul>{''.join(out)}</ul>"
+
+
 def render_index(params: Params, results: Mapping[str, CorpusResults], figures: Mapping[str, go.Figure],
                  commit: str) -> str:
     """The whole report page: tables, embedded figures, plotly.js inlined once (opens offline)."""
@@ -136,6 +188,20 @@ def render_index(params: Params, results: Mapping[str, CorpusResults], figures: 
         sections += [f"<h3>{html.escape(corpus)}</h3>", _judge_table(params, corpus, res),
                      embed(f"roc_{corpus}"), embed(f"scores_{corpus}")]
     sections += ["<h2>3. All variants side by side</h2>", embed("judge_comparison")]
+    if any(r.prune is not None for r in results.values()):
+        paper = "".join(f"<tr><td>{html.escape(k)}</td><td class='theirs'>{html.escape(v)}</td></tr>"
+                        for k, v in PAPER_ONLINE.items())
+        sections += [
+            "<h2>4. Online pruning, replayed on held-out problems</h2>",
+            "<p>Every method sees the same seeded draws of N traces in arrival order. A trace stopped after its "
+            "prefix costs min(length, k) tokens, a completed trace its full length; DeepPrune's judge scores are "
+            "out-of-fold (the judge never saw the problem). Intervals are 2.5th to 97.5th percentiles over the "
+            "draws. Judge seconds are what judging online would cost on this machine: every arriving prefix encoded "
+            "once, every call scored, at the per-prefix and per-pair cost measured on the saved judge. DeepConf "
+            "needs per-token logprobs, which the shipped corpora do not carry.</p>",
+            _prune_verdicts(results), _leaderboard(results),
+            *[embed(f"pareto_{c}") for c, r in results.items() if r.prune is not None],
+            f"<h3>The paper's online results (theirs, on long traces at N = 512)</h3><table>{paper}</table>"]
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
              "td:first-child{text-align:left}.theirs{color:#666;background:#f4f4f4}.link{font-size:small}")

@@ -14,7 +14,7 @@ from tasks import IO_RETRIES, NO_CACHE
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
-def load_corpus_results(corpus: str, labels_dir: str, judge_dir: str) -> CorpusResults:
+def load_corpus_results(corpus: str, labels_dir: str, judge_dir: str, prune_dir: str) -> CorpusResults:
     """One corpus's stage outputs, as the report needs them."""
     with open(f"{labels_dir}/pairs.jsonl", encoding="utf-8") as handle:
         pairs = [Pair(**json.loads(line)) for line in handle]
@@ -28,7 +28,8 @@ def load_corpus_results(corpus: str, labels_dir: str, judge_dir: str) -> CorpusR
         per_problem_share=list(per_problem_same_share(pairs).values()),
         labels=[r["label"] for r in rows],
         scores={n: [r["scores"][n] for r in rows] for n in names},
-        folds=read_json(f"{judge_dir}/folds.json"))
+        folds=read_json(f"{judge_dir}/folds.json"),
+        prune=read_json(f"{prune_dir}/results.json"))
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)

@@ -19,6 +19,7 @@ def tiny_params(limit: int = 8) -> dict:
     raw["judge"]["truncation"] = {"strategy": "tokens", "k": 32}
     raw["judge"]["max_length"] = 64
     raw["judge"]["train"].update(epochs=3, batch_size=64)
+    raw["prune"]["repetitions"] = 5
     return raw
 
 

@@ -94,3 +94,22 @@ def train_final(data: PairData, cfg: JudgeConfig, variant: VariantConfig, encode
     """A trained variant fitted on every pair (the judge that later stages load)."""
     judge = EncoderJudge(encoder, cfg.train, variant.loss, variant.oversample, seed)
     return judge.fit(data.emb_a, data.emb_b, data.labels, texts_a=data.texts_a, texts_b=data.texts_b)
+
+
+def time_judge(encoder: SentenceEncoder, judge: EncoderJudge, texts: Sequence[str], repeats: int = 3,
+               batch_size: int = 32) -> dict[str, float]:
+    """Measured cost of judging online: seconds to encode one prefix, and to score one pair from embeddings
+    (medians over repeats, batched as a server would batch them)."""
+    import time
+
+    texts = list(texts)
+    encode, score = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        emb = encoder.embed([f"{t} " for t in texts], batch_size)  # fresh strings: nothing cached
+        encode.append((time.perf_counter() - start) / len(texts))
+        a, b = np.repeat(emb, len(emb), axis=0), np.tile(emb, (len(emb), 1))
+        start = time.perf_counter()
+        judge.score(a, b)
+        score.append((time.perf_counter() - start) / len(a))
+    return {"encode_seconds_per_prefix": float(np.median(encode)), "score_seconds_per_pair": float(np.median(score))}

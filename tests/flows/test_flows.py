@@ -22,6 +22,7 @@ def prefect_harness():
 def test_stage_flows_end_to_end(workspace):
     from flows.judge import judge_flow
     from flows.label import label_flow
+    from flows.prune import prune_flow
     from flows.report import report_flow
     from flows.sample import sample_flow
 
@@ -35,8 +36,15 @@ def test_stage_flows_end_to_end(workspace):
         assert f"judge/{variant}/auroc" in judge_metrics
         assert (workspace / "data/judge/date/models" / f"{variant}.safetensors").exists() == (variant != "sbert_cosine")
     judge_flow("math")
+    for corpus in ("math", "date"):
+        prune_metrics = prune_flow(corpus)
+        assert prune_metrics["prune/cons/token_reduction"] == 0
+        assert prune_metrics["prune/deepprune_tau0.5/tokens"] <= prune_metrics["prune/cons/tokens"]
+    results = read_json(workspace / "data/prune/date/results.json")
+    assert results["summary"]["deepconf_low_online"] == {"skipped": "needs logprobs"}
     page = report_flow()
-    assert "Inter-trace redundancy" in (workspace / page).read_text()
+    text = (workspace / page).read_text()
+    assert "Inter-trace redundancy" in text and "Online pruning" in text
 
     traces = [json.loads(line) for line in open(workspace / "data/traces/date.jsonl")]
     assert len(traces) == 80 and {t["dataset"] for t in traces} == {"date"}

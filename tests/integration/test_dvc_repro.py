@@ -59,7 +59,11 @@ def test_dvc_repro_builds_everything_then_reruns_nothing(repo_copy):
         assert 0 < label["label/same_answer_share"] <= 1
         for variant in ("sbert_cosine", "encoder_focal_oversample"):
             assert {f"judge/{variant}/auroc", f"judge/{variant}/auroc_std", f"judge/{variant}/tnr_at_fnr_0.2"} <= set(judge)
-    assert "plotly" in (repo / "reports/index.html").read_text()
+        prune = json.loads((repo / f"reports/metrics/prune_{corpus}.json").read_text())
+        assert prune["prune/cons/token_reduction"] == 0
+        assert prune["prune/oracle/tokens"] <= prune["prune/cons/tokens"]
+        assert "prune/deepprune_tau0.5/accuracy_lo" in prune
+    assert "Online pruning" in (repo / "reports/index.html").read_text()
 
     again = _run([sys.executable, "-m", "dvc", "repro"], repo, env)
     assert "Running stage" not in again and "up to date" in again
@@ -85,7 +89,7 @@ def test_changing_a_judge_param_reruns_only_judge_and_report(repo_copy):
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     out = _run([sys.executable, "-m", "dvc", "repro"], repo, env)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"judge@math", "judge@date", "report"}
+    assert ran == {"judge@math", "judge@date", "prune@math", "prune@date", "report"}
 
 
 def _free_port() -> int:
@@ -105,12 +109,12 @@ def test_pipeline_deployment_runs_from_a_prefect_server(repo_copy):
     repo, env = repo_copy
     port = _free_port()
     env = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], cwd=repo, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    log = open(repo / "prefect-server.log", "w")
+    server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
     served = None
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 240
         while True:
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
@@ -140,3 +144,4 @@ def test_pipeline_deployment_runs_from_a_prefect_server(repo_copy):
                     proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+        log.close()

@@ -60,3 +60,13 @@ def test_registry():
         judge_class("oracle")
     a, b, _ = _pairs(10, 5)
     np.testing.assert_allclose(CosineJudge(None, None, "ce", False, 0).score(a, a), 1.0, rtol=1e-5)
+
+
+def test_time_judge_reports_positive_costs():
+    from deepprune.judges.evaluate import time_judge
+
+    rng = np.random.default_rng(0)
+    encoder = SimpleNamespace(dim=16, path="stub", embed=lambda texts, batch: rng.normal(size=(len(texts), 16)).astype(np.float32))
+    judge = EncoderJudge(encoder, TrainConfig(epochs=1, hidden=8), "ce", False, seed=0)
+    cost = time_judge(encoder, judge, ["a", "b", "c"], repeats=2)
+    assert cost["encode_seconds_per_prefix"] > 0 and cost["score_seconds_per_pair"] > 0

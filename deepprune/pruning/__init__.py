@@ -1,0 +1,1 @@
+"""Online pruning, replayed: greedy clustering, voting, the peers, and the replay simulator."""

@@ -1,0 +1,81 @@
+"""Flow of the prune stage: DeepPrune and its peers replayed on held-out problems, with intervals."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict
+
+from prefect import flow
+
+from deepprune.io import write_json
+from deepprune.metrics import finite_or_none
+from deepprune.pruning.simulate import method_specs, summarize
+from flows._stage import child_run, stage_params, stage_run
+from flows.judge import judge_dir
+from flows.sample import traces_path
+from tasks.label import load_traces
+from deepprune.truncate import prefix_name
+from flows.label import labels_dir
+from tasks.prune import load_problems, measure_judge_cost, run_simulation
+
+
+def prune_dir(corpus: str) -> str:
+    return f"data/prune/{corpus}"
+
+
+@flow(name="prune", log_prints=True)
+def prune_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float | None]:
+    """Replay online pruning on one corpus: every method, same draws, same accounting."""
+    params = stage_params(params_path)
+    cfg, spec = params.prune, params.corpus(corpus).answer.spec()
+    k = params.judge.truncation.k
+    with stage_run("prune", corpus, {"seed": params.seed, "prune": cfg.model_dump(), "k": k}) as run:
+        by_problem, _ = load_traces(traces_path(corpus), params.sample.skip_invalid)
+        problems = load_problems(by_problem, f"{judge_dir(corpus)}/scores.jsonl", spec, cfg.judge,
+                                 params.judge.baseline)
+        n = cfg.n or min(p.n for p in problems)
+        methods = method_specs(cfg)
+        results = run_simulation(problems, methods, n, k, cfg.repetitions, params.seed)
+        summary = summarize(results, "cons")
+        # replay reuses the judge stage's scores; what judging online would cost is measured on the saved judge
+        cost = measure_judge_cost(f"{judge_dir(corpus)}/models/{cfg.judge}.safetensors",
+                                  f"{labels_dir(corpus)}/prefixes.jsonl", prefix_name("tokens", k),
+                                  params.judge.encoder_path, params.judge.max_length)
+        encoded = n * len(problems)  # each arriving prefix is encoded once
+        for method in methods:
+            row = summary[method.name]
+            if method.kind in ("deepprune", "sbert") and "skipped" not in row:
+                per_pair = cost["score_seconds_per_pair"] if method.kind == "deepprune" else 0.0
+                row["judge_seconds"] = encoded * cost["encode_seconds_per_prefix"] + row["judge_calls"] * per_pair
+        metrics: dict[str, float | None] = {"prune/n": n, "prune/k": k, "prune/problems": len(problems),
+                                            **{f"prune/judge_cost/{key}": v for key, v in cost.items()}}
+        for method in methods:
+            row = summary[method.name]
+            keys = {f"prune/{method.name}/{key}": finite_or_none(v) for key, v in row.items() if not isinstance(v, str)}
+            metrics.update(keys)
+            with child_run(run, method.name, {"kind": method.kind, **dict(method.settings)}) as child:
+                child.set_tags({"skipped": str(row.get("skipped", ""))})
+                child.log_metrics({key.split("/", 2)[2]: v for key, v in keys.items() if v is not None})
+        headline, oracle = f"deepprune_tau{cfg.tau:g}", summary["oracle"]
+        saved = summary[headline]["token_reduction"]
+        metrics["prune/headline/oracle_savings_share"] = finite_or_none(saved / oracle["token_reduction"]) \
+            if oracle["token_reduction"] else None
+        write_json(f"{prune_dir(corpus)}/results.json", {
+            "n": n, "k": k, "headline": headline, "summary": summary,
+            "methods": [asdict(m) for m in methods],
+            "per_repetition": {name: asdict(r) for name, r in results.items()}})
+        write_json(f"reports/metrics/prune_{corpus}.json", metrics)
+        run.log_metrics(metrics)
+        head = summary[headline]
+        print(f"prune[{corpus}]: N={n}, k={k}: {headline} saves {saved:.1%} of cons@N's tokens "
+              f"(oracle {oracle['token_reduction']:.1%}) at accuracy {head['accuracy']:.3f} "
+              f"vs {summary['cons']['accuracy']:.3f}")
+        return metrics
+
+
+def main() -> None:
+    prune_flow(sys.argv[1])
+
+
+if __name__ == "__main__":
+    main()
