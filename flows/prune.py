@@ -9,7 +9,7 @@ from prefect import flow
 
 from deepprune.io import write_json
 from deepprune.metrics import finite_or_none
-from deepprune.pruning.simulate import method_specs, summarize
+from deepprune.pruning.simulate import add_judge_seconds, method_specs, summarize
 from flows._stage import child_run, stage_params, stage_run
 from flows.judge import judge_dir
 from flows.sample import traces_path
@@ -41,12 +41,7 @@ def prune_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
         cost = measure_judge_cost(f"{judge_dir(corpus)}/models/{cfg.judge}.safetensors",
                                   f"{labels_dir(corpus)}/prefixes.jsonl", prefix_name("tokens", k),
                                   params.judge.encoder_path, params.judge.max_length)
-        encoded = n * len(problems)  # each arriving prefix is encoded once
-        for method in methods:
-            row = summary[method.name]
-            if method.kind in ("deepprune", "sbert") and "skipped" not in row:
-                per_pair = cost["score_seconds_per_pair"] if method.kind == "deepprune" else 0.0
-                row["judge_seconds"] = encoded * cost["encode_seconds_per_prefix"] + row["judge_calls"] * per_pair
+        add_judge_seconds(summary, methods, cost, prefixes_encoded=n * len(problems))
         metrics: dict[str, float | None] = {"prune/n": n, "prune/k": k, "prune/problems": len(problems),
                                             **{f"prune/judge_cost/{key}": v for key, v in cost.items()}}
         for method in methods:

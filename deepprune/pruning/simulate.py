@@ -148,3 +148,15 @@ def method_specs(cfg: "PruneConfig") -> list[MethodSpec]:
         specs.append(MethodSpec(f"deepconf_{label}_online", "deepconf_online",
                                 {"eta": eta, "window": dc.window, "warmup": dc.warmup}))
     return specs
+
+
+def add_judge_seconds(summary: dict[str, dict[str, float | str | None]], methods: Sequence[MethodSpec],
+                      cost: Mapping[str, float], prefixes_encoded: int) -> None:
+    """What judging online would cost each clustering method: every arriving prefix encoded once, and every
+    call scored by the judge head (cosine for SBERT clustering, whose cost per pair is negligible)."""
+    for method in methods:
+        row = summary[method.name]
+        if method.kind not in ("deepprune", "sbert") or "skipped" in row:
+            continue
+        per_pair = cost["score_seconds_per_pair"] if method.kind == "deepprune" else 0.0
+        row["judge_seconds"] = prefixes_encoded * cost["encode_seconds_per_prefix"] + float(row["judge_calls"]) * per_pair

@@ -117,3 +117,15 @@ def test_simulator_same_draws_intervals_and_needs_logprobs():
     assert summary["dp"]["tokens_lo"] <= summary["dp"]["tokens"] <= summary["dp"]["tokens_hi"]
     with pytest.raises(ValueError, match="exceeds the traces available"):
         simulate(problems, specs, n=13, k=30, repetitions=1, seed=0)
+
+
+def test_judge_seconds_count_every_prefix_and_call():
+    from deepprune.pruning.simulate import add_judge_seconds
+
+    methods = [MethodSpec("dp", "deepprune", {"tau": 0.5}), MethodSpec("sb", "sbert", {"tau": 0.9}),
+               MethodSpec("cons", "cons")]
+    summary = {"dp": {"judge_calls": 100.0}, "sb": {"judge_calls": 50.0}, "cons": {"judge_calls": 0.0}}
+    add_judge_seconds(summary, methods, {"encode_seconds_per_prefix": 0.5, "score_seconds_per_pair": 0.01}, 10)
+    assert summary["dp"]["judge_seconds"] == pytest.approx(10 * 0.5 + 100 * 0.01)
+    assert summary["sb"]["judge_seconds"] == pytest.approx(10 * 0.5)
+    assert "judge_seconds" not in summary["cons"]
