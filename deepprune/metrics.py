@@ -16,7 +16,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 def auroc(labels: Sequence[int], scores: Sequence[float]) -> float:
     """Area under the ROC curve; NaN when only one class is present."""
     labels = np.asarray(labels)
-    if labels.min(initial=1) == labels.max(initial=0) or len(set(labels.tolist())) < 2:
+    if len(np.unique(labels)) < 2:
         return float("nan")
     return float(roc_auc_score(labels, scores))
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import json
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +24,12 @@ class Pair:
     trace_b: str
     label: int
     fold: int = -1
+
+
+def read_pairs(path: str | os.PathLike) -> list[Pair]:
+    """The labelled pairs the label stage wrote (JSONL)."""
+    with open(path, encoding="utf-8") as handle:
+        return [Pair(**json.loads(line)) for line in handle if line.strip()]
 
 
 def build_pairs(problems: dict[str, list[Trace]], spec: AnswerSpec) -> list[Pair]:
@@ -86,9 +94,7 @@ def oversample_minority(labels: np.ndarray, ratio: float, rng: np.random.Generat
 def redundancy_stats(problems: dict[str, list[Trace]], pairs: Sequence[Pair], spec: AnswerSpec) -> dict[str, float]:
     """The paper's Figure 2a quantities on one corpus, plus what makes judge figures noisy or not."""
     labels = np.array([p.label for p in pairs])
-    per_problem: dict[str, list[int]] = {}
-    for pair in pairs:
-        per_problem.setdefault(pair.problem_id, []).append(pair.label)
+    shares = per_problem_same_share(pairs)
     distinct = []
     majority_correct = []
     for traces in problems.values():
@@ -106,7 +112,7 @@ def redundancy_stats(problems: dict[str, list[Trace]], pairs: Sequence[Pair], sp
         "label/n_different": int(len(labels) - labels.sum()),
         "label/n_problems": len(problems),
         "label/n_traces": len(traces_all),
-        "label/problems_with_disagreement": int(sum(min(v) == 0 for v in per_problem.values())),
+        "label/problems_with_disagreement": int(sum(share < 1 for share in shares.values())),
         "label/mean_distinct_answers": float(np.mean(distinct)) if distinct else float("nan"),
         "label/no_answer_share": float(np.mean([t.answer is None for t in traces_all])) if traces_all else float("nan"),
         "label/trace_accuracy": float(np.mean([bool(t.correct) for t in traces_all])) if traces_all else float("nan"),

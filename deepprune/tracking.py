@@ -71,10 +71,6 @@ class Run:
         else:
             mlflow.log_artifact(str(path), artifact_path=folder)
 
-    def log_figure(self, figure: Any, name: str) -> None:
-        """Attach a plotly figure as a self-contained HTML file."""
-        _mlflow().log_figure(figure, name if name.endswith(".html") else f"{name}.html")
-
     def set_tags(self, tags: Mapping[str, str]) -> None:
         _mlflow().set_tags(dict(tags))
 

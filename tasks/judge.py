@@ -9,15 +9,14 @@ from prefect import task
 from deepprune.config import JudgeConfig, VariantConfig
 from deepprune.judges.encoder import EncoderJudge, SentenceEncoder
 from deepprune.judges.evaluate import PairData, VariantResult, cross_validate, embed_pairs, train_final
-from deepprune.pairs import Pair
+from deepprune.pairs import Pair, read_pairs
 from tasks import IO_RETRIES, NO_CACHE
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
 def load_labels(labels_dir: str, prefix: str) -> tuple[list[Pair], dict[tuple[str, str], str]]:
     """The labelled pairs and each trace's chosen prefix, as the label stage wrote them."""
-    with open(f"{labels_dir}/pairs.jsonl", encoding="utf-8") as handle:
-        pairs = [Pair(**json.loads(line)) for line in handle]
+    pairs = read_pairs(f"{labels_dir}/pairs.jsonl")
     prefixes = {}
     with open(f"{labels_dir}/prefixes.jsonl", encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, start=1):

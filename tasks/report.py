@@ -7,7 +7,7 @@ import json
 from prefect import task
 
 from deepprune.io import atomic_open, read_json
-from deepprune.pairs import Pair, per_problem_same_share
+from deepprune.pairs import per_problem_same_share, read_pairs
 from deepprune.plots import save_figure
 from deepprune.report import CorpusResults
 from tasks import IO_RETRIES, NO_CACHE
@@ -16,8 +16,7 @@ from tasks import IO_RETRIES, NO_CACHE
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
 def load_corpus_results(corpus: str, labels_dir: str, judge_dir: str, prune_dir: str) -> CorpusResults:
     """One corpus's stage outputs, as the report needs them."""
-    with open(f"{labels_dir}/pairs.jsonl", encoding="utf-8") as handle:
-        pairs = [Pair(**json.loads(line)) for line in handle]
+    pairs = read_pairs(f"{labels_dir}/pairs.jsonl")
     with open(f"{judge_dir}/scores.jsonl", encoding="utf-8") as handle:
         rows = [json.loads(line) for line in handle]
     names = list(rows[0]["scores"]) if rows else []

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -118,14 +118,13 @@ class ReadReport:
 
     read: int = 0
     skipped: int = 0
-    errors: list[str] | None = None
+    errors: list[str] = field(default_factory=list)
 
 
 def iter_traces(path: str | os.PathLike, skip_invalid: bool = False,
                 report: ReadReport | None = None) -> Iterator[Trace]:
     """Yield validated traces from a JSONL file; bad lines raise, or are skipped and counted when allowed."""
     report = report if report is not None else ReadReport()
-    report.errors = report.errors if report.errors is not None else []
     seen: set[tuple[str, str]] = set()
     with open(path, encoding="utf-8") as handle:
         for line_no, raw in enumerate(handle, start=1):
