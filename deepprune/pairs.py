@@ -32,6 +32,25 @@ def read_pairs(path: str | os.PathLike) -> list[Pair]:
         return [Pair(**json.loads(line)) for line in handle if line.strip()]
 
 
+def read_prefixes(path: str | os.PathLike) -> dict[tuple[str, str], dict[str, str]]:
+    """Every prefix the label stage built: (problem_id, trace_id) -> {prefix name: text}."""
+    with open(path, encoding="utf-8") as handle:
+        return {(row["problem_id"], row["trace_id"]): row["prefixes"]
+                for row in map(json.loads, handle) if row}
+
+
+def prefix_texts(table: dict[tuple[str, str], dict[str, str]], name: str,
+                 path: str | os.PathLike = "prefixes.jsonl") -> dict[tuple[str, str], str]:
+    """One prefix per trace, or a clear error when the label stage did not build it."""
+    out = {}
+    for line_no, (key, row) in enumerate(table.items(), start=1):
+        if name not in row:
+            raise KeyError(f"{path}:{line_no}: no prefix {name!r}; the label stage built {sorted(row)} "
+                           f"(add its k to params label.*_k)")
+        out[key] = row[name]
+    return out
+
+
 def build_pairs(problems: dict[str, list[Trace]], spec: AnswerSpec) -> list[Pair]:
     """All C(n,2) pairs per problem, labelled by answer equivalence (a missing answer never agrees)."""
     pairs = []

@@ -96,3 +96,31 @@ def plot_pareto(summary: Mapping[str, Mapping[str, float | str | None]], corpus:
     fig.update_layout(title=f"{corpus}: accuracy vs tokens, N = {n} (mean and 95% interval over draws)",
                       xaxis_title="total tokens generated", yaxis_title="accuracy", height=520, showlegend=False)
     return fig
+
+
+def plot_truncation(rows: Sequence[Mapping], judge: str, corpus: str,
+                    paper: Mapping[str, tuple[int, float]] | None = None) -> go.Figure:
+    """Figure 4: held-out AUROC against k, one panel per truncation strategy, one line per judge variant
+    (the chosen judge drawn bold), error bars = fold std; the paper's Table 1 point for the judge in grey."""
+    strategies = ("tokens", "reasoning_words")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("first k tokens", "first k reasoning words"))
+    variants = sorted({r["variant"] for r in rows}, key=lambda v: (v == judge, v))
+    for col, strategy in enumerate(strategies, start=1):
+        for variant in variants:
+            pts = sorted((r for r in rows if r["strategy"] == strategy and r["variant"] == variant), key=lambda r: r["k"])
+            if not pts:
+                continue
+            fig.add_trace(go.Scatter(
+                x=[r["k"] for r in pts], y=[r["summary"].get("auroc") for r in pts], mode="lines+markers",
+                name=variant, legendgroup=variant, showlegend=col == 1,
+                line=dict(width=4 if variant == judge else 1.5),
+                error_y=dict(type="data", array=[r["summary"].get("auroc_std") or 0 for r in pts])), row=1, col=col)
+        if paper and strategy in paper:
+            k, value = paper[strategy]
+            fig.add_trace(go.Scatter(x=[k], y=[value], mode="markers", marker=dict(color=THEIRS, size=12, symbol="diamond"),
+                                     name=f"paper, {judge} recipe (Table 1)", legendgroup="paper", showlegend=col == 1),
+                          row=1, col=col)
+    fig.update_yaxes(title_text="AUROC (held-out problems)", range=[0, 1])
+    fig.update_xaxes(title_text="k")
+    fig.update_layout(height=420, title=f"{corpus}: judge AUROC against truncation length (cf. the paper's Figure 4)")
+    return fig

@@ -11,7 +11,8 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from deepprune.config import Params, VariantConfig
-from deepprune.plots import plot_judge_comparison, plot_pareto, plot_redundancy, plot_roc, plot_score_distributions
+from deepprune.plots import (plot_judge_comparison, plot_pareto, plot_redundancy, plot_roc, plot_score_distributions,
+                             plot_truncation)
 from deepprune.reference import PAPER_BASELINE_AUROC, PAPER_ONLINE, PAPER_TABLE1, paper_row_for
 
 
@@ -27,6 +28,9 @@ class CorpusResults:
     scores: Mapping[str, Sequence[float]]
     folds: Mapping[str, Any]
     prune: Mapping[str, Any] | None = None
+    judge_lm: Mapping[str, Any] | None = None     # reports/metrics/judge_lm_<corpus>.json
+    sweep: Mapping[str, Any] | None = None        # data/sweep/<corpus>/results.json
+    ablate: Mapping[str, Any] | None = None       # data/ablate/<corpus>/results.json
 
 
 def _fmt(value: Any, pct: bool = False) -> str:
@@ -53,6 +57,15 @@ def build_figures(params: Params, results: Mapping[str, CorpusResults]) -> dict[
         figs[f"roc_{corpus}"] = plot_roc(rocs, corpus)
         if res.prune is not None:
             figs[f"pareto_{corpus}"] = plot_pareto(res.prune["summary"], corpus, res.prune["n"])
+        if res.ablate is not None:
+            judge = res.ablate["judge"]
+            variant = params.judge.variants.get(judge)
+            paper = None
+            if variant is not None and variant.kind == "encoder":
+                row = paper_row_for(variant.loss, variant.oversample)
+                paper = {"tokens": (500, PAPER_TABLE1["tokens_500"][row][0]),
+                         "reasoning_words": (25, PAPER_TABLE1["reasoning_words_25"][row][0])}
+            figs[f"truncation_{corpus}"] = plot_truncation(res.ablate["rows"], judge, corpus, paper)
         table[corpus] = {name: (res.judge.get(f"judge/{name}/auroc") or 0.0, res.judge.get(f"judge/{name}/auroc_std") or 0.0)
                          for name in params.judge.variants}
     paper_set = _paper_set(params)
@@ -113,6 +126,74 @@ def _judge_table(params: Params, corpus: str, res: CorpusResults) -> str:
         verdict = (f"<p>On held-out problems, the trained judge <code>{cfg.primary}</code> {word} the baseline "
                    f"<code>{cfg.baseline}</code>: AUROC {primary:.3f} against {baseline:.3f}, on the same pairs and folds.</p>")
     return f"<table>{head}{''.join(rows)}</table>{verdict}"
+
+
+def _judge_lm_table(params: Params, res: CorpusResults) -> str:
+    """The causal-LM judge (fine-tuned and zero-shot) beside the embedding judges, on the same held-out pairs."""
+    m, cfg = res.judge_lm or {}, params.judge_lm
+    fnr_key = f"tnr_at_fnr_{params.judge.fnr:g}"
+    names = ["causal_lm", "causal_lm_zeroshot", *cfg.compare]
+    paper = {"causal_lm": "0.8701 / 0.8186 (Qwen3-4B, full FT, Table 1)",
+             "causal_lm_zeroshot": f"{PAPER_BASELINE_AUROC['Qwen3-4B-Instruct zero-shot']} / n/a (Figure 2)",
+             "sbert_cosine": f"{PAPER_BASELINE_AUROC['SentenceBERT cosine']} / n/a (Figure 2)"}
+    rows = []
+    for name in names:
+        get = lambda key: m.get(f"judge_lm/{name}/{key}")
+        if get("auroc") is None and get("auroc_folds") is None:
+            continue
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{_fmt(get('auroc'))} ± {_fmt(get('auroc_std'))} "
+                    f"[{_fmt(get('auroc_min'))}, {_fmt(get('auroc_max'))}]</td><td>{_fmt(get(fnr_key))} ± "
+                    f"{_fmt(get(fnr_key + '_std'))}</td><td>{_fmt(get('n_pairs'))}</td>"
+                    f"<td class='theirs'>{paper.get(name, '')}</td></tr>")
+    tp = (f"<p>Scoring {_fmt(m.get('judge_lm/score_pairs_per_second'))} pairs/s "
+          f"({_fmt(m.get('judge_lm/score_tokens_per_pair'))} prompt tokens a pair), training "
+          f"{_fmt(m.get('judge_lm/train_pairs_per_second'))} pairs/s, {cfg.train.steps} steps of "
+          f"{cfg.train.batch_size * cfg.train.grad_accum} pairs per fold; model "
+          f"<code>{html.escape(cfg.model_path or 'SmolLM2-135M-Instruct (packaged)')}</code>, prompt "
+          f"{html.escape(cfg.prompt.version)}, {cfg.train.loss} loss, LoRA {'on' if cfg.train.lora.enabled else 'off'}.</p>")
+    head = (f"<tr><th>judge</th><th>AUROC mean ± std [min, max] over {_fmt(m.get('judge_lm/folds'))} folds</th>"
+            f"<th>TNR at FNR={params.judge.fnr:g}</th><th>held-out pairs</th><th class='theirs'>paper AUROC / TNR</th></tr>")
+    return f"<table>{head}{''.join(rows)}</table>{tp}"
+
+
+def _sweep_table(res: CorpusResults, limit: int = 12) -> str:
+    doc = res.sweep or {}
+    metric = doc.get("metric", "auroc")
+    points = sorted(doc.get("points", []), key=lambda p: -((p["summary"] or {}).get(metric) or -1.0))
+    rows = "".join(
+        f"<tr><td>{'<b>' if p['name'] == doc.get('best') else ''}{html.escape(p['name'])}"
+        f"{'</b>' if p['name'] == doc.get('best') else ''}</td>"
+        f"<td>{_fmt(p['summary'].get(metric))} ± {_fmt(p['summary'].get(metric + '_std'))}</td>"
+        f"<td>{_fmt(p['summary'].get('tnr_at_fnr_0.2'))}</td></tr>" for p in points[:limit])
+    reg = doc.get("registered")
+    note = (f"<p>{len(points)} distinct points ({html.escape(str(doc.get('judge')))} judge), best first"
+            f"{f' (top {limit} shown)' if len(points) > limit else ''}; the best is registered in MLflow as "
+            f"<code>{html.escape(reg['name'])}</code> version {html.escape(str(reg['version']))}.</p>" if reg else
+            f"<p>{len(points)} distinct points, best first.</p>")
+    return f"{note}<table><tr><th>point</th><th>{html.escape(metric)} (mean ± fold std)</th><th>TNR at FNR=0.2</th></tr>{rows}</table>"
+
+
+def _table1(params: Params, res: CorpusResults) -> str:
+    """Table 1: the four training variants at each strategy's table k, with the paper's figures beside."""
+    doc = res.ablate or {}
+    table_k = doc.get("table_k", {})
+    index = {(r["strategy"], r["k"], r["variant"]): r["summary"] for r in doc.get("rows", [])}
+    fnr_key = f"tnr_at_fnr_{params.judge.fnr:g}"
+    paper_sets = {"tokens": "tokens_500", "reasoning_words": "reasoning_words_25"}
+    head = "<tr><th>variant</th>" + "".join(
+        f"<th>{s.replace('_', ' ')} k={k}: AUROC / TNR</th><th class='theirs'>paper ({paper_sets[s].replace('_', ' ')})</th>"
+        for s, k in table_k.items()) + "</tr>"
+    rows = []
+    for name in (v for v in params.ablate.variants if params.judge.variants[v].kind == "encoder"):
+        variant = params.judge.variants[name]
+        cells = []
+        for strategy, k in table_k.items():
+            summary = index.get((strategy, k, name), {})
+            theirs = PAPER_TABLE1[paper_sets[strategy]][paper_row_for(variant.loss, variant.oversample)]
+            cells.append(f"<td>{_fmt(summary.get('auroc'))} ± {_fmt(summary.get('auroc_std'))} / "
+                         f"{_fmt(summary.get(fnr_key))}</td><td class='theirs'>{theirs[0]:.4f} / {theirs[1]:.4f}</td>")
+        rows.append(f"<tr><td>{html.escape(name)}</td>{''.join(cells)}</tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
 
 
 def _ci(row: Mapping[str, Any], key: str, pct: bool = False, scale: float = 1.0) -> str:
@@ -202,6 +283,28 @@ def render_index(params: Params, results: Mapping[str, CorpusResults], figures: 
             _prune_verdicts(results), _leaderboard(results),
             *[embed(f"pareto_{c}") for c, r in results.items() if r.prune is not None],
             f"<h3>The paper's online results (theirs, on long traces at N = 512)</h3><table>{paper}</table>"]
+    if any(r.judge_lm is not None for r in results.values()):
+        sections += ["<h2>5. The causal-LM judge, fine-tuned and zero-shot</h2>",
+                     "<p>The paper's judge design: a causal LM reads both prefixes and answers yes or no; the score is "
+                     "P(yes) over the two label tokens, and fine-tuning puts the focal loss on that label token. "
+                     "Evaluated on a balanced sample of held-out pairs per fold (AUROC and TNR do not depend on the "
+                     "class ratio); the other rows are the judge stage's out-of-fold scores on exactly those pairs.</p>"]
+        for corpus, res in results.items():
+            if res.judge_lm is not None:
+                sections += [f"<h3>{html.escape(corpus)}</h3>", _judge_lm_table(params, res)]
+    if any(r.sweep is not None for r in results.values()):
+        sections += ["<h2>6. Focal-loss sweep</h2>"]
+        for corpus, res in results.items():
+            if res.sweep is not None:
+                sections += [f"<h3>{html.escape(corpus)}</h3>", _sweep_table(res)]
+    if any(r.ablate is not None for r in results.values()):
+        sections += ["<h2>7. Truncation ablation (Figure 4) and training variants (Table 1)</h2>",
+                     "<p>Every variant cross-validated on every prefix the label stage built: same pairs, same folds, "
+                     "only the truncation changes. The paper's grids are {300, 500, 700} tokens and {15, 25, 35} "
+                     "reasoning words on traces of thousands of tokens; ours are scaled to the shipped traces.</p>"]
+        for corpus, res in results.items():
+            if res.ablate is not None:
+                sections += [f"<h3>{html.escape(corpus)}</h3>", _table1(params, res), embed(f"truncation_{corpus}")]
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
              "td:first-child{text-align:left}.theirs{color:#666;background:#f4f4f4}.link{font-size:small}")

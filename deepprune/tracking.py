@@ -6,9 +6,15 @@ import contextlib
 import math
 import os
 import signal
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+
+# Sweep points log from worker threads; SQLite stores reject concurrent writers ("database is locked"), so every
+# write to the store goes through this lock (each is a few milliseconds).
+_LOCK = threading.RLock()
 
 
 def _mlflow():
@@ -53,26 +59,30 @@ class Run:
         flat = {k: ("null" if v is None else str(v))[:500] for k, v in flatten(params).items()}
         mlflow = _mlflow()
         items = sorted(flat.items())
-        for start in range(0, len(items), 100):
-            mlflow.log_params(dict(items[start:start + 100]))
+        with _LOCK:
+            for start in range(0, len(items), 100):
+                mlflow.log_params(dict(items[start:start + 100]))
 
     def log_metrics(self, metrics: Mapping[str, float | int | None], step: int | None = None) -> None:
         """Log finite numeric metrics in one batch (MLflow key charset: '/' is fine)."""
         clean = {k: float(v) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
         if clean:
-            _mlflow().log_metrics(clean, step=step)
+            with _LOCK:
+                _mlflow().log_metrics(clean, step=step)
 
     def log_artifact(self, path: str | os.PathLike, folder: str | None = None) -> None:
         """Attach a file or directory to the run."""
         mlflow = _mlflow()
-        if Path(path).is_dir():
-            mlflow.log_artifacts(str(path), artifact_path=folder)
-        else:
-            mlflow.log_artifact(str(path), artifact_path=folder)
+        with _LOCK:
+            if Path(path).is_dir():
+                mlflow.log_artifacts(str(path), artifact_path=folder)
+            else:
+                mlflow.log_artifact(str(path), artifact_path=folder)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        _mlflow().set_tags(dict(tags))
+        with _LOCK:
+            _mlflow().set_tags(dict(tags))
 
 
 @contextlib.contextmanager
@@ -81,11 +91,12 @@ def start_run(experiment: str, run_name: str, tags: Mapping[str, str] | None = N
               artifact_root: str | os.PathLike | None = None) -> Iterator[Run]:
     """An MLflow run that ends FINISHED, FAILED (exception) or KILLED (SIGTERM/SIGINT), never left RUNNING."""
     mlflow = _mlflow()
-    exp_id = ensure_experiment(experiment, artifact_root)
     all_tags = dict(tags or {})
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    active = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=all_tags, nested=nested)
+    with _LOCK:
+        exp_id = ensure_experiment(experiment, artifact_root)
+        active = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=all_tags, nested=nested)
     previous: dict[int, Any] = {}
 
     def _killed(signum: int, frame: Any) -> None:
@@ -102,10 +113,29 @@ def start_run(experiment: str, run_name: str, tags: Mapping[str, str] | None = N
     try:
         yield Run(active, experiment, run_name, all_tags)
     except BaseException:
-        mlflow.end_run(status="FAILED")
+        with _LOCK:
+            mlflow.end_run(status="FAILED")
         raise
     else:
-        mlflow.end_run(status="FINISHED")
+        with _LOCK:
+            mlflow.end_run(status="FINISHED")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def register_model(run: Run, artifact_path: str, name: str, tags: Mapping[str, str] | None = None) -> str:
+    """Register a run's artifact as a new version of model `name` (created on first use); returns the version."""
+    mlflow = _mlflow()
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+            raise
+    source = f"{mlflow.get_run(run.run_id).info.artifact_uri}/{artifact_path}"
+    version = client.create_model_version(name, source=source, run_id=run.run_id, tags=dict(tags or {}))
+    return str(version.version)

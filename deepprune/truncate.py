@@ -49,6 +49,14 @@ def prefix_name(strategy: str, k: int) -> str:
     return f"{strategy}_{k}"
 
 
+def parse_prefix_name(name: str) -> tuple[str, int]:
+    """(strategy, k) of a prefix name such as 'tokens_128' or 'reasoning_words_25'."""
+    strategy, _, k = name.rpartition("_")
+    if strategy not in ("tokens", "reasoning_words") or not k.isdigit():
+        raise ValueError(f"not a prefix name: {name!r}")
+    return strategy, int(k)
+
+
 def build_prefixes(texts: dict[tuple[str, str], str], tokens_k: Sequence[int], reasoning_words_k: Sequence[int],
                    reasoning_words: Sequence[str], tokenizer: Tokenizer) -> dict[tuple[str, str], dict[str, str]]:
     """Every prefix of every trace, keyed by (problem id, trace id), then prefix name. Each text is encoded once."""

@@ -11,11 +11,15 @@ from deepprune.metrics import finite_or_none, roc_points
 from deepprune.truncate import prefix_name
 from flows._stage import child_run, stage_params, stage_run
 from flows.label import labels_dir
-from tasks.judge import encode_pairs, evaluate_judges, fit_final_judge, load_encoder, load_labels
+from tasks.judge import evaluate_judges, fit_final_judge, load_embeddings, load_encoder, load_labels, make_pair_data
 
 
 def judge_dir(corpus: str) -> str:
     return f"data/judge/{corpus}"
+
+
+def embeddings_path(corpus: str) -> str:
+    return f"data/embeddings/{corpus}.npz"
 
 
 def _metric_keys(name: str, summary: dict[str, float], pooled: dict[str, float]) -> dict[str, float | None]:
@@ -32,9 +36,10 @@ def judge_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
     cfg = params.judge
     prefix = prefix_name(cfg.truncation.strategy, cfg.truncation.k)
     with stage_run("judge", corpus, {"seed": params.seed, "judge": cfg.model_dump()}) as run:
-        pairs, prefixes = load_labels(labels_dir(corpus), prefix)
+        pairs, prefixes = load_labels(labels_dir(corpus))
         encoder = load_encoder(cfg.encoder_path, cfg.max_length)
-        data = encode_pairs(pairs, prefixes, encoder, cfg.batch_size)
+        data = make_pair_data(pairs, prefixes, load_embeddings(embeddings_path(corpus)), prefix,
+                              f"{labels_dir(corpus)}/prefixes.jsonl")
         results = evaluate_judges(data, cfg, encoder, params.seed)
         out = judge_dir(corpus)
         metrics: dict[str, float | None] = {"judge/n_pairs": len(pairs), "judge/n_folds": params.label.folds}

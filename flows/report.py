@@ -19,7 +19,8 @@ def report_flow(params_path: str = "params.yaml") -> str:
     """Render the report for every corpus in params."""
     params = stage_params(params_path)
     with stage_run("report", None, {"report": params.report.model_dump(), "corpora": list(params.corpora)}) as run:
-        results = {c: load_corpus_results(c, labels_dir(c), judge_dir(c), prune_dir(c)) for c in params.corpora}
+        results = {c: load_corpus_results(c, labels_dir(c), judge_dir(c), prune_dir(c), list(params.judge_lm.compare),
+                                          params.judge.fnr, params.judge.threshold) for c in params.corpora}
         figures = build_figures(params, results)
         for name, fig in figures.items():
             write_figure(fig, f"reports/figures/{name}.html")

@@ -1,31 +1,21 @@
-"""Tasks of the judge stage."""
+"""Tasks of the embed, judge, judge_lm, sweep and ablate stages."""
 
 from __future__ import annotations
-
-import json
 
 from prefect import task
 
 from deepprune.config import JudgeConfig, VariantConfig
+from deepprune.judges.embeddings import EmbeddingTable, embed_table, load_table, save_table
 from deepprune.judges.encoder import EncoderJudge, SentenceEncoder
-from deepprune.judges.evaluate import PairData, VariantResult, cross_validate, embed_pairs, train_final
-from deepprune.pairs import Pair, read_pairs
+from deepprune.judges.evaluate import PairData, VariantResult, cross_validate, pair_data, train_final
+from deepprune.pairs import Pair, prefix_texts, read_pairs, read_prefixes
 from tasks import IO_RETRIES, NO_CACHE
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
-def load_labels(labels_dir: str, prefix: str) -> tuple[list[Pair], dict[tuple[str, str], str]]:
-    """The labelled pairs and each trace's chosen prefix, as the label stage wrote them."""
-    pairs = read_pairs(f"{labels_dir}/pairs.jsonl")
-    prefixes = {}
-    with open(f"{labels_dir}/prefixes.jsonl", encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            row = json.loads(line)
-            if prefix not in row["prefixes"]:
-                raise KeyError(f"{labels_dir}/prefixes.jsonl:{line_no}: no prefix {prefix!r}; the label stage built "
-                               f"{sorted(row['prefixes'])} (add its k to params label.*_k)")
-            prefixes[(row["problem_id"], row["trace_id"])] = row["prefixes"][prefix]
-    return pairs, prefixes
+def load_labels(labels_dir: str) -> tuple[list[Pair], dict[tuple[str, str], dict[str, str]]]:
+    """The labelled pairs and every prefix of every trace, as the label stage wrote them."""
+    return read_pairs(f"{labels_dir}/pairs.jsonl"), read_prefixes(f"{labels_dir}/prefixes.jsonl")
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
@@ -35,10 +25,27 @@ def load_encoder(path: str | None, max_length: int) -> SentenceEncoder:
 
 
 @task(cache_policy=NO_CACHE)
-def encode_pairs(pairs: list[Pair], prefixes: dict[tuple[str, str], str], encoder: SentenceEncoder,
-                 batch_size: int) -> PairData:
-    """Embed every distinct prefix once; arrays aligned with the pairs."""
-    return embed_pairs(pairs, prefixes, encoder, batch_size)
+def encode_prefixes(prefixes: dict[tuple[str, str], dict[str, str]], encoder: SentenceEncoder,
+                    batch_size: int) -> EmbeddingTable:
+    """Every prefix of every trace, each distinct text encoded once."""
+    return embed_table(prefixes, encoder, batch_size)
+
+
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
+def save_embeddings(path: str, table: EmbeddingTable) -> None:
+    save_table(path, table)
+
+
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
+def load_embeddings(path: str) -> EmbeddingTable:
+    return load_table(path)
+
+
+@task(cache_policy=NO_CACHE)
+def make_pair_data(pairs: list[Pair], prefixes: dict[tuple[str, str], dict[str, str]], table: EmbeddingTable,
+                   prefix: str, labels_path: str) -> PairData:
+    """Arrays aligned with the pairs for one prefix (texts and their precomputed embeddings)."""
+    return pair_data(pairs, prefix_texts(prefixes, prefix, labels_path), table.lookup(prefix))
 
 
 @task(cache_policy=NO_CACHE)

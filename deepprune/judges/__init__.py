@@ -1,8 +1,10 @@
 """Judges: predict from two unfinished traces whether they will reach the same final answer.
 
 A lazy registry: params name a judge `kind` (`judge.variants.<name>.kind`); its module is imported only
-when it is used. Every judge works on prefix embeddings of aligned pairs:
+when it is used. The embedding judges work on prefix embeddings of aligned pairs:
 `fit(emb_a, emb_b, labels, texts_a, texts_b)` then `score(emb_a, emb_b)` -> higher means "same answer".
+The causal-LM judge reads the prefix texts themselves: `fit_texts(texts_a, texts_b, labels)` and
+`score_texts(texts_a, texts_b)` (params section `judge_lm`, evaluated by `evaluate.evaluate_causal_lm`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 JUDGES: dict[str, str] = {
     "sbert_cosine": "deepprune.judges.encoder:CosineJudge",
     "encoder": "deepprune.judges.encoder:EncoderJudge",
+    "causal_lm": "deepprune.judges.causal_lm:CausalLMJudge",
 }
 
 

@@ -76,12 +76,34 @@ def pair_features(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.cat([u * v, (u - v).abs(), cos], dim=-1)
 
 
-class PairHead(nn.Module):
-    """MLP from pair features to the logit of P(same final answer)."""
+class SeededDropout(nn.Module):
+    """Dropout that draws from its own generator, not torch's global one, so judges trained in parallel
+    threads (sweep points) stay reproducible."""
 
-    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+    def __init__(self, p: float, generator: torch.Generator) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(2 * dim + 1, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+        self.p, self.generator = p, generator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand(x.shape, generator=self.generator, dtype=x.dtype) >= self.p
+        return x * keep / (1 - self.p)
+
+
+class PairHead(nn.Module):
+    """MLP from pair features to the logit of P(same final answer); initialised and regularised from its
+    own seeded generator."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float, seed: int = 0) -> None:
+        super().__init__()
+        self.generator = torch.Generator().manual_seed(seed)
+        first, last = nn.Linear(2 * dim + 1, hidden), nn.Linear(hidden, 1)
+        for layer in (first, last):  # torch's default Linear init, drawn from our generator
+            nn.init.kaiming_uniform_(layer.weight, a=5 ** 0.5, generator=self.generator)
+            bound = 1 / layer.in_features ** 0.5
+            nn.init.uniform_(layer.bias, -bound, bound, generator=self.generator)
+        self.net = nn.Sequential(first, nn.GELU(), SeededDropout(dropout, self.generator), last)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.net(features).squeeze(-1)
@@ -124,8 +146,7 @@ class EncoderJudge:
 
     def __init__(self, encoder: SentenceEncoder, cfg: TrainConfig, loss: str, oversample: bool, seed: int) -> None:
         self.encoder, self.cfg, self.loss, self.oversample, self.seed = encoder, cfg, loss, oversample, seed
-        torch.manual_seed(seed)  # the head's initial weights come from the one seed too
-        self.head = PairHead(encoder.dim, cfg.hidden, cfg.dropout)
+        self.head = PairHead(encoder.dim, cfg.hidden, cfg.dropout, seed)  # weights and dropout from the one seed
         self.finetuned_state: dict[str, torch.Tensor] | None = None
         self.train_log: list[float] = []
 
@@ -136,7 +157,6 @@ class EncoderJudge:
     def fit(self, emb_a: np.ndarray, emb_b: np.ndarray, labels: np.ndarray,
             texts_a: Sequence[str] | None = None, texts_b: Sequence[str] | None = None) -> "EncoderJudge":
         """Train on aligned pair embeddings (or, with finetune_encoder, on the texts themselves)."""
-        torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
         labels = np.asarray(labels)
         if self.cfg.finetune_encoder:
@@ -165,6 +185,7 @@ class EncoderJudge:
 
     def _fit_finetune(self, texts_a: list[str], texts_b: list[str], labels: np.ndarray,
                       rng: np.random.Generator) -> None:
+        torch.manual_seed(self.seed)  # the encoder's own dropout draws from torch's global generator
         enc = self.encoder
         params = [{"params": self.head.parameters(), "lr": self.cfg.lr},
                   {"params": enc.model.parameters(), "lr": self.cfg.finetune_lr}]

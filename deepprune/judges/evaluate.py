@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deepprune.config import JudgeConfig, VariantConfig
+from deepprune.config import JudgeConfig, JudgeLMConfig, VariantConfig
 from deepprune.judges import judge_class
 from deepprune.judges.encoder import EncoderJudge, SentenceEncoder
 from deepprune.metrics import judge_metrics, summarize_folds
 from deepprune.pairs import Pair
+
+if TYPE_CHECKING:
+    from deepprune.judges.embeddings import EmbeddingTable
 
 
 @dataclass
@@ -64,6 +68,16 @@ def embed_pairs(pairs: Sequence[Pair], prefixes: Mapping[tuple[str, str], str], 
                     np.array([p.label for p in pairs], dtype=np.int64), np.array([p.fold for p in pairs]))
 
 
+def pair_data(pairs: Sequence[Pair], texts: Mapping[tuple[str, str], str],
+              vectors: Mapping[tuple[str, str], np.ndarray]) -> PairData:
+    """PairData from precomputed prefix embeddings (the embed stage's table)."""
+    from deepprune.judges.embeddings import pair_arrays
+
+    emb_a, emb_b = pair_arrays(pairs, vectors)
+    return PairData([texts[(p.problem_id, p.trace_a)] for p in pairs], [texts[(p.problem_id, p.trace_b)] for p in pairs],
+                    emb_a, emb_b, np.array([p.label for p in pairs], dtype=np.int64), np.array([p.fold for p in pairs]))
+
+
 def cross_validate(data: PairData, cfg: JudgeConfig, encoder: SentenceEncoder, seed: int) -> dict[str, VariantResult]:
     """Every variant's out-of-fold scores and metrics, with the same folds and the same pairs."""
     labels, folds = data.labels, data.folds
@@ -113,3 +127,136 @@ def time_judge(encoder: SentenceEncoder, judge: EncoderJudge, texts: Sequence[st
         judge.score(a, b)
         score.append((time.perf_counter() - start) / len(a))
     return {"encode_seconds_per_prefix": float(np.median(encode)), "score_seconds_per_pair": float(np.median(score))}
+
+
+def balanced_subset(labels: np.ndarray, rows: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to per_class rows of each label, in a seeded order. AUROC and TNR do not depend on the class ratio,
+    so a balanced subset measures them with far fewer (slow) causal-LM calls than the whole fold."""
+    picked = []
+    for label in (0, 1):
+        members = rows[labels[rows] == label]
+        picked.append(members[rng.permutation(len(members))[:per_class]])
+    return np.sort(np.concatenate(picked))
+
+
+@dataclass
+class LMEvaluation:
+    """Held-out results of the causal-LM judge (fine-tuned and zero-shot) and the judges it is compared with,
+    all on the same pairs."""
+
+    eval_rows: list[np.ndarray]                       # per fold: the evaluated pair indices
+    scores: dict[str, list[np.ndarray]]               # judge -> per fold scores aligned with eval_rows
+    per_fold: dict[str, list[dict[str, float]]]
+    summary: dict[str, dict[str, float]]
+    throughput: dict[str, float]
+    train_loss: list[list[float]]
+    judges: list[Any] = field(default_factory=list)   # the fine-tuned judge of each fold
+
+
+def evaluate_causal_lm(texts_a: Sequence[str], texts_b: Sequence[str], labels: np.ndarray, folds: np.ndarray,
+                       cfg: JudgeLMConfig, seed: int, fnr: float, threshold: float,
+                       compare: Mapping[str, np.ndarray] | None = None, zero_shot: bool = True,
+                       checkpoint_root: str | None = None, model: Any = None, tokenizer: Any = None,
+                       keep_judges: bool = False) -> LMEvaluation:
+    """Fine-tune the causal-LM judge on all folds but one and score a balanced sample of the held-out fold, for
+    the first `cfg.eval.folds` folds; the zero-shot model and the `compare` judges (out-of-fold scores from the
+    judge stage) are scored on exactly the same pairs."""
+    import copy
+
+    from deepprune.judges.causal_lm import CausalLMJudge, load_causal_lm
+
+    labels, folds = np.asarray(labels), np.asarray(folds)
+    if model is None:
+        model, tokenizer = load_causal_lm(cfg.model_path, cfg.dtype, cfg.device)
+    base = CausalLMJudge(cfg, seed, model, tokenizer)
+    names = (["causal_lm"] if cfg.train.steps > 0 else []) + (["causal_lm_zeroshot"] if zero_shot else []) + \
+        sorted(compare or {})
+    out = LMEvaluation([], {n: [] for n in names}, {n: [] for n in names}, {}, {}, [])
+    train_tp = score_tp = None
+    for offset, fold in enumerate(sorted(set(folds.tolist()))[: cfg.eval.folds]):
+        rng = np.random.default_rng(seed + fold)
+        test = balanced_subset(labels, np.flatnonzero(folds == fold), cfg.eval.pairs_per_class, rng)
+        train = np.flatnonzero(folds != fold)
+        out.eval_rows.append(test)
+        ta, tb = [texts_a[i] for i in test], [texts_b[i] for i in test]
+        fold_scores: dict[str, np.ndarray] = {}
+        if cfg.train.steps > 0:
+            judge = CausalLMJudge(cfg, seed + fold, copy.deepcopy(model), tokenizer)
+            judge.fit_texts([texts_a[i] for i in train], [texts_b[i] for i in train], labels[train],
+                            checkpoint_dir=f"{checkpoint_root}/fold{fold}" if checkpoint_root else None)
+            fold_scores["causal_lm"] = judge.score_texts(ta, tb)
+            out.train_loss.append(judge.train_log)
+            train_tp, score_tp = _add_tp(train_tp, judge.training), _add_tp(score_tp, judge.scoring)
+            if keep_judges:
+                out.judges.append(judge)
+            del judge
+        if zero_shot:
+            fold_scores["causal_lm_zeroshot"] = base.score_texts(ta, tb)
+        for name, oof in (compare or {}).items():
+            fold_scores[name] = np.asarray(oof)[test]
+        for name, scores in fold_scores.items():
+            out.scores[name].append(scores)
+            out.per_fold[name].append(judge_metrics(labels[test], scores, fnr, threshold))
+    out.summary = {name: summarize_folds(rows) for name, rows in out.per_fold.items()}
+    score_tp = _add_tp(score_tp, base.scoring)
+    out.throughput = {
+        "score_pairs_per_second": score_tp.pairs_per_second if score_tp else float("nan"),
+        "score_tokens_per_pair": score_tp.tokens / score_tp.pairs if score_tp and score_tp.pairs else float("nan"),
+        "train_pairs_per_second": train_tp.pairs_per_second if train_tp else float("nan"),
+        "train_seconds": train_tp.seconds if train_tp else 0.0,
+        "score_seconds": score_tp.seconds if score_tp else 0.0,
+    }
+    return out
+
+
+def same_pairs_metrics(rows: Sequence[Mapping[str, Any]], scores: Mapping[tuple[str, str, str], Mapping[str, Any]],
+                       names: Sequence[str], fnr: float, threshold: float) -> dict[str, dict[str, float]]:
+    """Fold-summarised metrics of other judges on exactly the pairs another evaluation used (rows: pairs with
+    problem_id, trace_a, trace_b, label and fold; scores: pair key -> {judge: score})."""
+    out = {}
+    for name in names:
+        per_fold = []
+        for fold in sorted({r["fold"] for r in rows}):
+            mine = [r for r in rows if r["fold"] == fold]
+            values = [scores[(r["problem_id"], r["trace_a"], r["trace_b"])].get(name) for r in mine]
+            per_fold.append(judge_metrics([r["label"] for r in mine],
+                                          [np.nan if v is None else v for v in values], fnr, threshold))
+        if per_fold:
+            out[name] = summarize_folds(per_fold)
+    return out
+
+
+def _add_tp(total: Any, more: Any) -> Any:
+    from deepprune.judges.causal_lm import Throughput
+
+    total = total or Throughput()
+    return Throughput(total.pairs + more.pairs, total.seconds + more.seconds, total.tokens + more.tokens)
+
+
+@dataclass
+class AblationRow:
+    """One judge variant at one truncation: held-out metrics over the grouped folds."""
+
+    strategy: str
+    k: int
+    variant: str
+    summary: dict[str, float]
+
+
+def truncation_ablation(pairs: Sequence[Pair], prefixes: Mapping[tuple[str, str], Mapping[str, str]],
+                        table: "EmbeddingTable", cfg: JudgeConfig, variants: Sequence[str], encoder: SentenceEncoder,
+                        seed: int) -> list[AblationRow]:
+    """Every listed variant cross-validated on every prefix the embed stage computed (Figure 4, Table 1):
+    same pairs, same folds, only the truncation changes."""
+    from deepprune.truncate import parse_prefix_name
+
+    sub = cfg.model_copy(update={"variants": {v: cfg.variants[v] for v in variants}, "primary": variants[0],
+                                 "baseline": variants[0]})
+    rows = []
+    for name in sorted(table.matrices, key=lambda n: parse_prefix_name(n)):
+        strategy, k = parse_prefix_name(name)
+        texts = {key: row[name] for key, row in prefixes.items()}
+        data = pair_data(pairs, texts, table.lookup(name))
+        for variant, result in cross_validate(data, sub, encoder, seed).items():
+            rows.append(AblationRow(strategy, k, variant, result.summary))
+    return rows

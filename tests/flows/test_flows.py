@@ -20,6 +20,7 @@ def prefect_harness():
 
 
 def test_stage_flows_end_to_end(workspace):
+    from flows.embed import embed_flow
     from flows.judge import judge_flow
     from flows.label import label_flow
     from flows.prune import prune_flow
@@ -31,11 +32,13 @@ def test_stage_flows_end_to_end(workspace):
         assert sample_metrics["sample/problems"] == 8
         label_metrics = label_flow(corpus)
         assert 0 < label_metrics["label/same_answer_share"] <= 1
+        assert embed_flow(corpus)["embed/prefix_sets"] == 3
     judge_metrics = judge_flow("date")
     for variant in VARIANTS:
         assert f"judge/{variant}/auroc" in judge_metrics
         assert (workspace / "data/judge/date/models" / f"{variant}.safetensors").exists() == (variant != "sbert_cosine")
     judge_flow("math")
+    _judge_lm_sweep_and_ablation(workspace)
     for corpus in ("math", "date"):
         prune_metrics = prune_flow(corpus)
         assert prune_metrics["prune/cons/token_reduction"] == 0
@@ -45,6 +48,13 @@ def test_stage_flows_end_to_end(workspace):
     page = report_flow()
     text = (workspace / page).read_text()
     assert "Inter-trace redundancy" in text and "Online pruning" in text
+    assert "causal-LM judge" in text and "Focal-loss sweep" in text and "Table 1" in text
+    from tasks.report import load_corpus_results
+
+    res = load_corpus_results.fn("date", "data/labels/date", "data/judge/date", "data/prune/date",
+                                 ["encoder_focal_oversample", "sbert_cosine"])
+    for name in ("causal_lm", "causal_lm_zeroshot", "encoder_focal_oversample", "sbert_cosine"):
+        assert res.judge_lm[f"judge_lm/{name}/n_pairs"] == 12  # every judge on the same held-out pairs
 
     traces = [json.loads(line) for line in open(workspace / "data/traces/date.jsonl")]
     assert len(traces) == 80 and {t["dataset"] for t in traces} == {"date"}
@@ -67,6 +77,46 @@ def test_stage_flows_end_to_end(workspace):
     parent_date = next(r for r in parents if r.data.tags["dvc_stage"] == "judge@date")
     assert parent_date.data.params["judge.train.focal.gamma"] == "2.0"
     assert "judge/encoder_focal_oversample/auroc" in parent_date.data.metrics
+
+
+def _judge_lm_sweep_and_ablation(workspace):
+    from flows.ablate import ablate_flow
+    from flows.judge_lm import judge_lm_flow
+    from flows.sweep import run_sweep
+
+    uri = f"sqlite:///{workspace / 'mlflow.db'}"
+    lm = judge_lm_flow("date")
+    for name in ("causal_lm", "causal_lm_zeroshot"):
+        assert lm[f"judge_lm/{name}/n_pairs"] == 12  # 2 folds x 3 pairs per class, the same pairs for both
+        assert lm[f"judge_lm/{name}/auroc_folds"] == 2
+    assert lm["judge_lm/score_pairs_per_second"] > 0 and lm["judge_lm/train_pairs_per_second"] > 0
+    assert (workspace / "data/judge_lm/date/models/fold0.safetensors").exists()
+    children = [r for r in mlflow_runs(uri, "deepprune/judge_lm") if "mlflow.parentRunId" in r.data.tags]
+    assert {r.data.tags["variant"] for r in children} == {"causal_lm", "causal_lm_zeroshot"}
+    assert len({frozenset(r.data.metrics) for r in children}) == 1
+
+    sweep = run_sweep("date")
+    assert sweep["sweep/points"] == 2
+    runs = mlflow_runs(uri, "deepprune/sweep")
+    points = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(r.data.tags["variant"] for r in points) == ["ce", "focal_g2.0"]
+    assert len({frozenset(r.data.metrics) for r in points}) == 1 and "auroc" in points[0].data.metrics
+    assert all(r.info.status == "FINISHED" for r in runs)
+    results = read_json(workspace / "data/sweep/date/results.json")
+    from mlflow.tracking import MlflowClient
+
+    versions = MlflowClient(tracking_uri=uri).search_model_versions("name='deepprune-judge-date'")
+    assert [str(v.version) for v in versions] == [results["registered"]["version"]] == ["1"]
+    assert versions[0].tags["point"] == results["best"]
+
+    ablation = ablate_flow("date")
+    rows = read_json(workspace / "data/ablate/date/results.json")["rows"]
+    truncations = {(r["strategy"], r["k"]) for r in rows}
+    assert truncations == {("tokens", 16), ("tokens", 32), ("reasoning_words", 5)}  # what label built
+    assert len(rows) == len(truncations) * 5  # one result per (strategy, k) for each variant
+    assert "ablate/tokens_32/encoder_focal_oversample/auroc" in ablation
+    children = [r for r in mlflow_runs(uri, "deepprune/ablate") if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == len(truncations)
 
 
 def test_failed_stage_marks_the_mlflow_run_failed(workspace):

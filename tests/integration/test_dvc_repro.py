@@ -25,7 +25,7 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 900) -> 
 
 
 @pytest.fixture(scope="module")
-def repo_copy(tmp_path_factory):
+def repo_copy(tmp_path_factory, tiny_lm):
     """The tracked files of this repository (plus the work tree's edits), as a fresh git + DVC repo."""
     dest = tmp_path_factory.mktemp("repo")
     files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
@@ -35,7 +35,9 @@ def repo_copy(tmp_path_factory):
         if src.is_file() and not rel.startswith(("reports/metrics/", "dvc.lock")):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
-    (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params(limit=6)))
+    params = tiny_params(limit=6)
+    params["judge_lm"]["model_path"] = str(tiny_lm)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PREFECT_HOME": str(dest / ".prefect"), "MLFLOW_TRACKING_URI": f"sqlite:///{dest / 'mlflow.db'}",
            "DEEPPRUNE_MLFLOW_ARTIFACTS": str(dest / "mlartifacts"), "PYTHONPATH": str(dest)}
@@ -63,7 +65,14 @@ def test_dvc_repro_builds_everything_then_reruns_nothing(repo_copy):
         assert prune["prune/cons/token_reduction"] == 0
         assert prune["prune/oracle/tokens"] <= prune["prune/cons/tokens"]
         assert "prune/deepprune_tau0.5/accuracy_lo" in prune
-    assert "Online pruning" in (repo / "reports/index.html").read_text()
+        assert (repo / f"data/embeddings/{corpus}.npz").exists()
+        lm = json.loads((repo / f"reports/metrics/judge_lm_{corpus}.json").read_text())
+        assert "judge_lm/causal_lm/auroc_std" in lm and "judge_lm/causal_lm_zeroshot/auroc" in lm
+        assert json.loads((repo / f"reports/metrics/sweep_{corpus}.json").read_text())["sweep/points"] == 2
+        assert "ablate/tokens_32/encoder_focal_oversample/auroc" in json.loads(
+            (repo / f"reports/metrics/ablate_{corpus}.json").read_text())
+    page = (repo / "reports/index.html").read_text()
+    assert "Online pruning" in page and "Truncation ablation" in page
 
     again = _run([sys.executable, "-m", "dvc", "repro"], repo, env)
     assert "Running stage" not in again and "up to date" in again
@@ -82,14 +91,16 @@ def test_dvc_repro_builds_everything_then_reruns_nothing(repo_copy):
         assert "models" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
-def test_changing_a_judge_param_reruns_only_judge_and_report(repo_copy):
+def test_changing_a_judge_param_reruns_only_what_reads_it(repo_copy):
     repo, env = repo_copy
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["judge"]["train"]["epochs"] = 2
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     out = _run([sys.executable, "-m", "dvc", "repro"], repo, env)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"judge@math", "judge@date", "prune@math", "prune@date", "report"}
+    # the causal-LM judge (slow) and the embeddings do not read judge.train: they stay cached
+    assert ran == {"judge@math", "judge@date", "sweep@math", "sweep@date", "ablate@math", "ablate@date",
+                   "prune@math", "prune@date", "report"}
 
 
 def _free_port() -> int:

@@ -1,0 +1,71 @@
+"""Flow of the ablate stage: the truncation ablation (Figure 4: AUROC against k, per strategy) and Table 1
+(4 training variants x 2 truncations), on every prefix the label stage built."""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+
+from prefect import flow, task
+
+from deepprune.io import write_json
+from deepprune.judges.evaluate import AblationRow, truncation_ablation
+from deepprune.metrics import finite_or_none
+from flows._stage import child_run, stage_params, stage_run
+from flows.judge import embeddings_path
+from flows.label import labels_dir
+from tasks import NO_CACHE
+from tasks.judge import load_embeddings, load_encoder, load_labels
+
+KEPT = ("auroc", "auroc_std", "tnr_at_fnr", "tnr_at_fnr_std", "tnr_at_threshold", "accuracy", "n_pairs")
+
+
+def ablate_dir(corpus: str) -> str:
+    return f"data/ablate/{corpus}"
+
+
+@task(cache_policy=NO_CACHE)
+def run_ablation(pairs, prefixes, table, cfg, variants, encoder, seed) -> list[AblationRow]:  # type: ignore[no-untyped-def]
+    """Every variant at every (strategy, k)."""
+    return truncation_ablation(pairs, prefixes, table, cfg, variants, encoder, seed)
+
+
+@flow(name="ablate", log_prints=True)
+def ablate_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float | None]:
+    params = stage_params(params_path)
+    cfg = params.ablate
+    with stage_run("ablate", corpus, {"seed": params.seed, "ablate": cfg.model_dump(), "train": params.judge.train.model_dump(),
+                                      "label.folds": params.label.folds}) as run:
+        pairs, prefixes = load_labels(labels_dir(corpus))
+        encoder = load_encoder(params.judge.encoder_path, params.judge.max_length)
+        rows = run_ablation(pairs, prefixes, load_embeddings(embeddings_path(corpus)), params.judge, list(cfg.variants),
+                            encoder, params.seed)
+        metrics: dict[str, float | None] = {}
+        by_truncation: dict[tuple[str, int], list[AblationRow]] = defaultdict(list)
+        for row in rows:
+            by_truncation[(row.strategy, row.k)].append(row)
+            for key in KEPT:
+                if key in row.summary:
+                    metrics[f"ablate/{row.strategy}_{row.k}/{row.variant}/{key}"] = finite_or_none(row.summary[key])
+        for (strategy, k), group in by_truncation.items():
+            with child_run(run, f"{strategy}_{k}", {"strategy": strategy, "k": k}) as child:
+                child.log_metrics({f"{r.variant}/{key}": r.summary[key] for r in group for key in KEPT
+                                   if key in r.summary and finite_or_none(r.summary[key]) is not None})
+        write_json(f"{ablate_dir(corpus)}/results.json", {
+            "judge": cfg.judge, "table_k": cfg.table_k,
+            "rows": [{"strategy": r.strategy, "k": r.k, "variant": r.variant,
+                      "summary": {k: finite_or_none(v) for k, v in r.summary.items()}} for r in rows]})
+        write_json(f"reports/metrics/ablate_{corpus}.json", metrics)
+        run.log_metrics(metrics)
+        best = max((r for r in rows if r.variant == cfg.judge), key=lambda r: r.summary.get("auroc", 0.0))
+        print(f"ablate[{corpus}]: {len(by_truncation)} truncations x {len(cfg.variants)} variants; best for "
+              f"{cfg.judge}: {best.strategy} k={best.k} (AUROC {best.summary['auroc']:.3f})")
+        return metrics
+
+
+def main() -> None:
+    ablate_flow(sys.argv[1])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Flow of the judge_lm stage: the paper's causal-LM judge, fine-tuned and zero-shot, on held-out pairs (at CPU
+scale by default). It does not read the judge stage's outputs, so changing an embedding judge never reruns this
+(slow) stage; the report scores `judge_lm.compare` on exactly the pairs written here."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+from prefect import flow
+
+from deepprune.io import write_json, write_jsonl
+from deepprune.metrics import finite_or_none
+from deepprune.pairs import prefix_texts
+from deepprune.truncate import prefix_name
+from flows import ROOT
+from flows._stage import child_run, stage_params, stage_run
+from flows.label import labels_dir
+from tasks.judge import load_labels
+from tasks.judge_lm import evaluate_lm_judge, load_lm
+
+
+def judge_lm_dir(corpus: str) -> str:
+    return f"data/judge_lm/{corpus}"
+
+
+def checkpoint_root(corpus: str) -> str:
+    """Resumable training state lives outside the stage's outputs (DVC deletes those before a rerun)."""
+    return str(ROOT / ".cache" / "judge_lm" / corpus)
+
+
+@flow(name="judge_lm", log_prints=True)
+def judge_lm_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float | None]:
+    """Fine-tune the causal-LM judge fold by fold; report it, its zero-shot self and the compared judges."""
+    params = stage_params(params_path)
+    cfg = params.judge_lm
+    prefix = prefix_name(cfg.truncation.strategy, cfg.truncation.k)
+    with stage_run("judge_lm", corpus, {"seed": params.seed, "judge_lm": cfg.model_dump(),
+                                        "prompt_version": cfg.prompt.version}) as run:
+        pairs, prefixes = load_labels(labels_dir(corpus))
+        texts = prefix_texts(prefixes, prefix, f"{labels_dir(corpus)}/prefixes.jsonl")
+        texts_a = [texts[(p.problem_id, p.trace_a)] for p in pairs]
+        texts_b = [texts[(p.problem_id, p.trace_b)] for p in pairs]
+        labels = np.array([p.label for p in pairs])
+        folds = np.array([p.fold for p in pairs])
+        model, tokenizer = load_lm(cfg.model_path, cfg.dtype, cfg.device)
+        result = evaluate_lm_judge(texts_a, texts_b, labels, folds, cfg, params.seed, params.judge.fnr,
+                                   params.judge.threshold, None, True, checkpoint_root(corpus), model, tokenizer,
+                                   keep_judges=True)
+        out = judge_lm_dir(corpus)
+        metrics: dict[str, float | None] = {
+            "judge_lm/eval_pairs": int(sum(len(r) for r in result.eval_rows)),
+            "judge_lm/folds": len(result.eval_rows), "judge_lm/train_steps": cfg.train.steps,
+            **{f"judge_lm/{k}": finite_or_none(v) for k, v in result.throughput.items()}}
+        for name, summary in result.summary.items():
+            keys = {f"judge_lm/{name}/{k}": finite_or_none(v) for k, v in summary.items()}
+            metrics.update(keys)
+            with child_run(run, name, {"judge": name, "prefix": prefix, "prompt_version": cfg.prompt.version}) as child:
+                child.log_metrics({k.split("/", 2)[2]: v for k, v in keys.items() if v is not None})
+        for fold, judge in enumerate(result.judges):
+            path = f"{out}/models/fold{fold}.safetensors"
+            judge.save_adapter(path, {"corpus": corpus, "prefix": prefix, "held_out_fold": fold})
+            run.log_artifact(path, folder="models")
+        rows = []
+        for fold_index, idx in enumerate(result.eval_rows):
+            for j, i in enumerate(idx):
+                rows.append({**pairs[i].__dict__, "scores": {n: finite_or_none(float(s[fold_index][j]))
+                                                             for n, s in result.scores.items()}})
+        # the evaluated pairs, so other judges can be scored on exactly these (the report does)
+        write_jsonl(f"{out}/scores.jsonl", rows)
+        write_json(f"{out}/train_loss.json", {"train_loss": result.train_loss})
+        write_json(f"reports/metrics/judge_lm_{corpus}.json", metrics)
+        run.log_metrics(metrics)
+        line = ", ".join(f"{n} {result.summary[n]['auroc']:.3f}±{result.summary[n].get('auroc_std', float('nan')):.3f}"
+                         for n in result.summary)
+        print(f"judge_lm[{corpus}]: AUROC on {metrics['judge_lm/eval_pairs']} held-out pairs: {line}")
+        return metrics
+
+
+def main() -> None:
+    judge_lm_flow(sys.argv[1])
+
+
+if __name__ == "__main__":
+    main()

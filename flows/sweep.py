@@ -1,0 +1,122 @@
+"""Flow of the sweep stage: a focal-loss grid over a trainable judge's recipe. Every point is a Prefect flow run
+and an MLflow child run (same metric names, so MLflow's compare view lines them up); points run in parallel on
+the configured task runner; the best point is fitted on every pair and registered as an MLflow model version."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+from prefect import flow
+
+from deepprune.config import Params
+from deepprune.io import write_json
+from deepprune.judges.evaluate import PairData, cross_validate, train_final
+from deepprune.judges.sweep import SweepPoint, base_recipe, best_point, encoder_recipe, expand_grid, lm_recipe
+from deepprune.metrics import finite_or_none
+from deepprune.pairs import prefix_texts
+from deepprune.tracking import Run, register_model
+from deepprune.truncate import prefix_name
+from flows._stage import child_run, stage_params, stage_run
+from flows.judge import embeddings_path
+from flows.label import labels_dir
+from tasks.judge import load_embeddings, load_encoder, load_labels, make_pair_data
+from tasks.judge_lm import evaluate_lm_judge, load_lm
+from tasks.sweep import make_task_runner, run_point
+
+
+def sweep_dir(corpus: str) -> str:
+    return f"data/sweep/{corpus}"
+
+
+def _clean(summary: dict[str, float]) -> dict[str, float | None]:
+    return {k: finite_or_none(v) for k, v in summary.items()}
+
+
+@flow(name="sweep-point", log_prints=True, validate_parameters=False)
+def sweep_point_flow(point: SweepPoint, parent: Run, params: Params, corpus: str, data: PairData | None = None,
+                     encoder: Any = None, lm: tuple[Any, Any] | None = None) -> dict[str, float]:
+    """One grid point: its recipe cross-validated on the corpus's grouped folds, logged as a child run."""
+    sweep = params.sweep
+    with child_run(parent, point.name, {"point": point.as_dict, "judge": sweep.judge}) as run:
+        if sweep.judge == "encoder":
+            _, cfg = encoder_recipe(point, params.judge)
+            summary = cross_validate(data, cfg, encoder, params.seed)[point.name].summary  # type: ignore[arg-type]
+        else:
+            cfg_lm = lm_recipe(point, params.judge_lm)
+            model, tokenizer = lm  # type: ignore[misc]
+            result = evaluate_lm_judge.fn(data.texts_a, data.texts_b, data.labels, data.folds, cfg_lm,  # type: ignore[union-attr]
+                                          params.seed, params.judge.fnr, params.judge.threshold, None, False, None,
+                                          model, tokenizer)
+            summary = result.summary["causal_lm"]
+        run.log_metrics({k: v for k, v in summary.items()})
+        print(f"sweep[{corpus}] {point.name}: {sweep.metric} {summary.get(sweep.metric, float('nan')):.4f}")
+        return summary
+
+
+def _point_data(params: Params, corpus: str) -> tuple[PairData, Any, tuple[Any, Any] | None]:
+    pairs, prefixes = load_labels(labels_dir(corpus))
+    path = f"{labels_dir(corpus)}/prefixes.jsonl"
+    if params.sweep.judge == "encoder":
+        prefix = prefix_name(params.judge.truncation.strategy, params.judge.truncation.k)
+        data = make_pair_data(pairs, prefixes, load_embeddings(embeddings_path(corpus)), prefix, path)
+        return data, load_encoder(params.judge.encoder_path, params.judge.max_length), None
+    cfg = params.judge_lm
+    texts = prefix_texts(prefixes, prefix_name(cfg.truncation.strategy, cfg.truncation.k), path)
+    data = PairData([texts[(p.problem_id, p.trace_a)] for p in pairs], [texts[(p.problem_id, p.trace_b)] for p in pairs],
+                    np.zeros((0, 0)), np.zeros((0, 0)), np.array([p.label for p in pairs]), np.array([p.fold for p in pairs]))
+    return data, None, load_lm(cfg.model_path, cfg.dtype, cfg.device)
+
+
+@flow(name="sweep", log_prints=True)
+def sweep_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float | None]:
+    """Every distinct grid point of params `sweep`, then the best point fitted and registered."""
+    params = stage_params(params_path)
+    sweep = params.sweep
+    points = expand_grid(sweep, base_recipe(sweep, params.judge, params.judge_lm))
+    with stage_run("sweep", corpus, {"seed": params.seed, "sweep": sweep.model_dump(), "points": len(points)}) as run:
+        data, encoder, lm = _point_data(params, corpus)
+        futures = [run_point.submit(sweep_point_flow, point=point, parent=run, params=params, corpus=corpus,
+                                    data=data, encoder=encoder, lm=lm) for point in points]
+        results = [(point, future.result()) for point, future in zip(points, futures)]
+        best, best_summary = best_point(results, sweep.metric)
+        out = sweep_dir(corpus)
+        metrics: dict[str, float | None] = {"sweep/points": len(points),
+                                            **{f"sweep/best/{k}": v for k, v in _clean(dict(best_summary)).items()}}
+        doc: dict[str, Any] = {"judge": sweep.judge, "metric": sweep.metric, "best": best.name,
+                               "points": [{"name": p.name, "settings": p.as_dict, "summary": _clean(dict(s))}
+                                          for p, s in results]}
+        if sweep.judge == "encoder":
+            variant, cfg = encoder_recipe(best, params.judge)
+            final = train_final(data, cfg, variant, encoder, params.seed)
+            path = f"{out}/best.safetensors"
+            final.save(path, {"variant": best.name, "corpus": corpus, "sweep_metric": sweep.metric})
+            run.log_artifact(path, folder="best")
+            if sweep.register_as:
+                name = f"{sweep.register_as}-{corpus}"
+                version = register_model(run, "best/best.safetensors", name,
+                                         {"point": best.name, sweep.metric: str(best_summary.get(sweep.metric))})
+                doc["registered"] = {"name": name, "version": version}
+                print(f"sweep[{corpus}]: registered {name} version {version}")
+        write_json(f"{out}/results.json", doc)
+        write_json(f"reports/metrics/sweep_{corpus}.json", metrics)
+        run.set_tags({"best_point": best.name})
+        run.log_metrics(metrics)
+        print(f"sweep[{corpus}]: best of {len(points)} points is {best.name} "
+              f"({sweep.metric} {best_summary.get(sweep.metric, float('nan')):.4f})")
+        return metrics
+
+
+def run_sweep(corpus: str, params_path: str = "params.yaml") -> dict[str, float | None]:
+    """The sweep flow on the task runner params ask for."""
+    runner = make_task_runner(stage_params(params_path).sweep)
+    return sweep_flow.with_options(task_runner=runner)(corpus, params_path)
+
+
+def main() -> None:
+    run_sweep(sys.argv[1])
+
+
+if __name__ == "__main__":
+    main()
