@@ -62,10 +62,14 @@ class FieldMap(_Strict):
 
 
 class CorpusConfig(_Strict):
-    """One trace corpus: where it is, how to import it, how to read its answers."""
+    """One trace corpus: a recorded file (replayed), or a problem set sampled live by `sample.backend`."""
 
-    importer: Literal["qwen25_math_eval", "generic"]
-    path: str
+    importer: Literal["qwen25_math_eval", "generic", "live"]
+    path: str | None = Field(None, description="the recorded file; for live corpora the problem file (default: "
+                                               "the shipped one of `dataset`)")
+    dataset: Literal["aime24", "aime25", "math500", "gsm8k", "gpqa"] | None = Field(
+        None, description="live corpora: the problem set")
+    limit: int | None = Field(None, ge=1, description="live corpora: the first N problems (overrides sample.limit)")
     model: str
     format: Literal["json", "jsonl"] = "jsonl"
     tokenizer: str = Field("qwen", description="'qwen' (packaged Qwen tokenizer) or a local HF tokenizer dir")
@@ -76,13 +80,53 @@ class CorpusConfig(_Strict):
     def _generic_needs_fields(self) -> "CorpusConfig":
         if self.importer == "generic" and self.fields is None:
             raise ValueError("importer 'generic' needs a `fields` mapping")
+        if self.importer == "live" and self.dataset is None:
+            raise ValueError("importer 'live' needs a `dataset` (aime24, aime25, math500, gsm8k or gpqa)")
+        if self.importer != "live" and self.path is None:
+            raise ValueError(f"importer {self.importer!r} needs a `path`")
         return self
 
 
+class GenerationConfig(_Strict):
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(512, ge=1, description="generated tokens per trace at most")
+    top_logprobs: int = Field(5, ge=0, description="top-k log-probabilities kept per token (DeepConf needs > 0)")
+
+
+class ServerConfig(_Strict):
+    """An OpenAI-compatible server (vLLM, SGLang, llama.cpp, or `python -m deepprune.sampling.server`)."""
+
+    url: str = "http://127.0.0.1:8000/v1"
+    model: str = Field("default", description="the model name the server expects in requests")
+    api_key_env: str | None = Field(None, description="environment variable holding the API key (never in params)")
+    tokenizer_path: str | None = Field(None, description="local tokenizer dir: prompts go through its chat template")
+    max_concurrency: int = Field(8, ge=1, description="requests in flight at once")
+    timeout_s: float = Field(300, gt=0)
+    retries: int = Field(2, ge=0, description="retries of a transient server error (then the Prefect task retries)")
+    start_command: list[str] | None = Field(None, description="started before sampling and stopped after, e.g. "
+                                                              "[vllm, serve, Qwen/Qwen3-4B, --port, '8000']")
+    startup_timeout_s: float = Field(600, gt=0)
+
+
 class SampleConfig(_Strict):
-    backend: Literal["replay"] = Field("replay", description="where traces come from (replay: a recorded corpus)")
+    backend: Literal["replay", "transformers", "openai"] = Field(
+        "replay", description="engine for live corpora (recorded corpora are always replayed)")
     limit: int | None = Field(None, ge=1, description="keep the first N problems of each corpus (null: all)")
     skip_invalid: bool = Field(False, description="skip (and count) records that fail validation instead of failing")
+    n: int = Field(8, ge=1, description="live corpora: traces per problem")
+    model_path: str | None = Field(None, description="transformers backend: local model dir or .gguf (null: the "
+                                                     "packaged SmolLM2-135M-Instruct)")
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    batch_size: int = Field(8, ge=1, description="transformers backend: traces generated together")
+    generation: GenerationConfig = GenerationConfig()
+    system: str | None = Field(None, description="system message of every prompt")
+    prompts: dict[str, str] = Field(default_factory=lambda: {
+        "math": "{question}\nPlease reason step by step, and put your final answer within \\boxed{}.",
+        "choice": "{question}\nPlease reason step by step, and end with 'Answer: X' where X is the letter."},
+        description="prompt template per problem kind ({question} is filled in)")
+    server: ServerConfig = ServerConfig()
 
 
 class TruncationConfig(_Strict):

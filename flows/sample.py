@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from prefect import flow
 
 from deepprune.io import write_json
 from deepprune.sampling import SampleRequest
+from deepprune.sampling.live import managed_server
+from flows import ROOT
 from flows._stage import stage_params, stage_run
 from tasks.sample import sample_traces, save_traces
 
 
 def traces_path(corpus: str) -> str:
     return f"data/traces/{corpus}.jsonl"
+
+
+def meta_path(corpus: str) -> str:
+    """Engine identity and sampling settings of the trace file."""
+    return f"data/traces/{corpus}.meta.json"
 
 
 @flow(name="sample", log_prints=True)
@@ -23,10 +31,24 @@ def sample_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
     cfg = params.corpus(corpus)
     with stage_run("sample", corpus, {"seed": params.seed, "sample": params.sample.model_dump(),
                                       "corpus": cfg.model_dump()}) as run:
-        request = SampleRequest(dataset=corpus, corpus=cfg, settings=params.sample, seed=params.seed)
-        problems = sample_traces(request)
+        request = SampleRequest(dataset=corpus, corpus=cfg, settings=params.sample, seed=params.seed,
+                                shard_dir=str(ROOT / ".cache" / "sample" / corpus))
+        live = cfg.importer == "live"
+        server = managed_server(params.sample.server, ROOT / ".cache" / "server.log") \
+            if live and params.sample.backend == "openai" else contextlib.nullcontext()
+        with server:
+            problems = sample_traces(request)
         n_traces = save_traces(traces_path(corpus), problems)
         stats = request.stats
+        meta = {"corpus": corpus, "importer": cfg.importer, "seed": params.seed,
+                "engine": request.info.get("engine", {"engine": "replay", "source": cfg.path}),
+                "generation": params.sample.generation.model_dump() if live else None,
+                "n": params.sample.n if live else None,
+                "trace_seed": "sha256(f'{seed}:{problem_id}:{index}')[:4] & 0x7fffffff; trace_id = 's<seed>'" if live
+                else None}
+        write_json(meta_path(corpus), meta)
+        run.log_params({"engine": meta["engine"]})
+        run.log_artifact(meta_path(corpus))
         checked = stats.get("source_answer_checked", 0)
         metrics = {
             "sample/problems": len(problems),
@@ -36,6 +58,12 @@ def sample_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
             "sample/total_tokens": sum(t.n_tokens for g in problems for t in g),
             "sample/extractor_agreement_with_source": (stats.get("source_answer_agrees", 0) / checked) if checked else None,
         }
+        if live:
+            seconds = stats.get("generation_seconds", 0.0)
+            metrics.update({"sample/generated_tokens": int(stats.get("generated_tokens", 0)),
+                            "sample/resumed_problems": int(stats.get("resumed_problems", 0)),
+                            "sample/tokens_per_second": (stats["generated_tokens"] / seconds) if seconds else None,
+                            "sample/accuracy": sum(bool(t.correct) for g in problems for t in g) / max(n_traces, 1)})
         write_json(f"reports/metrics/sample_{corpus}.json", metrics)
         run.log_metrics(metrics)
         print(f"sample[{corpus}]: {n_traces} traces of {len(problems)} problems -> {traces_path(corpus)}")

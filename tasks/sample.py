@@ -11,8 +11,10 @@ from tasks import IO_RETRIES, NO_CACHE
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
 def sample_traces(request: SampleRequest) -> list[list[Trace]]:
-    """Run the configured backend over the request; traces grouped by problem."""
-    return list(get_sampler(request.settings.backend).sample(request))
+    """Replay a recorded corpus, or sample a live one with the configured engine; traces grouped by problem.
+    Transient engine errors (a 5xx, an unreachable server) are retried; finished problems are not regenerated."""
+    backend = "live" if request.corpus.importer == "live" else "replay"
+    return list(get_sampler(backend).sample(request))
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)

@@ -20,6 +20,9 @@ def tiny_params(limit: int = 8) -> dict:
     raw["judge"]["max_length"] = 64
     raw["judge"]["train"].update(epochs=3, batch_size=64)
     raw["prune"]["repetitions"] = 5
+    raw["corpora"]["live"]["limit"] = 3
+    raw["sample"].update(n=4, batch_size=4)
+    raw["sample"]["generation"]["max_tokens"] = 24
     raw["judge_lm"]["truncation"] = {"strategy": "tokens", "k": 16}
     raw["judge_lm"]["train"].update(steps=2, batch_size=2, checkpoint_every=1)
     raw["judge_lm"]["eval"].update(folds=2, pairs_per_class=3, batch_size=4)
@@ -62,6 +65,7 @@ def workspace(tmp_path, monkeypatch, tiny_lm):
     (tmp_path / "data" / "raw").symlink_to(ROOT / "data" / "raw")
     params = tiny_params()
     params["judge_lm"]["model_path"] = str(tiny_lm)
+    params["sample"]["model_path"] = str(tiny_lm)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")

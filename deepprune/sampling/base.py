@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from deepprune.config import CorpusConfig, SampleConfig
 from deepprune.data.schema import Trace
@@ -25,6 +25,8 @@ class SampleRequest:
     settings: SampleConfig
     seed: int
     stats: dict[str, float] = field(default_factory=dict, compare=False)  # the backend's counters
+    shard_dir: str | None = None  # live backends: where finished problems are checkpointed
+    info: dict[str, Any] = field(default_factory=dict, compare=False)  # what the backend reports (engine identity)
 
 
 class Sampler(Protocol):
@@ -38,7 +40,8 @@ class Sampler(Protocol):
 
 
 # name -> "module:factory"; modules are imported only when their backend is asked for
-_REGISTRY: dict[str, str] = {"replay": "deepprune.sampling.replay:ReplaySampler"}
+_REGISTRY: dict[str, str] = {"replay": "deepprune.sampling.replay:ReplaySampler",
+                             "live": "deepprune.sampling.live:LiveSampler"}
 
 
 def register_sampler(name: str, target: str) -> None:

@@ -27,19 +27,20 @@ def test_stage_flows_end_to_end(workspace):
     from flows.report import report_flow
     from flows.sample import sample_flow
 
-    for corpus in ("math", "date"):
+    for corpus in ("math", "date", "live"):
         sample_metrics = sample_flow(corpus)
-        assert sample_metrics["sample/problems"] == 8
+        assert sample_metrics["sample/problems"] == (3 if corpus == "live" else 8)
         label_metrics = label_flow(corpus)
-        assert 0 < label_metrics["label/same_answer_share"] <= 1
+        assert 0 < label_metrics["label/same_answer_share"] <= 1 or corpus == "live"  # random weights: no answers
         assert embed_flow(corpus)["embed/prefix_sets"] == 3
     judge_metrics = judge_flow("date")
     for variant in VARIANTS:
         assert f"judge/{variant}/auroc" in judge_metrics
         assert (workspace / "data/judge/date/models" / f"{variant}.safetensors").exists() == (variant != "sbert_cosine")
     judge_flow("math")
+    judge_flow("live")
     _judge_lm_sweep_and_ablation(workspace)
-    for corpus in ("math", "date"):
+    for corpus in ("math", "date", "live"):
         prune_metrics = prune_flow(corpus)
         assert prune_metrics["prune/cons/token_reduction"] == 0
         assert prune_metrics["prune/deepprune_tau0.5/tokens"] <= prune_metrics["prune/cons/tokens"]
@@ -56,6 +57,12 @@ def test_stage_flows_end_to_end(workspace):
     for name in ("causal_lm", "causal_lm_zeroshot", "encoder_focal_oversample", "sbert_cosine"):
         assert res.judge_lm[f"judge_lm/{name}/n_pairs"] == 12  # every judge on the same held-out pairs
 
+    live = [json.loads(line) for line in open(workspace / "data/traces/live.jsonl")]
+    assert len(live) == 12 and all(t["tokenizer"] == "engine" and 0 < t["n_tokens"] <= 24 for t in live)
+    assert {t["finish_reason"] for t in live} <= {"stop", "length"} and len({t["trace_id"] for t in live}) == 12
+    meta = read_json(workspace / "data/traces/live.meta.json")
+    assert meta["engine"]["engine"] == "transformers" and meta["generation"]["max_tokens"] == 24 and meta["n"] == 4
+
     traces = [json.loads(line) for line in open(workspace / "data/traces/date.jsonl")]
     assert len(traces) == 80 and {t["dataset"] for t in traces} == {"date"}
     pairs = [json.loads(line) for line in open(workspace / "data/labels/date/pairs.jsonl")]
@@ -66,10 +73,10 @@ def test_stage_flows_end_to_end(workspace):
     runs = mlflow_runs(uri, "deepprune/judge")
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert {r.data.tags["dvc_stage"] for r in parents} == {"judge@date", "judge@math"}
+    assert {r.data.tags["dvc_stage"] for r in parents} == {"judge@date", "judge@math", "judge@live"}
     assert all(r.info.status == "FINISHED" for r in runs)
     assert all(r.data.tags["prefect_flow_run_id"] != "none" for r in parents)
-    assert len(children) == 10
+    assert len(children) == 15
     date_children = [r for r in children if r.data.tags["corpus"] == "date"]
     assert {r.data.tags["variant"] for r in date_children} == set(VARIANTS)
     assert len({frozenset(r.data.metrics) for r in date_children}) == 1  # the compare view lines them up

@@ -37,6 +37,7 @@ def repo_copy(tmp_path_factory, tiny_lm):
             shutil.copy2(src, dest / rel)
     params = tiny_params(limit=6)
     params["judge_lm"]["model_path"] = str(tiny_lm)
+    params["sample"]["model_path"] = str(tiny_lm)
     (dest / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PREFECT_HOME": str(dest / ".prefect"), "MLFLOW_TRACKING_URI": f"sqlite:///{dest / 'mlflow.db'}",

@@ -1,0 +1,145 @@
+"""Live backends of the sample stage: problems from a shipped set, prompts from params, N traces per problem from
+the transformers engine or an OpenAI-compatible server.
+
+Each finished problem is written at once as a shard (atomically) under the stage's shard directory, keyed by
+everything that decides its traces; a killed run (even SIGKILL) resumes and regenerates nothing that finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from deepprune.answers import extract_answer, is_correct
+from deepprune.config import SampleConfig, ServerConfig
+from deepprune.data.schema import Trace, read_traces, write_traces
+from deepprune.sampling.base import SampleRequest
+from deepprune.sampling.engines import EngineUnreachable, GenerationSettings, GenJob
+from deepprune.sampling.problems import DATASETS, build_messages, load_problems
+
+
+def trace_seed(seed: int, problem_id: str, index: int) -> int:
+    """The seed of trace `index` of a problem: fixed by the run seed, independent of batching and order."""
+    digest = hashlib.sha256(f"{seed}:{problem_id}:{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def make_engine(cfg: SampleConfig) -> Any:
+    """The engine params ask for (imported lazily: neither backend loads unless used)."""
+    settings = GenerationSettings(cfg.generation.temperature, cfg.generation.top_p, cfg.generation.top_logprobs)
+    if cfg.backend == "transformers":
+        from deepprune.sampling.engines import TransformersEngine
+
+        return TransformersEngine(cfg.model_path, settings, cfg.batch_size, cfg.device, cfg.dtype)
+    if cfg.backend == "openai":
+        from deepprune.sampling.engines import OpenAIEngine
+
+        server = cfg.server
+        key = os.environ.get(server.api_key_env) if server.api_key_env else None
+        return OpenAIEngine(server.url, server.model, settings, server.max_concurrency, server.timeout_s, key,
+                            server.tokenizer_path, server.retries)
+    raise ValueError("live corpora need sample.backend 'transformers' or 'openai' (recorded corpora are replayed)")
+
+
+def _server_up(url: str) -> bool:
+    try:
+        urllib.request.urlopen(f"{url.rstrip('/')}/models", timeout=2)
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def managed_server(cfg: ServerConfig, log_path: str | os.PathLike | None = None) -> Iterator[None]:
+    """Start `server.start_command` for the run (unless a server already answers) and stop it afterwards."""
+    if not cfg.start_command or _server_up(cfg.url):
+        yield
+        return
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen(cfg.start_command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + cfg.startup_timeout_s
+        while not _server_up(cfg.url):
+            if proc.poll() is not None:
+                raise EngineUnreachable(f"sample.server.start_command exited with {proc.returncode} before "
+                                        f"{cfg.url} answered (log: {log_path})")
+            if time.monotonic() > deadline:
+                raise EngineUnreachable(f"{cfg.url} did not answer within {cfg.startup_timeout_s:.0f} s of starting "
+                                        f"{cfg.start_command[0]!r}")
+            time.sleep(1)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if log is not subprocess.DEVNULL:
+            log.close()
+
+
+def run_fingerprint(request: SampleRequest) -> str:
+    """What decides a problem's traces: corpus, sampling settings (not `limit`), and the seed."""
+    settings = request.settings.model_dump(exclude={"limit", "skip_invalid"})
+    corpus = request.corpus.model_dump(exclude={"limit"})
+    blob = json.dumps([corpus, settings, request.seed], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class LiveSampler:
+    """Generates `sample.n` traces per problem; a problem whose shard exists is read back, not regenerated."""
+
+    name = "live"
+
+    def __init__(self, engine: Any = None) -> None:
+        self.engine = engine
+
+    def sample(self, request: SampleRequest) -> Iterator[list[Trace]]:
+        corpus, cfg = request.corpus, request.settings
+        assert corpus.dataset is not None
+        limit = corpus.limit or cfg.limit
+        items = load_problems(corpus.dataset, corpus.path or DATASETS[corpus.dataset][0], limit)
+        spec = corpus.answer.spec()
+        shard_dir = Path(request.shard_dir or ".cache/sample") / run_fingerprint(request)
+        stats = request.stats
+        for key in ("problems", "traces", "no_answer", "resumed_problems", "generated_tokens", "generation_seconds"):
+            stats.setdefault(key, 0)
+        for item in items:
+            shard = shard_dir / (hashlib.sha1(item.problem_id.encode()).hexdigest()[:16] + ".jsonl")
+            if shard.exists():
+                traces, _ = read_traces(shard)
+                stats["resumed_problems"] += 1
+            else:
+                if self.engine is None:
+                    self.engine = make_engine(cfg)
+                engine = self.engine
+                prompt = engine.render(build_messages(item, cfg.prompts, cfg.system))
+                seeds = [trace_seed(request.seed, item.problem_id, j) for j in range(cfg.n)]
+                start = time.perf_counter()
+                results = engine.generate([GenJob(prompt, cfg.generation.max_tokens, s) for s in seeds])
+                stats["generation_seconds"] += time.perf_counter() - start
+                traces = []
+                for j, (seed, res) in enumerate(zip(seeds, results)):
+                    answer = extract_answer(res.text, spec)
+                    traces.append(Trace(
+                        problem_id=item.problem_id, dataset=request.dataset, model=corpus.model, trace_id=f"s{seed}",
+                        text=res.text, n_tokens=res.n_tokens, tokenizer="engine", answer=answer, gold=item.gold,
+                        correct=is_correct(answer, item.gold, spec),
+                        finish_reason=res.finish_reason if res.finish_reason in ("stop", "length") else "unknown",
+                        logprobs=res.logprobs))
+                    stats["generated_tokens"] += res.n_tokens
+                write_traces(shard, traces)  # atomic: a kill leaves either the whole shard or none
+            if self.engine is not None:
+                request.info["engine"] = self.engine.identity
+            stats["problems"] += 1
+            stats["traces"] += len(traces)
+            stats["no_answer"] += sum(t.answer is None for t in traces)
+            yield traces

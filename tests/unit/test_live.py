@@ -1,0 +1,205 @@
+"""Live sampling on a tiny random Llama: the transformers engine, the OpenAI protocol against a real HTTP server on
+127.0.0.1 (ours, serving the same model), the online controllers, and checkpoint/resume of the sample stage."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from deepprune.answers import AnswerSpec
+from deepprune.config import CorpusConfig, SampleConfig
+from deepprune.sampling import SampleRequest
+from deepprune.sampling.engines import (EngineUnreachable, GenerationSettings, GenJob, MalformedResponse, OpenAIEngine,
+                                        PromptTooLong, TransformersEngine, TransientEngineError)
+from deepprune.sampling.live import LiveSampler, trace_seed
+from deepprune.sampling.online import run_cons, run_deepconf, run_deepprune
+from deepprune.sampling.problems import build_messages, load_problems
+from deepprune.sampling.server import make_server
+from tasks import PERMANENT_ERRORS
+
+SPEC = AnswerSpec(extractor="boxed_math")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_lm):
+    return TransformersEngine(str(tiny_lm), GenerationSettings(0.8, 0.95, 4), batch_size=3)
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    srv = make_server(engine, port=0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/v1", srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _stats(url: str) -> dict:
+    return json.load(urllib.request.urlopen(url.replace("/v1", "/stats")))
+
+
+def test_problem_sets_load_with_gold_answers_and_prompts():
+    for name, kind in (("aime24", "math"), ("aime25", "math"), ("math500", "math"), ("gsm8k", "math"), ("gpqa", "choice")):
+        items = load_problems(name, limit=3)
+        assert len(items) == 3 and all(i.gold and i.kind == kind for i in items), name
+    gsm = load_problems("gsm8k", limit=1)[0]
+    assert gsm.gold == "18" and "Janet" in gsm.question
+    assert "boxed" not in load_problems("aime25", limit=1)[0].question  # its own instruction is stripped
+    messages = build_messages(gsm, SampleConfig().prompts)
+    assert messages[-1]["content"].startswith(gsm.question) and "\\boxed{}" in messages[-1]["content"]
+
+
+def test_transformers_engine_is_seeded_per_trace_and_respects_budgets(engine):
+    prompt = engine.render([{"role": "user", "content": "What is 2 + 2?"}])
+    batch = engine.generate([GenJob(prompt, 10, seed) for seed in (1, 2, 3, 4)])
+    alone = engine.generate([GenJob(prompt, 10, 3)])[0]
+    assert alone.text == batch[2].text  # a trace does not depend on its batch-mates
+    assert batch[0].text != batch[1].text
+    for res in batch:
+        assert res.n_tokens <= 10 and res.finish_reason in ("stop", "length") and len(res.logprobs) == res.n_tokens
+        assert all(len(row) == 4 for row in res.logprobs)
+    stopped = engine.generate([GenJob(prompt, 30, 1, on_token=lambda ev: ev.index < 4)])[0]
+    assert (stopped.n_tokens, stopped.finish_reason) == (5, "cancelled")
+    with pytest.raises(PromptTooLong, match="context length"):
+        engine.generate([GenJob(prompt * 400, 10, 1)])
+
+
+def test_openai_backend_streams_logprobs_cancels_and_resumes_against_a_real_server(engine, server):
+    url, _ = server
+    client = OpenAIEngine(url, "tiny", GenerationSettings(0.8, 0.95, 4), max_concurrency=3)
+    prompt = engine.render([{"role": "user", "content": "Count to five."}])
+    local = engine.generate([GenJob(prompt, 12, 7), GenJob(prompt, 12, 8)])
+    remote = client.generate([GenJob(prompt, 12, 7), GenJob(prompt, 12, 8)])  # concurrent streams
+    for a, b in zip(local, remote):
+        assert (b.text, b.n_tokens, b.finish_reason) == (a.text, a.n_tokens, a.finish_reason)
+        assert len(b.logprobs) == b.n_tokens and np.allclose(b.logprobs, a.logprobs, atol=1e-4)
+    before = _stats(url)["tokens_generated"]
+    cut = client.generate([GenJob(prompt, 200, 7, on_token=lambda ev: ev.index < 2)])[0]
+    assert (cut.n_tokens, cut.finish_reason) == (3, "cancelled")
+    import time
+    time.sleep(0.5)
+    generated = _stats(url)["tokens_generated"] - before
+    assert generated < 20  # closing the stream stopped generation on the server, far short of 200
+    prefix = local[0].text
+    resumed = client.generate([GenJob(prompt + prefix, 6, 99)])[0]
+    assert 0 < resumed.n_tokens <= 6 and resumed.finish_reason in ("stop", "length")
+
+
+class _Fake(BaseHTTPRequestHandler):
+    """A misbehaving server: answers 503 for the first `failures` requests, or garbage."""
+
+    mode = "garbage"
+    failures = 0
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        cls = type(self)
+        if cls.mode == "flaky" and cls.failures > 0:
+            cls.failures -= 1
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        if cls.mode == "garbage":
+            self.wfile.write(b"data: {this is not json\n\n")
+        else:
+            chunk = {"choices": [{"index": 0, "text": "ok", "finish_reason": "stop"}]}
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode())
+
+
+@pytest.fixture
+def fake():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Fake)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_bad_servers_give_clear_errors_and_transient_ones_are_retried(fake, server, engine):
+    _Fake.mode = "garbage"
+    with pytest.raises(MalformedResponse, match="not JSON"):
+        OpenAIEngine(fake, "m", retries=0).generate([GenJob("hi", 4, 0)])
+    _Fake.mode, _Fake.failures = "flaky", 2
+    assert OpenAIEngine(fake, "m", retries=2, settings=GenerationSettings(top_logprobs=0)).generate(
+        [GenJob("hi", 4, 0)])[0].text == "ok"
+    _Fake.mode, _Fake.failures = "flaky", 5
+    with pytest.raises(TransientEngineError, match="503"):
+        OpenAIEngine(fake, "m", retries=1).generate([GenJob("hi", 4, 0)])
+    with pytest.raises(EngineUnreachable, match="cannot reach"):
+        OpenAIEngine("http://127.0.0.1:9/v1", "m", retries=0).generate([GenJob("hi", 4, 0)])
+    with pytest.raises(PromptTooLong, match="context length"):
+        OpenAIEngine(server[0], "m", retries=0).generate([GenJob("word " * 3000, 4, 0)])
+    # what the Prefect task's retry condition sees: transient errors are retried, bad input is not
+    assert not isinstance(TransientEngineError("x"), PERMANENT_ERRORS)
+    assert not isinstance(EngineUnreachable("x"), PERMANENT_ERRORS)
+    assert isinstance(PromptTooLong("x"), PERMANENT_ERRORS) and isinstance(MalformedResponse("x"), PERMANENT_ERRORS)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        TransformersEngine("/no/such/model")
+
+
+def test_online_deepprune_spends_fewer_tokens_than_cons_on_the_same_seeds(engine):
+    prompt = engine.render([{"role": "user", "content": "What is 3 * 7?"}])
+    seeds = [trace_seed(1, "p", j) for j in range(6)]
+    cons = run_cons(engine, prompt, seeds, 24, SPEC, "21")
+    all_same = lambda prefixes: np.ones((len(prefixes), len(prefixes)))
+    pruned = run_deepprune(engine, prompt, seeds, 24, 6, all_same, 0.5, SPEC, "21", q=1)
+    reasons = [t.stop_reason for t in pruned.traces]
+    assert reasons.count("pruned") == 4 - sum(1 for t in pruned.traces[2:] if t.stop_reason == "finished")
+    assert pruned.tokens < cons.tokens and pruned.clusters == 1
+    assert cons.tokens == sum(t.n_tokens for t in cons.traces)
+    # the seed trace continued from its prefix: its first k tokens are those of the unpruned trace
+    assert cons.traces[0].text.startswith(pruned.traces[0].text[:5])
+    nothing_same = lambda prefixes: np.zeros((len(prefixes), len(prefixes)))
+    unpruned = run_deepprune(engine, prompt, seeds, 24, 6, nothing_same, 0.5, SPEC, "21")
+    assert all(t.stop_reason != "pruned" for t in unpruned.traces)
+    conf = run_deepconf(engine, prompt, seeds, 24, warmup=2, eta=10, window=1, spec=SPEC, gold="21")
+    assert conf.extra["stopped"] >= 1 and conf.tokens < cons.tokens
+    assert {t.stop_reason for t in conf.traces[2:]} & {"confidence_stop"}
+
+
+class _Counting:
+    """An engine wrapper that counts generate calls and can fail on the n-th problem (a kill mid-run)."""
+
+    def __init__(self, inner, fail_on: int | None = None):
+        self.inner, self.fail_on, self.calls = inner, fail_on, 0
+        self.identity = inner.identity
+
+    def render(self, messages):
+        return self.inner.render(messages)
+
+    def generate(self, jobs):
+        self.calls += 1
+        if self.fail_on is not None and self.calls == self.fail_on:
+            raise KeyboardInterrupt("killed")
+        return self.inner.generate(jobs)
+
+
+def test_the_live_sampler_checkpoints_each_problem_and_resumes_without_regenerating(engine, tmp_path):
+    corpus = CorpusConfig(importer="live", dataset="gsm8k", limit=3, model="tiny")
+    cfg = SampleConfig(backend="transformers", n=2, generation={"max_tokens": 8})
+    request = lambda: SampleRequest("live", corpus, cfg, seed=5, shard_dir=str(tmp_path))
+    dying = _Counting(engine, fail_on=3)
+    with pytest.raises(KeyboardInterrupt):
+        list(LiveSampler(dying).sample(request()))
+    assert dying.calls == 3  # problems 1 and 2 finished and were checkpointed
+    again = _Counting(engine)
+    req = request()
+    problems = list(LiveSampler(again).sample(req))
+    assert again.calls == 1 and req.stats["resumed_problems"] == 2
+    assert [len(p) for p in problems] == [2, 2, 2] and problems[0][0].trace_id == f"s{trace_seed(5, 'gsm8k-0', 0)}"
+    fresh = _Counting(engine)
+    assert [[t.text for t in p] for p in LiveSampler(fresh).sample(SampleRequest(
+        "live", corpus, cfg, seed=5, shard_dir=str(tmp_path / "other")))] == [[t.text for t in p] for p in problems]
