@@ -172,3 +172,49 @@ def run_deepconf(engine, prompt: str, seeds: Sequence[int], max_tokens: int, war
     weights = [w if np.isfinite(w) else 0.0 for w in weights]
     return _outcome(f"deepconf_eta{eta:g}", traces, voters, spec, start, weights=weights,
                     extra={"threshold": threshold, "stopped": sum(t.stop_reason == "confidence_stop" for t in traces)})
+
+
+def compare_methods(engine, problems: Sequence[tuple[str, str | None]], n: int, max_tokens: int, k: int,
+                    similarity: Callable[[list[str]], np.ndarray], tau: float, q: int, warmup: int, eta: float,
+                    window: int, spec: AnswerSpec, seed: int = 0) -> dict[str, dict[str, float]]:
+    """cons@N, DeepPrune online and DeepConf online on the same (prompt, gold) problems and the same trace seeds,
+    side by side: tokens generated (the engine's count), accuracy, wall time, tokens/s, and why traces stopped."""
+    from collections import Counter
+
+    runners = {
+        "cons": lambda p, g, s: run_cons(engine, p, s, max_tokens, spec, g),
+        f"deepprune_tau{tau:g}": lambda p, g, s: run_deepprune(engine, p, s, max_tokens, k, similarity, tau, spec, g, q=q),
+        f"deepconf_eta{eta:g}": lambda p, g, s: run_deepconf(engine, p, s, max_tokens, warmup, eta, window, spec, g),
+    }
+    out: dict[str, dict[str, float]] = {}
+    for name, run in runners.items():
+        tokens = seconds = correct = judge_seconds = 0.0
+        reasons: Counter[str] = Counter()
+        for index, (prompt, gold) in enumerate(problems):
+            seeds = [seed * 1_000_000 + index * 1000 + j for j in range(n)]
+            result = run(prompt, gold, seeds)
+            tokens += result.tokens
+            seconds += result.wall_seconds
+            judge_seconds += result.judge_seconds
+            correct += bool(result.correct)
+            reasons.update(t.stop_reason for t in result.traces)
+        out[name] = {"tokens": tokens, "accuracy": correct / max(len(problems), 1), "wall_seconds": seconds,
+                     "tokens_per_second": tokens / seconds if seconds else float("nan"), "judge_seconds": judge_seconds,
+                     **{f"stopped_{reason}": float(count) for reason, count in sorted(reasons.items())}}
+    base = out["cons"]["tokens"]
+    for row in out.values():
+        row["token_reduction"] = 1 - row["tokens"] / base if base else float("nan")
+    return out
+
+
+def format_comparison(table: dict[str, dict[str, float]]) -> str:
+    """A markdown table of compare_methods' output."""
+    reasons = sorted({k for row in table.values() for k in row if k.startswith("stopped_")})
+    head = "| method | tokens | token reduction | accuracy | wall s | tokens/s | judge s | " + \
+           " | ".join(r.replace("stopped_", "") for r in reasons) + " |"
+    lines = [head, "|" + "---|" * (7 + len(reasons))]
+    for name, row in table.items():
+        lines.append(f"| {name} | {row['tokens']:,.0f} | {row['token_reduction']:.1%} | {row['accuracy']:.2f} | "
+                     f"{row['wall_seconds']:.1f} | {row['tokens_per_second']:.1f} | {row['judge_seconds']:.2f} | "
+                     + " | ".join(f"{row.get(r, 0):.0f}" for r in reasons) + " |")
+    return "\n".join(lines)

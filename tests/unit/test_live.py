@@ -203,3 +203,44 @@ def test_the_live_sampler_checkpoints_each_problem_and_resumes_without_regenerat
     fresh = _Counting(engine)
     assert [[t.text for t in p] for p in LiveSampler(fresh).sample(SampleRequest(
         "live", corpus, cfg, seed=5, shard_dir=str(tmp_path / "other")))] == [[t.text for t in p] for p in problems]
+
+
+KILL_SCRIPT = """
+import sys, time
+from deepprune.config import CorpusConfig, SampleConfig
+from deepprune.sampling import SampleRequest
+from deepprune.sampling.engines import GenerationSettings, TransformersEngine
+from deepprune.sampling.live import LiveSampler
+
+engine = TransformersEngine(sys.argv[1], GenerationSettings(0.8, 0.95, 4), batch_size=2)
+corpus = CorpusConfig(importer="live", dataset="gsm8k", limit=3, model="tiny")
+cfg = SampleConfig(backend="transformers", n=2, generation={"max_tokens": 8})
+for problem in LiveSampler(engine).sample(SampleRequest("live", corpus, cfg, seed=5, shard_dir=sys.argv[2])):
+    print("done", problem[0].problem_id, flush=True)
+    time.sleep(60)  # killed here, with one problem checkpointed
+"""
+
+
+def test_a_sigkilled_sampling_run_resumes_from_its_shards(tiny_lm, engine, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(tiny_lm), str(tmp_path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert proc.stdout.readline().startswith("done gsm8k-0")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    shards = list(tmp_path.rglob("*.jsonl"))
+    assert len(shards) == 1 and not list(tmp_path.rglob("*.tmp*"))  # one whole shard, no half-written file
+    counting = _Counting(engine)
+    corpus = CorpusConfig(importer="live", dataset="gsm8k", limit=3, model="tiny")
+    cfg = SampleConfig(backend="transformers", n=2, generation={"max_tokens": 8})
+    request = SampleRequest("live", corpus, cfg, seed=5, shard_dir=str(tmp_path))
+    problems = list(LiveSampler(counting).sample(request))
+    assert len(problems) == 3 and counting.calls == 2 and request.stats["resumed_problems"] == 1
