@@ -163,11 +163,12 @@ class TransformersEngine:
         reasons: list[str | None] = [None] * len(jobs)
         past, current = None, ids
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache_arg = _cache_argument(self.model)
         with torch.inference_mode():
             for step in range(max(j.max_tokens for j in jobs)):
-                out = self.model(input_ids=current, attention_mask=mask, position_ids=positions, past_key_values=past,
-                                 use_cache=True, logits_to_keep=1)
-                past = out.past_key_values
+                out = self.model(input_ids=current, attention_mask=mask, position_ids=positions, use_cache=True,
+                                 logits_to_keep=1, **{cache_arg: past})
+                past = getattr(out, cache_arg)
                 logits = out.logits[:, -1, :].float().cpu()
                 logp = torch.log_softmax(logits, dim=-1)
                 k = max(cfg.top_logprobs, 1)
@@ -204,6 +205,13 @@ class TransformersEngine:
                                      reasons[i] or "length", tops[i] if cfg.top_logprobs else None, seconds))
         self.stats.add(sum(len(t) for t in tokens), seconds)
         return results
+
+
+def _cache_argument(model: Any) -> str:
+    """The KV-cache keyword of this transformers version: `cache` (5.2x on) or `past_key_values` (earlier)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _sample(logits: Any, temperature: float, top_p: float, generator: Any) -> int:

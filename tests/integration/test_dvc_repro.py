@@ -18,7 +18,7 @@ from tests.conftest import ROOT, mlflow_runs, tiny_params
 pytestmark = pytest.mark.slow
 
 
-def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 900) -> str:
+def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 2400) -> str:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout + proc.stderr
@@ -47,7 +47,43 @@ def repo_copy(tmp_path_factory, tiny_lm):
     _run(["git", "init", "-q"], dest, env)
     _run([*git, "add", "-A"], dest, env)
     _run([*git, "commit", "-qm", "copy"], dest, env)
-    return dest, env
+    # One Prefect server for the module on 127.0.0.1 (as `make prefect-ui` runs one): every stage's flow reports
+    # to it, instead of each process starting a temporary server of its own (about 10 s each).
+    port = _free_port()
+    env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
+    log = open(dest / "prefect-server.log", "w")
+    server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], cwd=dest, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/api/health")
+        yield dest, env
+    finally:
+        _stop(server)
+        log.close()
+
+
+def _wait_for(url: str, seconds: float = 240) -> None:
+    import time
+    import urllib.request
+
+    deadline = time.time() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            assert time.time() < deadline, f"{url} did not answer"
+            time.sleep(1)
+
+
+def _stop(proc: subprocess.Popen | None) -> None:
+    if proc is None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def test_dvc_repro_builds_everything_then_reruns_nothing(repo_copy):
@@ -72,6 +108,9 @@ def test_dvc_repro_builds_everything_then_reruns_nothing(repo_copy):
         assert json.loads((repo / f"reports/metrics/sweep_{corpus}.json").read_text())["sweep/points"] == 2
         assert "ablate/tokens_32/encoder_focal_oversample/auroc" in json.loads(
             (repo / f"reports/metrics/ablate_{corpus}.json").read_text())
+    live = [json.loads(line) for line in (repo / "data/traces/live.jsonl").read_text().splitlines()]
+    assert len(live) == 12 and all(t["tokenizer"] == "engine" for t in live)
+    assert json.loads((repo / "data/traces/live.meta.json").read_text())["engine"]["engine"] == "transformers"
     page = (repo / "reports/index.html").read_text()
     assert "Online pruning" in page and "Truncation ablation" in page
 
@@ -84,7 +123,7 @@ def test_dvc_repro_builds_everything_then_reruns_nothing(repo_copy):
     runs = mlflow_runs(env["MLFLOW_TRACKING_URI"], "deepprune/judge")
     stage_runs = [r for r in runs if r.data.tags.get("dvc_stage", "").startswith("judge@")
                   and "variant" not in r.data.tags]
-    assert {r.data.tags["dvc_stage"] for r in stage_runs} == {"judge@math", "judge@date"}
+    assert {r.data.tags["dvc_stage"] for r in stage_runs} == {"judge@math", "judge@date", "judge@live"}
     commit = _run(["git", "rev-parse", "HEAD"], repo, env).strip()
     assert all(r.data.tags["git_commit"].startswith(commit) for r in stage_runs)
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
@@ -100,8 +139,8 @@ def test_changing_a_judge_param_reruns_only_what_reads_it(repo_copy):
     out = _run([sys.executable, "-m", "dvc", "repro"], repo, env)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
     # the causal-LM judge (slow) and the embeddings do not read judge.train: they stay cached
-    assert ran == {"judge@math", "judge@date", "sweep@math", "sweep@date", "ablate@math", "ablate@date",
-                   "prune@math", "prune@date", "report"}
+    assert ran == {f"{stage}@{corpus}" for stage in ("judge", "sweep", "ablate", "prune")
+                   for corpus in ("math", "date", "live")} | {"report"}
 
 
 def _free_port() -> int:
@@ -115,27 +154,10 @@ def _free_port() -> int:
 def test_pipeline_deployment_runs_from_a_prefect_server(repo_copy):
     """The documented `serve` path: a real Prefect server on 127.0.0.1, the pipeline served as a deployment,
     a run started through the API with parameters, as the UI's Run button does."""
-    import time
-    import urllib.request
-
     repo, env = repo_copy
-    port = _free_port()
-    env = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
-    log = open(repo / "prefect-server.log", "w")
-    server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
-    served = None
+    served = subprocess.Popen([sys.executable, "-m", "flows.pipeline", "--serve"], cwd=repo, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 240
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline, "Prefect server did not start"
-                time.sleep(1)
-        served = subprocess.Popen([sys.executable, "-m", "flows.pipeline", "--serve"], cwd=repo, env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         script = ("import sys, time\n"
                   "from prefect.deployments import run_deployment\n"
                   "for _ in range(60):\n"
@@ -149,11 +171,4 @@ def test_pipeline_deployment_runs_from_a_prefect_server(repo_copy):
         out = _run([sys.executable, "-c", script], repo, env, timeout=900)
         assert "STATE COMPLETED" in out
     finally:
-        for proc in (served, server):
-            if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-        log.close()
+        _stop(served)
