@@ -244,3 +244,33 @@ def test_a_sigkilled_sampling_run_resumes_from_its_shards(tiny_lm, engine, tmp_p
     request = SampleRequest("live", corpus, cfg, seed=5, shard_dir=str(tmp_path))
     problems = list(LiveSampler(counting).sample(request))
     assert len(problems) == 3 and counting.calls == 2 and request.stats["resumed_problems"] == 1
+
+
+def test_the_platform_starts_and_stops_a_server_from_params_and_samples_through_it(tiny_lm, tmp_path):
+    """sample.server.start_command: the sample stage's way to bring up an OpenAI-compatible server for a run."""
+    import socket
+    import sys
+
+    from deepprune.config import ServerConfig
+    from deepprune.sampling.live import _server_up, make_engine, managed_server
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    server = ServerConfig(url=url, model="tiny", start_command=[sys.executable, "-m", "deepprune.sampling.server",
+                                                                 "--model", str(tiny_lm), "--port", str(port)],
+                          startup_timeout_s=120)
+    cfg = SampleConfig(backend="openai", n=2, generation={"max_tokens": 6}, server=server)
+    corpus = CorpusConfig(importer="live", dataset="gsm8k", limit=1, model="tiny")
+    with managed_server(server, tmp_path / "server.log"):
+        assert _server_up(url)
+        request = SampleRequest("live", corpus, cfg, seed=1, shard_dir=str(tmp_path))
+        traces = list(LiveSampler(make_engine(cfg)).sample(request))[0]
+        assert len(traces) == 2 and all(0 < t.n_tokens <= 6 for t in traces)
+        assert request.info["engine"]["engine"] == "openai"
+    assert not _server_up(url)
+    bad = ServerConfig(url=url, start_command=[sys.executable, "-c", "raise SystemExit(3)"], startup_timeout_s=30)
+    with pytest.raises(EngineUnreachable, match="exited with 3"):
+        with managed_server(bad):
+            pass
