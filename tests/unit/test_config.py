@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_shipped_params_are_valid():
     params = load_params(ROOT / "params.yaml")
-    assert set(params.corpora) == {"math", "date"}
+    assert set(params.corpora) == {"math", "date", "live"}
+    assert params.corpora["live"].importer == "live" and params.corpora["live"].dataset == "gsm8k"
     assert params.judge.primary in params.judge.variants
 
 
