@@ -10,7 +10,6 @@ from prefect import flow
 from deepprune.io import write_json
 from deepprune.sampling import SampleRequest
 from deepprune.sampling.live import managed_server
-from flows import ROOT
 from flows._stage import stage_params, stage_run
 from tasks.sample import sample_traces, save_traces
 
@@ -32,9 +31,9 @@ def sample_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
     with stage_run("sample", corpus, {"seed": params.seed, "sample": params.sample.model_dump(),
                                       "corpus": cfg.model_dump()}) as run:
         request = SampleRequest(dataset=corpus, corpus=cfg, settings=params.sample, seed=params.seed,
-                                shard_dir=str(ROOT / ".cache" / "sample" / corpus))
+                                shard_dir=f".cache/sample/{corpus}")  # beside the stage's outputs (its cwd)
         live = cfg.importer == "live"
-        server = managed_server(params.sample.server, ROOT / ".cache" / "server.log") \
+        server = managed_server(params.sample.server, ".cache/server.log") \
             if live and params.sample.backend == "openai" else contextlib.nullcontext()
         with server:
             problems = sample_traces(request)

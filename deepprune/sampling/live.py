@@ -63,6 +63,8 @@ def managed_server(cfg: ServerConfig, log_path: str | os.PathLike | None = None)
     if not cfg.start_command or _server_up(cfg.url):
         yield
         return
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(cfg.start_command, stdout=log, stderr=subprocess.STDOUT)
     try:

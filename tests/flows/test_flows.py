@@ -60,6 +60,7 @@ def test_stage_flows_end_to_end(workspace):
     live = [json.loads(line) for line in open(workspace / "data/traces/live.jsonl")]
     assert len(live) == 12 and all(t["tokenizer"] == "engine" and 0 < t["n_tokens"] <= 24 for t in live)
     assert {t["finish_reason"] for t in live} <= {"stop", "length"} and len({t["trace_id"] for t in live}) == 12
+    assert len(list((workspace / ".cache/sample/live").rglob("*.jsonl"))) == 3  # one checkpoint per problem, here
     meta = read_json(workspace / "data/traces/live.meta.json")
     assert meta["engine"]["engine"] == "transformers" and meta["generation"]["max_tokens"] == 24 and meta["n"] == 4
 
