@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="gsm8k")
     parser.add_argument("--model", default=None)
     parser.add_argument("--judge-corpus", default="math")
-    parser.add_argument("--tau", type=float, default=None)
+    parser.add_argument("--tau", type=float, nargs="+", default=None, help="one DeepPrune run per value")
     parser.add_argument("--q", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--eta", type=float, default=90)
@@ -39,7 +39,7 @@ def main() -> None:
     from deepprune.config import load_params
     from deepprune.judges.encoder import CosineJudge, SentenceEncoder, load_encoder_judge
     from deepprune.sampling.engines import GenerationSettings, TransformersEngine
-    from deepprune.sampling.online import compare_methods, format_comparison, judge_similarity
+    from deepprune.sampling.online import OnlineProblem, compare_methods, format_comparison, judge_similarity
     from deepprune.sampling.problems import DATASETS, build_messages, load_problems
 
     params = load_params()
@@ -50,17 +50,19 @@ def main() -> None:
     encoder = SentenceEncoder(params.judge.encoder_path, params.judge.max_length)
     saved = f"data/judge/{args.judge_corpus}/models/{params.prune.judge}.safetensors"
     if os.path.exists(saved):
-        judge, tau, what = load_encoder_judge(saved, encoder), args.tau or params.prune.tau, f"{params.prune.judge} ({saved})"
+        judge, taus, what = load_encoder_judge(saved, encoder), args.tau or [params.prune.tau], f"{params.prune.judge} ({saved})"
     else:
-        judge, tau, what = CosineJudge(encoder, params.judge.train, "ce", False, 0), args.tau or 0.9, "sbert_cosine"
-    print(f"judge: {what}, tau {tau}")
+        judge, taus, what = CosineJudge(encoder, params.judge.train, "ce", False, 0), args.tau or [0.9], "sbert_cosine"
+    print(f"judge: {what}, tau {taus}")
     items = load_problems(args.dataset, limit=args.problems)
     spec_kind = "letter" if DATASETS[args.dataset][1] == "letter" else "boxed_math"
     from deepprune.answers import AnswerSpec
 
-    problems = [(engine.render(build_messages(i, params.sample.prompts, params.sample.system)), i.gold) for i in items]
-    table = compare_methods(engine, problems, args.n, args.max_tokens, args.k, judge_similarity(judge, encoder), tau,
-                            args.q, args.warmup, args.eta, args.window, AnswerSpec(extractor=spec_kind), seed=params.seed)
+    problems = [OnlineProblem(i.problem_id, engine.render(build_messages(i, params.sample.prompts, params.sample.system)),
+                              i.gold) for i in items]
+    table = compare_methods(engine, problems, args.n, args.max_tokens, args.k, judge_similarity(judge, encoder), taus,
+                            args.q, args.warmup, args.eta, args.window, AnswerSpec(extractor=spec_kind),
+                            seed=params.seed).table
     print(f"\n{args.problems} {args.dataset} problems x N={args.n}, max {args.max_tokens} tokens, k={args.k}, "
           f"batch {args.batch}\n")
     print(format_comparison(table))

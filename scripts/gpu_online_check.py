@@ -43,7 +43,7 @@ def main() -> None:
     from deepprune.judges.causal_lm import CausalLMJudge
     from deepprune.models import parameter_count, random_qwen3, train_tokenizer
     from deepprune.sampling.engines import GenerationSettings, TransformersEngine
-    from deepprune.sampling.online import compare_methods, format_comparison
+    from deepprune.sampling.online import OnlineProblem, compare_methods, format_comparison
     from deepprune.sampling.problems import build_messages, load_problems
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -67,13 +67,13 @@ def main() -> None:
                                    batch_size=256)
         return np.asarray(scores).reshape(n, n)
 
-    prompts = [(engine.render(build_messages(i, {"math": "{question}\nPut the final answer in \\boxed{}."})), i.gold)
-               for i in items[: args.prompts]]
+    prompts = [OnlineProblem(i.problem_id, engine.render(build_messages(
+        i, {"math": "{question}\nPut the final answer in \\boxed{}."})), i.gold) for i in items[: args.prompts]]
     print(f"generator: Qwen3 '{args.size}' {parameter_count(model) / 1e6:.0f}M params, {dtype}, {args.device}; "
           f"N={args.n}, {args.prompts} prompts, max {args.max_tokens} tokens, k={args.k}, batch {args.batch}", flush=True)
     start = time.perf_counter()
-    table = compare_methods(engine, prompts, args.n, args.max_tokens, args.k, similarity, args.tau, 2, 16, 90, 2048,
-                            AnswerSpec(extractor="boxed_math"))
+    table = compare_methods(engine, prompts, args.n, args.max_tokens, args.k, similarity, [args.tau], 2, 16, 90, 2048,
+                            AnswerSpec(extractor="boxed_math")).table
     print(format_comparison(table))
     summary = {"total_wall_s": round(time.perf_counter() - start, 1),
                "judge_pairs_scored": judge.scoring.pairs, "judge_pairs_per_s": round(judge.scoring.pairs_per_second, 1)}

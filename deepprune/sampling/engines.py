@@ -5,7 +5,9 @@ SGLang, llama.cpp, or `python -m deepprune.sampling.server`; streamed, concurren
 Both take GenJobs (a prompt text, a token budget, a seed, an optional per-token callback that may stop the
 trace) and return GenResults with the engine's own token count and why the trace stopped. Resuming a trace
 from its prefix is a new job whose prompt is the old prompt plus the prefix text (a server's prefix cache
-makes that cheap).
+makes that cheap). The transformers engine also hands back a `Continuation` (the token ids and the trace's
+random-generator state): a job that carries it goes on exactly where the trace stopped, so a resumed trace
+generates the very tokens it would have generated had it never paused.
 """
 
 from __future__ import annotations
@@ -58,6 +60,14 @@ class GenerationSettings:
     top_logprobs: int = 5
 
 
+@dataclass(frozen=True)
+class Continuation:
+    """Where a trace of the transformers engine stopped: prompt + generated token ids, and its generator's state."""
+
+    token_ids: tuple[int, ...]
+    rng_state: Any
+
+
 @dataclass
 class GenJob:
     prompt: str
@@ -65,6 +75,7 @@ class GenJob:
     seed: int
     on_token: Callable[[TokenEvent], bool] | None = None  # return False to stop the trace here
     settings: GenerationSettings | None = None           # per-job sampling settings (else the engine's)
+    resume: Continuation | None = None                   # transformers: go on exactly from here (prompt, seed unused)
 
 
 @dataclass
@@ -74,6 +85,7 @@ class GenResult:
     finish_reason: str                      # "stop" (end of text), "length" (budget), "cancelled" (on_token said stop)
     logprobs: list[list[float]] | None = None  # per token, the top-k log-probabilities
     seconds: float = 0.0
+    continuation: Continuation | None = None   # transformers engine: resume state (see GenJob.resume)
 
 
 @dataclass
@@ -128,7 +140,8 @@ class TransformersEngine:
 
     def generate(self, jobs: Sequence[GenJob]) -> list[GenResult]:
         """Every job, in batches of similar prompt length."""
-        encoded = [self.tokenizer.encode(j.prompt, add_special_tokens=False) for j in jobs]
+        encoded = [list(j.resume.token_ids) if j.resume is not None else
+                   self.tokenizer.encode(j.prompt, add_special_tokens=False) for j in jobs]
         for job, ids in zip(jobs, encoded):
             if len(ids) + job.max_tokens > self.context_length:
                 raise PromptTooLong(f"prompt of {len(ids)} tokens + max_tokens {job.max_tokens} exceeds the model's "
@@ -157,7 +170,12 @@ class TransformersEngine:
             ids[i, width - len(row):] = torch.tensor(row)
             mask[i, width - len(row):] = 1
         ids, mask = ids.to(dev), mask.to(dev)
-        gens = [torch.Generator(device="cpu").manual_seed(int(j.seed)) for j in jobs]
+        gens = [torch.Generator(device="cpu") for _ in jobs]
+        for gen, job in zip(gens, jobs):
+            if job.resume is not None:
+                gen.set_state(job.resume.rng_state)
+            else:
+                gen.manual_seed(int(job.seed))
         tokens: list[list[int]] = [[] for _ in jobs]
         tops: list[list[list[float]]] = [[] for _ in jobs]
         reasons: list[str | None] = [None] * len(jobs)
@@ -202,7 +220,8 @@ class TransformersEngine:
         results = []
         for i in range(len(jobs)):
             results.append(GenResult(tok.decode(tokens[i], skip_special_tokens=True), len(tokens[i]),
-                                     reasons[i] or "length", tops[i] if cfg.top_logprobs else None, seconds))
+                                     reasons[i] or "length", tops[i] if cfg.top_logprobs else None, seconds,
+                                     Continuation(tuple(encoded[i]) + tuple(tokens[i]), gens[i].get_state())))
         self.stats.add(sum(len(t) for t in tokens), seconds)
         return results
 

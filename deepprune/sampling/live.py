@@ -8,6 +8,7 @@ everything that decides its traces; a killed run (even SIGKILL) resumes and rege
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -89,9 +90,11 @@ def managed_server(cfg: ServerConfig, log_path: str | os.PathLike | None = None)
 
 
 def run_fingerprint(request: SampleRequest) -> str:
-    """What decides a problem's traces: corpus, sampling settings (not `limit`), and the seed."""
+    """What decides a problem's traces: corpus, sampling settings (not `limit`), and the seed. How answers are
+    read (`answer`) and how prefixes are cut later (`tokenizer`) do not change what is generated: shards are
+    reused across them, and answers are extracted again on reading."""
     settings = request.settings.model_dump(exclude={"limit", "skip_invalid"})
-    corpus = request.corpus.model_dump(exclude={"limit"})
+    corpus = request.corpus.model_dump(exclude={"limit", "answer", "tokenizer"})
     blob = json.dumps([corpus, settings, request.seed], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -118,6 +121,9 @@ class LiveSampler:
             shard = shard_dir / (hashlib.sha1(item.problem_id.encode()).hexdigest()[:16] + ".jsonl")
             if shard.exists():
                 traces, _ = read_traces(shard)
+                traces = [dataclasses.replace(t, answer=(a := extract_answer(t.text, spec)),
+                                              correct=is_correct(a, t.gold, spec))
+                          for t in traces]  # the answer spec may have changed since the shard was written
                 stats["resumed_problems"] += 1
             else:
                 if self.engine is None:

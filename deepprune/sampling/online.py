@@ -4,7 +4,9 @@
 - DeepPrune: all N traces generate their first k tokens; the judge scores the prefixes and greedy clustering
   (tau, r, max_clusters) runs in arrival order; cluster seeds and q members of the largest cluster continue from
   their prefix (prompt + prefix: a server's prefix cache makes the resume cheap); the others are never generated
-  further. Vote as `prune.vote` says.
+  further. Vote as `prune.vote` says. On the transformers engine a resumed trace goes on from its token ids and
+  generator state, so it generates exactly what it would have under cons@N with the same seed: the token saving
+  is then exactly the pruned traces' unwritten tails. A server resumes with a fresh seed (seed + RESUME_SEED_OFFSET).
 - DeepConf online: warm-up traces run to the end with top-k logprobs and set the threshold (a percentile of their
   lowest sliding-window confidence); every later trace is stopped the moment its window confidence falls below it.
   Survivors and warm-up traces vote, weighted by their confidence.
@@ -14,18 +16,23 @@ Token counts are the engine's; every trace records why it stopped: finished, pru
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from deepprune.answers import AnswerSpec, answer_classes, extract_answer, is_correct
+from deepprune.io import atomic_open
 from deepprune.pruning.data import token_confidence
 from deepprune.pruning.methods import Problem, deepconf_threshold, greedy_cluster, lowest_group_confidence, vote
 from deepprune.sampling.engines import GenJob, GenResult, TokenEvent
+from deepprune.sampling.live import trace_seed
 
-RESUME_SEED_OFFSET = 1_000_003  # the continuation of trace i samples from seed_i + this
+RESUME_SEED_OFFSET = 1_000_003  # on a server, the continuation of trace i samples from seed_i + this
 
 
 @dataclass
@@ -125,7 +132,8 @@ def run_deepprune(engine, prompt: str, seeds: Sequence[int], max_tokens: int, k:
         if first[i].n_tokens >= max_tokens:
             traces[i].stop_reason = "length"
             continue
-        jobs.append(GenJob(prompt + first[i].text, max_tokens - first[i].n_tokens, seeds[i] + RESUME_SEED_OFFSET))
+        jobs.append(GenJob(prompt + first[i].text, max_tokens - first[i].n_tokens, seeds[i] + RESUME_SEED_OFFSET,
+                           resume=first[i].continuation))
         idx.append(i)
     for i, res in zip(idx, engine.generate(jobs)):
         t = traces[i]
@@ -174,37 +182,79 @@ def run_deepconf(engine, prompt: str, seeds: Sequence[int], max_tokens: int, war
                     extra={"threshold": threshold, "stopped": sum(t.stop_reason == "confidence_stop" for t in traces)})
 
 
-def compare_methods(engine, problems: Sequence[tuple[str, str | None]], n: int, max_tokens: int, k: int,
-                    similarity: Callable[[list[str]], np.ndarray], tau: float, q: int, warmup: int, eta: float,
-                    window: int, spec: AnswerSpec, seed: int = 0) -> dict[str, dict[str, float]]:
-    """cons@N, DeepPrune online and DeepConf online on the same (prompt, gold) problems and the same trace seeds,
-    side by side: tokens generated (the engine's count), accuracy, wall time, tokens/s, and why traces stopped."""
+@dataclass(frozen=True)
+class OnlineProblem:
+    problem_id: str
+    prompt: str          # rendered through the engine's chat template
+    gold: str | None
+
+
+@dataclass
+class Comparison:
+    table: dict[str, dict[str, float]]              # method -> summed figures (see compare_methods)
+    outcomes: dict[str, list[OnlineOutcome]]        # method -> one outcome per problem, in problem order
+
+
+def _outcome_to_json(outcome: OnlineOutcome) -> dict:
+    row = asdict(outcome)
+    for trace in row["traces"]:
+        trace.pop("logprobs", None)  # the vote and the figures are already in the outcome
+    return row
+
+
+def _outcome_from_json(row: dict) -> OnlineOutcome:
+    return OnlineOutcome(**{**row, "traces": [OnlineTrace(**t) for t in row["traces"]]})
+
+
+def compare_methods(engine, problems: Sequence[OnlineProblem], n: int, max_tokens: int, k: int,
+                    similarity: Callable[[list[str]], np.ndarray], taus: Sequence[float], q: int, warmup: int,
+                    eta: float, window: int, spec: AnswerSpec, seed: int = 0,
+                    shard_dir: str | os.PathLike | None = None) -> Comparison:
+    """cons@N, DeepPrune online (one method per tau) and DeepConf online on the same problems and the same trace
+    seeds (those the sample stage uses: trace_seed(seed, problem_id, j)), side by side: tokens generated (the
+    engine's count), accuracy, wall time, tokens/s, judge time, and why traces stopped.
+
+    With `shard_dir`, each (method, problem) outcome is written there atomically as it finishes and read back on a
+    rerun instead of being generated again (the caller keys the directory by everything that decides results)."""
     from collections import Counter
 
-    runners = {
-        "cons": lambda p, g, s: run_cons(engine, p, s, max_tokens, spec, g),
-        f"deepprune_tau{tau:g}": lambda p, g, s: run_deepprune(engine, p, s, max_tokens, k, similarity, tau, spec, g, q=q),
-        f"deepconf_eta{eta:g}": lambda p, g, s: run_deepconf(engine, p, s, max_tokens, warmup, eta, window, spec, g),
-    }
-    out: dict[str, dict[str, float]] = {}
+    runners: dict[str, Callable[[OnlineProblem, list[int]], OnlineOutcome]] = {
+        "cons": lambda p, s: run_cons(engine, p.prompt, s, max_tokens, spec, p.gold)}
+    for tau in taus:
+        runners[f"deepprune_tau{tau:g}"] = (lambda t: lambda p, s: run_deepprune(
+            engine, p.prompt, s, max_tokens, k, similarity, t, spec, p.gold, q=q))(tau)
+    runners[f"deepconf_eta{eta:g}"] = lambda p, s: run_deepconf(engine, p.prompt, s, max_tokens, warmup, eta,
+                                                                window, spec, p.gold)
+    table: dict[str, dict[str, float]] = {}
+    outcomes: dict[str, list[OnlineOutcome]] = {}
     for name, run in runners.items():
-        tokens = seconds = correct = judge_seconds = 0.0
-        reasons: Counter[str] = Counter()
-        for index, (prompt, gold) in enumerate(problems):
-            seeds = [seed * 1_000_000 + index * 1000 + j for j in range(n)]
-            result = run(prompt, gold, seeds)
-            tokens += result.tokens
-            seconds += result.wall_seconds
-            judge_seconds += result.judge_seconds
-            correct += bool(result.correct)
-            reasons.update(t.stop_reason for t in result.traces)
-        out[name] = {"tokens": tokens, "accuracy": correct / max(len(problems), 1), "wall_seconds": seconds,
-                     "tokens_per_second": tokens / seconds if seconds else float("nan"), "judge_seconds": judge_seconds,
-                     **{f"stopped_{reason}": float(count) for reason, count in sorted(reasons.items())}}
-    base = out["cons"]["tokens"]
-    for row in out.values():
+        outcomes[name] = []
+        for problem in problems:
+            shard = Path(shard_dir) / f"{name}__{_safe(problem.problem_id)}.json" if shard_dir else None
+            if shard is not None and shard.exists():
+                result = _outcome_from_json(json.loads(shard.read_text(encoding="utf-8")))
+            else:
+                result = run(problem, [trace_seed(seed, problem.problem_id, j) for j in range(n)])
+                if shard is not None:
+                    shard.parent.mkdir(parents=True, exist_ok=True)
+                    with atomic_open(shard) as fh:
+                        json.dump(_outcome_to_json(result), fh)
+            outcomes[name].append(result)
+        runs = outcomes[name]
+        reasons: Counter[str] = Counter(t.stop_reason for r in runs for t in r.traces)
+        tokens, seconds = float(sum(r.tokens for r in runs)), float(sum(r.wall_seconds for r in runs))
+        table[name] = {"tokens": tokens, "accuracy": sum(bool(r.correct) for r in runs) / max(len(runs), 1),
+                       "wall_seconds": seconds, "tokens_per_second": tokens / seconds if seconds else float("nan"),
+                       "judge_seconds": float(sum(r.judge_seconds for r in runs)),
+                       **{f"stopped_{reason}": float(count) for reason, count in sorted(reasons.items())}}
+    base = table["cons"]["tokens"]
+    for row in table.values():
         row["token_reduction"] = 1 - row["tokens"] / base if base else float("nan")
-    return out
+    return Comparison(table, outcomes)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def format_comparison(table: dict[str, dict[str, float]]) -> str:

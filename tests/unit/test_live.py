@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from deepprune.answers import AnswerSpec
-from deepprune.config import CorpusConfig, SampleConfig
+from deepprune.config import AnswerConfig, CorpusConfig, SampleConfig
 from deepprune.sampling import SampleRequest
 from deepprune.sampling.engines import (EngineUnreachable, GenerationSettings, GenJob, MalformedResponse, OpenAIEngine,
                                         PromptTooLong, TransformersEngine, TransientEngineError)
@@ -28,6 +28,13 @@ SPEC = AnswerSpec(extractor="boxed_math")
 @pytest.fixture(scope="module")
 def engine(tiny_lm):
     return TransformersEngine(str(tiny_lm), GenerationSettings(0.8, 0.95, 4), batch_size=3)
+
+
+@pytest.fixture(scope="module")
+def engine64(tiny_lm):
+    """The same model in float64: a prefill of prompt + prefix and step-by-step decoding then agree to the last bit,
+    which float32 does not promise on a random model's near-flat logits."""
+    return TransformersEngine(str(tiny_lm), GenerationSettings(0.8, 0.95, 4), batch_size=3, dtype="float64")
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +157,18 @@ def test_bad_servers_give_clear_errors_and_transient_ones_are_retried(fake, serv
         TransformersEngine("/no/such/model")
 
 
-def test_online_deepprune_spends_fewer_tokens_than_cons_on_the_same_seeds(engine):
+def test_a_resumed_trace_goes_on_exactly_where_it_stopped(engine64):
+    prompt = engine64.render([{"role": "user", "content": "What is 5 + 8?"}])
+    whole = engine64.generate([GenJob(prompt, 20, seed) for seed in (7, 8)])
+    heads = engine64.generate([GenJob(prompt, 8, seed) for seed in (7, 8)])
+    tails = engine64.generate([GenJob(prompt + h.text, 12, 0, resume=h.continuation) for h in heads])
+    for w, h, t in zip(whole, heads, tails):
+        assert h.n_tokens + t.n_tokens == w.n_tokens and w.continuation.token_ids == t.continuation.token_ids
+        assert w.logprobs == h.logprobs + t.logprobs
+
+
+def test_online_deepprune_spends_fewer_tokens_than_cons_on_the_same_seeds(engine64):
+    engine = engine64
     prompt = engine.render([{"role": "user", "content": "What is 3 * 7?"}])
     seeds = [trace_seed(1, "p", j) for j in range(6)]
     cons = run_cons(engine, prompt, seeds, 24, SPEC, "21")
@@ -160,11 +178,19 @@ def test_online_deepprune_spends_fewer_tokens_than_cons_on_the_same_seeds(engine
     assert reasons.count("pruned") == 4 - sum(1 for t in pruned.traces[2:] if t.stop_reason == "finished")
     assert pruned.tokens < cons.tokens and pruned.clusters == 1
     assert cons.tokens == sum(t.n_tokens for t in cons.traces)
-    # the seed trace continued from its prefix: its first k tokens are those of the unpruned trace
-    assert cons.traces[0].text.startswith(pruned.traces[0].text[:5])
+    # the resumed traces went on from their token ids and generator state: each generated exactly what it did
+    # under cons@N, so the saving is exactly the pruned traces' unwritten tails
+    for kept, whole in zip(pruned.traces, cons.traces):
+        if kept.stop_reason == "pruned":
+            assert kept.n_tokens == 6 and whole.text.startswith(kept.text)
+        else:
+            assert (kept.n_tokens, kept.text, kept.stop_reason) == (whole.n_tokens, whole.text, whole.stop_reason)
+    assert cons.tokens - pruned.tokens == sum(w.n_tokens - 6 for k, w in zip(pruned.traces, cons.traces)
+                                              if k.stop_reason == "pruned")
     nothing_same = lambda prefixes: np.zeros((len(prefixes), len(prefixes)))
     unpruned = run_deepprune(engine, prompt, seeds, 24, 6, nothing_same, 0.5, SPEC, "21")
     assert all(t.stop_reason != "pruned" for t in unpruned.traces)
+    assert [t.text for t in unpruned.traces] == [t.text for t in cons.traces] and unpruned.tokens == cons.tokens
     conf = run_deepconf(engine, prompt, seeds, 24, warmup=2, eta=10, window=1, spec=SPEC, gold="21")
     assert conf.extra["stopped"] >= 1 and conf.tokens < cons.tokens
     assert {t.stop_reason for t in conf.traces[2:]} & {"confidence_stop"}
@@ -203,11 +229,17 @@ def test_the_live_sampler_checkpoints_each_problem_and_resumes_without_regenerat
     fresh = _Counting(engine)
     assert [[t.text for t in p] for p in LiveSampler(fresh).sample(SampleRequest(
         "live", corpus, cfg, seed=5, shard_dir=str(tmp_path / "other")))] == [[t.text for t in p] for p in problems]
+    # reading answers differently does not regenerate: the shards are reused and their answers extracted again
+    last_char = corpus.model_copy(update={"answer": AnswerConfig(extractor="regex", pattern=r"(\S)\s*$")})
+    reread = _Counting(engine)
+    relabelled = list(LiveSampler(reread).sample(SampleRequest("live", last_char, cfg, seed=5, shard_dir=str(tmp_path))))
+    assert reread.calls == 0
+    assert [t.answer for p in relabelled for t in p] == [t.text.rstrip()[-1:] or None for p in problems for t in p]
 
 
 KILL_SCRIPT = """
 import sys, time
-from deepprune.config import CorpusConfig, SampleConfig
+from deepprune.config import AnswerConfig, CorpusConfig, SampleConfig
 from deepprune.sampling import SampleRequest
 from deepprune.sampling.engines import GenerationSettings, TransformersEngine
 from deepprune.sampling.live import LiveSampler
