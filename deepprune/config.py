@@ -319,6 +319,33 @@ class PruneConfig(_Strict):
         return self
 
 
+class OnlineJudgeConfig(_Strict):
+    corpus: str = Field(description="the corpus whose judge stage saved the model (data/judge/<corpus>/models/)")
+    variant: str = Field(description="a judge.variants name: an encoder variant the judge stage saved, or an "
+                                     "sbert_cosine one (nothing to load)")
+
+
+class OnlineDeepConfConfig(_Strict):
+    warmup: int = Field(2, ge=1, description="warm-up traces that run to the end and set the threshold")
+    eta: float = Field(90, gt=0, le=100, description="keep the top eta%: DeepConf-high is 90")
+    window: int = Field(16, ge=1, description="sliding window of token confidences")
+
+
+class OnlineConfig(_Strict):
+    """True online pruning with real generation (engine: `sample`): cons@N, DeepPrune online (one run per tau) and
+    DeepConf online on the same problems and trace seeds."""
+
+    corpora: list[str] = Field(description="live corpora whose problems are generated on")
+    problems: int = Field(2, ge=1, description="the first problems of each corpus")
+    n: int | None = Field(None, ge=2, description="traces per problem (null: sample.n)")
+    max_tokens: int | None = Field(None, ge=2, description="token budget per trace (null: sample.generation.max_tokens)")
+    k: int = Field(ge=1, description="tokens every trace generates before the judge sees the prefixes")
+    judge: OnlineJudgeConfig
+    taus: list[float] = Field(min_length=1, description="DeepPrune thresholds, one online run each")
+    q: int = Field(2, ge=0, description="members of the largest cluster resumed to completion for the vote")
+    deepconf: OnlineDeepConfConfig = OnlineDeepConfConfig()
+
+
 class ReportConfig(_Strict):
     title: str = "DeepPrune Lab report"
 
@@ -333,6 +360,7 @@ class Params(_Strict):
     judge_lm: JudgeLMConfig
     sweep: SweepConfig
     ablate: AblateConfig
+    online: OnlineConfig
     report: ReportConfig = ReportConfig()
 
     @field_validator("corpora")
@@ -361,10 +389,21 @@ class Params(_Strict):
             for name in names:
                 if name not in self.judge.variants:
                     raise ValueError(f"{where}: {name!r} is not one of judge.variants {sorted(self.judge.variants)}")
-        for where, names in (("judge_lm.corpora", self.judge_lm.corpora),):
+        for where, names in (("judge_lm.corpora", self.judge_lm.corpora), ("online.corpora", self.online.corpora),
+                             ("online.judge.corpus", [self.online.judge.corpus])):
             for name in names:
                 if name not in self.corpora:
                     raise ValueError(f"{where}: {name!r} is not one of corpora {sorted(self.corpora)}")
+        for name in self.online.corpora:
+            if self.corpora[name].importer != "live":
+                raise ValueError(f"online.corpora: {name!r} is a recorded corpus (importer "
+                                 f"{self.corpora[name].importer!r}); online pruning generates, so it needs a live one")
+        if self.online.judge.variant not in self.judge.variants:
+            raise ValueError(f"online.judge.variant: {self.online.judge.variant!r} is not one of judge.variants "
+                             f"{sorted(self.judge.variants)}")
+        max_tokens = self.online.max_tokens or self.sample.generation.max_tokens
+        if self.online.k >= max_tokens:
+            raise ValueError(f"online.k ({self.online.k}) must be below the token budget ({max_tokens})")
         return self
 
     def corpus(self, name: str) -> CorpusConfig:

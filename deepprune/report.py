@@ -31,6 +31,7 @@ class CorpusResults:
     judge_lm: Mapping[str, Any] | None = None     # reports/metrics/judge_lm_<corpus>.json
     sweep: Mapping[str, Any] | None = None        # data/sweep/<corpus>/results.json
     ablate: Mapping[str, Any] | None = None       # data/ablate/<corpus>/results.json
+    online: Mapping[str, Any] | None = None       # reports/metrics/online_<corpus>.json + data/online/<corpus>/meta.json
 
 
 def _fmt(value: Any, pct: bool = False) -> str:
@@ -245,6 +246,30 @@ def _prune_verdicts(results: Mapping[str, CorpusResults]) -> str:
     return f"<ul>{''.join(out)}</ul>"
 
 
+def _online_table(res: CorpusResults) -> str:
+    """Real generation stopped early: one row per method, figures summed over the problems."""
+    assert res.online is not None
+    metrics, meta = res.online["metrics"], res.online["meta"]
+    methods = list(dict.fromkeys(k.split("/")[1] for k in metrics if k.startswith("online/")))
+    reasons = ("finished", "pruned", "confidence_stop", "length")
+    head = ("<tr><th>method</th><th>tokens</th><th>token reduction</th><th>accuracy</th><th>wall s</th>"
+            "<th>tokens/s</th><th>judge s</th>" + "".join(f"<th>{r}</th>" for r in reasons) + "</tr>")
+    rows = []
+    for m in methods:
+        get = lambda key: metrics.get(f"online/{m}/{key}")
+        rows.append(f"<tr><td>{html.escape(m)}</td><td>{_fmt(get('tokens'))}</td><td>{_fmt(get('token_reduction'), True)}"
+                    f"</td><td>{_fmt(get('accuracy'), True)}</td><td>{_fmt(get('wall_seconds'))}</td>"
+                    f"<td>{_fmt(get('tokens_per_second'))}</td><td>{_fmt(get('judge_seconds'))}</td>"
+                    + "".join(f"<td>{_fmt(get(f'stopped_{r}'))}</td>" for r in reasons) + "</tr>")
+    engine = meta.get("engine", {})
+    what = (f"<p>{len(meta.get('problems', []))} problems x N = {meta.get('n')}, at most {meta.get('max_tokens')} tokens "
+            f"per trace, judge after k = {meta.get('k')} tokens ({html.escape(str(meta.get('judge', {}).get('variant')))} "
+            f"of corpus {html.escape(str(meta.get('judge', {}).get('corpus')))}); engine "
+            f"<code>{html.escape(str(engine.get('engine')))}</code> <code>{html.escape(str(engine.get('model')))}</code>"
+            f" on {html.escape(str(engine.get('device')))}. Columns after judge s count traces by why they stopped.</p>")
+    return what + f"<table>{head}{''.join(rows)}</table>"
+
+
 def render_index(params: Params, results: Mapping[str, CorpusResults], figures: Mapping[str, go.Figure],
                  commit: str) -> str:
     """The whole report page: tables, embedded figures, plotly.js inlined once (opens offline)."""
@@ -305,6 +330,17 @@ def render_index(params: Params, results: Mapping[str, CorpusResults], figures: 
         for corpus, res in results.items():
             if res.ablate is not None:
                 sections += [f"<h3>{html.escape(corpus)}</h3>", _table1(params, res), embed(f"truncation_{corpus}")]
+    if any(r.online is not None for r in results.values()):
+        sections += ["<h2>8. Online pruning with real generation</h2>",
+                     "<p>The sample stage's engine generates; the controllers stop its traces for real. cons@N, "
+                     "DeepPrune online (every trace writes k tokens, the judge clusters the prefixes, cluster seeds "
+                     "and q members of the largest cluster go on, the rest are never generated further) and DeepConf "
+                     "online (warm-up traces set a confidence threshold; later traces stop when their sliding-window "
+                     "confidence falls below it) run on the same problems with the same trace seeds. Tokens are the "
+                     "engine's count.</p>"]
+        for corpus, res in results.items():
+            if res.online is not None:
+                sections += [f"<h3>{html.escape(corpus)}</h3>", _online_table(res)]
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
              "td:first-child{text-align:left}.theirs{color:#666;background:#f4f4f4}.link{font-size:small}")

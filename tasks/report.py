@@ -43,7 +43,11 @@ def load_corpus_results(corpus: str, labels_dir: str, judge_dir: str, prune_dir:
         prune=read_json(f"{prune_dir}/results.json"),
         judge_lm=judge_lm,
         sweep=optional(f"data/sweep/{corpus}/results.json"),
-        ablate=optional(f"data/ablate/{corpus}/results.json"))
+        ablate=optional(f"data/ablate/{corpus}/results.json"),
+        online=({"metrics": read_json(f"reports/metrics/online_{corpus}.json"),
+                 "meta": read_json(f"data/online/{corpus}/meta.json")}
+                if os.path.exists(f"reports/metrics/online_{corpus}.json") and
+                os.path.exists(f"data/online/{corpus}/meta.json") else None))
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)

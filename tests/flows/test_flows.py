@@ -44,12 +44,14 @@ def test_stage_flows_end_to_end(workspace):
         prune_metrics = prune_flow(corpus)
         assert prune_metrics["prune/cons/token_reduction"] == 0
         assert prune_metrics["prune/deepprune_tau0.5/tokens"] <= prune_metrics["prune/cons/tokens"]
+    _online(workspace)
     results = read_json(workspace / "data/prune/date/results.json")
     assert results["summary"]["deepconf_low_online"] == {"skipped": "needs logprobs"}
     page = report_flow()
     text = (workspace / page).read_text()
     assert "Inter-trace redundancy" in text and "Online pruning" in text
     assert "causal-LM judge" in text and "Focal-loss sweep" in text and "Table 1" in text
+    assert "Online pruning with real generation" in text and "deepprune_tau0.01" in text
     from tasks.report import load_corpus_results
 
     res = load_corpus_results.fn("date", "data/labels/date", "data/judge/date", "data/prune/date",
@@ -85,6 +87,29 @@ def test_stage_flows_end_to_end(workspace):
     parent_date = next(r for r in parents if r.data.tags["dvc_stage"] == "judge@date")
     assert parent_date.data.params["judge.train.focal.gamma"] == "2.0"
     assert "judge/encoder_focal_oversample/auroc" in parent_date.data.metrics
+
+
+def _online(workspace):
+    from flows.online import online_flow
+
+    metrics = online_flow("live")
+    cons, merged = metrics["online/cons/tokens"], metrics["online/deepprune_tau0.01/tokens"]
+    assert metrics["online/cons/token_reduction"] == 0 and metrics["online/cons/stopped_pruned"] == 0
+    assert metrics["online/deepprune_tau0.01/stopped_pruned"] > 0 and merged < cons  # real generation, stopped early
+    assert metrics["online/deepprune_tau0.01/token_reduction"] == pytest.approx(1 - merged / cons)
+    rows = [json.loads(line) for line in open(workspace / "data/online/live/outcomes.jsonl")]
+    assert len(rows) == 4 * 2 and {len(r["traces"]) for r in rows} == {4}  # 4 methods x 2 problems, N = 4 each
+    assert all(t["stop_reason"] in ("finished", "pruned", "confidence_stop", "length") for r in rows for t in r["traces"])
+    assert all(t["n_tokens"] <= 24 for r in rows for t in r["traces"])
+    assert read_json(workspace / "data/online/live/meta.json")["engine"]["engine"] == "transformers"
+    shards = list((workspace / ".cache/online/live").rglob("*.json"))
+    assert len(shards) == 8
+    assert online_flow("live") == metrics  # a rerun reads every (method, problem) back from its shard
+    runs = mlflow_runs(f"sqlite:///{workspace / 'mlflow.db'}", "deepprune/online")
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert {r.data.tags["variant"] for r in children} == {"cons", "deepprune_tau0.5", "deepprune_tau0.01",
+                                                         "deepconf_eta90"}
+    assert len({frozenset(r.data.metrics) for r in children}) == 1  # the compare view lines them up
 
 
 def _judge_lm_sweep_and_ablation(workspace):

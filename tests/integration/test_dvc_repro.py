@@ -111,8 +111,10 @@ def test_dvc_repro_builds_everything_then_reruns_nothing(repo_copy):
     live = [json.loads(line) for line in (repo / "data/traces/live.jsonl").read_text().splitlines()]
     assert len(live) == 12 and all(t["tokenizer"] == "engine" for t in live)
     assert json.loads((repo / "data/traces/live.meta.json").read_text())["engine"]["engine"] == "transformers"
+    online = json.loads((repo / "reports/metrics/online_live.json").read_text())
+    assert online["online/deepprune_tau0.01/tokens"] < online["online/cons/tokens"]  # real generation, stopped early
     page = (repo / "reports/index.html").read_text()
-    assert "Online pruning" in page and "Truncation ablation" in page
+    assert "Online pruning" in page and "Truncation ablation" in page and "with real generation" in page
 
     again = _run([sys.executable, "-m", "dvc", "repro"], repo, env)
     assert "Running stage" not in again and "up to date" in again
@@ -138,9 +140,10 @@ def test_changing_a_judge_param_reruns_only_what_reads_it(repo_copy):
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     out = _run([sys.executable, "-m", "dvc", "repro"], repo, env)
     ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    # the causal-LM judge (slow) and the embeddings do not read judge.train: they stay cached
+    # the causal-LM judge (slow) and the embeddings do not read judge.train: they stay cached; the online stage
+    # loads the retrained math judge, so it reruns
     assert ran == {f"{stage}@{corpus}" for stage in ("judge", "sweep", "ablate", "prune")
-                   for corpus in ("math", "date", "live")} | {"report"}
+                   for corpus in ("math", "date", "live")} | {"online@live", "report"}
 
 
 def _free_port() -> int:

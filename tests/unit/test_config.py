@@ -22,6 +22,9 @@ def test_shipped_params_are_valid():
     (lambda p: p["judge"].update(primary="nope"), "primary 'nope'"),
     (lambda p: p["corpora"]["date"]["answer"].pop("pattern"), "needs a pattern"),
     (lambda p: p["label"].update(folds=1), "label.folds"),
+    (lambda p: p["online"].update(corpora=["math"]), "online.corpora: 'math' is a recorded corpus"),
+    (lambda p: p["online"]["judge"].update(corpus="nope"), "online.judge.corpus: 'nope'"),
+    (lambda p: p["online"].update(k=999), r"online.k \(999\) must be below"),
 ])
 def test_bad_params_name_the_key(tmp_path, edit, message):
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
