@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
 
+    from deepprune.answers import AnswerSpec
     from deepprune.config import load_params
     from deepprune.judges.encoder import CosineJudge, SentenceEncoder, load_encoder_judge
     from deepprune.sampling.engines import GenerationSettings, TransformersEngine
@@ -55,13 +56,15 @@ def main() -> None:
         judge, taus, what = CosineJudge(encoder, params.judge.train, "ce", False, 0), args.tau or [0.9], "sbert_cosine"
     print(f"judge: {what}, tau {taus}")
     items = load_problems(args.dataset, limit=args.problems)
-    spec_kind = "letter" if DATASETS[args.dataset][1] == "letter" else "boxed_math"
-    from deepprune.answers import AnswerSpec
 
+    # answers are read as a live corpus on this dataset reads them (GSM8K: the last number), else by problem kind
+    live = [c for c in params.corpora.values() if c.importer == "live" and c.dataset == args.dataset]
+    spec = live[0].answer.spec() if live else AnswerSpec(
+        extractor="letter" if DATASETS[args.dataset][1] == "letter" else "boxed_math")
     problems = [OnlineProblem(i.problem_id, engine.render(build_messages(i, params.sample.prompts, params.sample.system)),
                               i.gold) for i in items]
     table = compare_methods(engine, problems, args.n, args.max_tokens, args.k, judge_similarity(judge, encoder), taus,
-                            args.q, args.warmup, args.eta, args.window, AnswerSpec(extractor=spec_kind),
+                            args.q, args.warmup, args.eta, args.window, spec,
                             seed=params.seed).table
     print(f"\n{args.problems} {args.dataset} problems x N={args.n}, max {args.max_tokens} tokens, k={args.k}, "
           f"batch {args.batch}\n")
