@@ -254,13 +254,16 @@ def _online_table(res: CorpusResults) -> str:
     reasons = ("finished", "pruned", "confidence_stop", "length")
     head = ("<tr><th>method</th><th>tokens</th><th>token reduction</th><th>accuracy</th><th>wall s</th>"
             "<th>tokens/s</th><th>judge s</th>" + "".join(f"<th>{r}</th>" for r in reasons) + "</tr>")
+    num = lambda v, spec: "n/a" if v is None else format(v, spec)
+    order = lambda m: (0 if m == "cons" else 1 if m.startswith("deepprune") else 2, m)
     rows = []
-    for m in methods:
+    for m in sorted(methods, key=order):
         get = lambda key: metrics.get(f"online/{m}/{key}")
-        rows.append(f"<tr><td>{html.escape(m)}</td><td>{_fmt(get('tokens'))}</td><td>{_fmt(get('token_reduction'), True)}"
-                    f"</td><td>{_fmt(get('accuracy'), True)}</td><td>{_fmt(get('wall_seconds'))}</td>"
-                    f"<td>{_fmt(get('tokens_per_second'))}</td><td>{_fmt(get('judge_seconds'))}</td>"
-                    + "".join(f"<td>{_fmt(get(f'stopped_{r}'))}</td>" for r in reasons) + "</tr>")
+        rows.append(f"<tr><td>{html.escape(m)}</td><td>{num(get('tokens'), ',.0f')}</td>"
+                    f"<td>{_fmt(get('token_reduction'), True)}</td><td>{_fmt(get('accuracy'), True)}</td>"
+                    f"<td>{num(get('wall_seconds'), '.1f')}</td><td>{num(get('tokens_per_second'), '.1f')}</td>"
+                    f"<td>{num(get('judge_seconds'), '.2f')}</td>"
+                    + "".join(f"<td>{num(get(f'stopped_{r}'), '.0f')}</td>" for r in reasons) + "</tr>")
     engine = meta.get("engine", {})
     what = (f"<p>{len(meta.get('problems', []))} problems x N = {meta.get('n')}, at most {meta.get('max_tokens')} tokens "
             f"per trace, judge after k = {meta.get('k')} tokens ({html.escape(str(meta.get('judge', {}).get('variant')))} "
@@ -337,7 +340,9 @@ def render_index(params: Params, results: Mapping[str, CorpusResults], figures: 
                      "and q members of the largest cluster go on, the rest are never generated further) and DeepConf "
                      "online (warm-up traces set a confidence threshold; later traces stop when their sliding-window "
                      "confidence falls below it) run on the same problems with the same trace seeds. Tokens are the "
-                     "engine's count.</p>"]
+                     "engine's count. Wall time on a batched engine follows the longest trace still running in a "
+                     "batch, so fewer tokens shorten it only when the engine is busy with more work than one batch "
+                     "(a server under load), not when N traces fill one batch.</p>"]
         for corpus, res in results.items():
             if res.online is not None:
                 sections += [f"<h3>{html.escape(corpus)}</h3>", _online_table(res)]

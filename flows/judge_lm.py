@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 from prefect import flow
 
 from deepprune.io import write_json, write_jsonl
 from deepprune.metrics import finite_or_none
+from deepprune.judges.evaluate import pair_data
 from deepprune.pairs import prefix_texts
 from deepprune.truncate import prefix_name
-from flows import ROOT
 from flows._stage import child_run, stage_params, stage_run
 from flows.label import labels_dir
 from tasks.judge import load_labels
@@ -25,8 +24,9 @@ def judge_lm_dir(corpus: str) -> str:
 
 
 def checkpoint_root(corpus: str) -> str:
-    """Resumable training state lives outside the stage's outputs (DVC deletes those before a rerun)."""
-    return str(ROOT / ".cache" / "judge_lm" / corpus)
+    """Resumable training state lives outside the stage's outputs (DVC deletes those before a rerun), beside them
+    in the stage's working directory."""
+    return f".cache/judge_lm/{corpus}"
 
 
 @flow(name="judge_lm", log_prints=True)
@@ -38,15 +38,11 @@ def judge_lm_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, fl
     with stage_run("judge_lm", corpus, {"seed": params.seed, "judge_lm": cfg.model_dump(),
                                         "prompt_version": cfg.prompt.version}) as run:
         pairs, prefixes = load_labels(labels_dir(corpus))
-        texts = prefix_texts(prefixes, prefix, f"{labels_dir(corpus)}/prefixes.jsonl")
-        texts_a = [texts[(p.problem_id, p.trace_a)] for p in pairs]
-        texts_b = [texts[(p.problem_id, p.trace_b)] for p in pairs]
-        labels = np.array([p.label for p in pairs])
-        folds = np.array([p.fold for p in pairs])
+        data = pair_data(pairs, prefix_texts(prefixes, prefix, f"{labels_dir(corpus)}/prefixes.jsonl"))
         model, tokenizer = load_lm(cfg.model_path, cfg.dtype, cfg.device)
-        result = evaluate_lm_judge(texts_a, texts_b, labels, folds, cfg, params.seed, params.judge.fnr,
-                                   params.judge.threshold, None, True, checkpoint_root(corpus), model, tokenizer,
-                                   keep_judges=True)
+        result = evaluate_lm_judge(data.texts_a, data.texts_b, data.labels, data.folds, cfg, params.seed,
+                                   params.judge.fnr, params.judge.threshold, True, checkpoint_root(corpus), model,
+                                   tokenizer, keep_judges=True)
         out = judge_lm_dir(corpus)
         metrics: dict[str, float | None] = {
             "judge_lm/eval_pairs": int(sum(len(r) for r in result.eval_rows)),

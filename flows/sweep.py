@@ -7,12 +7,11 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import numpy as np
 from prefect import flow
 
 from deepprune.config import Params
 from deepprune.io import write_json
-from deepprune.judges.evaluate import PairData, cross_validate, train_final
+from deepprune.judges.evaluate import PairData, cross_validate, pair_data, train_final
 from deepprune.judges.sweep import SweepPoint, base_recipe, best_point, encoder_recipe, expand_grid, lm_recipe
 from deepprune.metrics import finite_or_none
 from deepprune.pairs import prefix_texts
@@ -47,7 +46,7 @@ def sweep_point_flow(point: SweepPoint, parent: Run, params: Params, corpus: str
             cfg_lm = lm_recipe(point, params.judge_lm)
             model, tokenizer = lm  # type: ignore[misc]
             result = evaluate_lm_judge.fn(data.texts_a, data.texts_b, data.labels, data.folds, cfg_lm,  # type: ignore[union-attr]
-                                          params.seed, params.judge.fnr, params.judge.threshold, None, False, None,
+                                          params.seed, params.judge.fnr, params.judge.threshold, False, None,
                                           model, tokenizer)
             summary = result.summary["causal_lm"]
         run.log_metrics({k: v for k, v in summary.items()})
@@ -63,9 +62,7 @@ def _point_data(params: Params, corpus: str) -> tuple[PairData, Any, tuple[Any, 
         data = make_pair_data(pairs, prefixes, load_embeddings(embeddings_path(corpus)), prefix, path)
         return data, load_encoder(params.judge.encoder_path, params.judge.max_length), None
     cfg = params.judge_lm
-    texts = prefix_texts(prefixes, prefix_name(cfg.truncation.strategy, cfg.truncation.k), path)
-    data = PairData([texts[(p.problem_id, p.trace_a)] for p in pairs], [texts[(p.problem_id, p.trace_b)] for p in pairs],
-                    np.zeros((0, 0)), np.zeros((0, 0)), np.array([p.label for p in pairs]), np.array([p.fold for p in pairs]))
+    data = pair_data(pairs, prefix_texts(prefixes, prefix_name(cfg.truncation.strategy, cfg.truncation.k), path))
     return data, None, load_lm(cfg.model_path, cfg.dtype, cfg.device)
 
 

@@ -21,10 +21,9 @@ def load_lm(path: str | None, dtype: str, device: str) -> tuple[Any, Any]:
 
 @task(cache_policy=NO_CACHE)
 def evaluate_lm_judge(texts_a: list[str], texts_b: list[str], labels: np.ndarray, folds: np.ndarray,
-                      cfg: JudgeLMConfig, seed: int, fnr: float, threshold: float,
-                      compare: dict[str, np.ndarray] | None, zero_shot: bool, checkpoint_root: str | None,
-                      model: Any, tokenizer: Any, keep_judges: bool = False) -> LMEvaluation:
-    """Fine-tuned and zero-shot causal-LM judge, and the compared judges, on the same held-out pairs."""
-    return evaluate_causal_lm(texts_a, texts_b, labels, folds, cfg, seed, fnr, threshold, compare=compare,
-                              zero_shot=zero_shot, checkpoint_root=checkpoint_root, model=model,
+                      cfg: JudgeLMConfig, seed: int, fnr: float, threshold: float, zero_shot: bool,
+                      checkpoint_root: str | None, model: Any, tokenizer: Any,
+                      keep_judges: bool = False) -> LMEvaluation:
+    """Fine-tuned and zero-shot causal-LM judge on the same held-out pairs."""
+    return evaluate_causal_lm(texts_a, texts_b, labels, folds, cfg, seed, fnr, threshold, zero_shot=zero_shot, checkpoint_root=checkpoint_root, model=model,
                               tokenizer=tokenizer, keep_judges=keep_judges)

@@ -69,11 +69,12 @@ def embed_pairs(pairs: Sequence[Pair], prefixes: Mapping[tuple[str, str], str], 
 
 
 def pair_data(pairs: Sequence[Pair], texts: Mapping[tuple[str, str], str],
-              vectors: Mapping[tuple[str, str], np.ndarray]) -> PairData:
-    """PairData from precomputed prefix embeddings (the embed stage's table)."""
+              vectors: Mapping[tuple[str, str], np.ndarray] | None = None) -> PairData:
+    """PairData from the pairs' prefix texts and, for the embedding judges, their precomputed embeddings (the
+    embed stage's table); without `vectors` (the causal-LM judge reads texts only) the embeddings are empty."""
     from deepprune.judges.embeddings import pair_arrays
 
-    emb_a, emb_b = pair_arrays(pairs, vectors)
+    emb_a, emb_b = pair_arrays(pairs, vectors) if vectors is not None else (np.zeros((0, 0)), np.zeros((0, 0)))
     return PairData([texts[(p.problem_id, p.trace_a)] for p in pairs], [texts[(p.problem_id, p.trace_b)] for p in pairs],
                     emb_a, emb_b, np.array([p.label for p in pairs], dtype=np.int64), np.array([p.fold for p in pairs]))
 
@@ -141,8 +142,7 @@ def balanced_subset(labels: np.ndarray, rows: np.ndarray, per_class: int, rng: n
 
 @dataclass
 class LMEvaluation:
-    """Held-out results of the causal-LM judge (fine-tuned and zero-shot) and the judges it is compared with,
-    all on the same pairs."""
+    """Held-out results of the causal-LM judge, fine-tuned and zero-shot, on the same pairs."""
 
     eval_rows: list[np.ndarray]                       # per fold: the evaluated pair indices
     scores: dict[str, list[np.ndarray]]               # judge -> per fold scores aligned with eval_rows
@@ -154,13 +154,12 @@ class LMEvaluation:
 
 
 def evaluate_causal_lm(texts_a: Sequence[str], texts_b: Sequence[str], labels: np.ndarray, folds: np.ndarray,
-                       cfg: JudgeLMConfig, seed: int, fnr: float, threshold: float,
-                       compare: Mapping[str, np.ndarray] | None = None, zero_shot: bool = True,
+                       cfg: JudgeLMConfig, seed: int, fnr: float, threshold: float, zero_shot: bool = True,
                        checkpoint_root: str | None = None, model: Any = None, tokenizer: Any = None,
                        keep_judges: bool = False) -> LMEvaluation:
     """Fine-tune the causal-LM judge on all folds but one and score a balanced sample of the held-out fold, for
-    the first `cfg.eval.folds` folds; the zero-shot model and the `compare` judges (out-of-fold scores from the
-    judge stage) are scored on exactly the same pairs."""
+    the first `cfg.eval.folds` folds; the zero-shot model is scored on exactly the same pairs (other judges are
+    scored on them afterwards, from the written pairs: `same_pairs_metrics`)."""
     import copy
 
     from deepprune.judges.causal_lm import CausalLMJudge, load_causal_lm
@@ -169,8 +168,7 @@ def evaluate_causal_lm(texts_a: Sequence[str], texts_b: Sequence[str], labels: n
     if model is None:
         model, tokenizer = load_causal_lm(cfg.model_path, cfg.dtype, cfg.device)
     base = CausalLMJudge(cfg, seed, model, tokenizer)
-    names = (["causal_lm"] if cfg.train.steps > 0 else []) + (["causal_lm_zeroshot"] if zero_shot else []) + \
-        sorted(compare or {})
+    names = (["causal_lm"] if cfg.train.steps > 0 else []) + (["causal_lm_zeroshot"] if zero_shot else [])
     out = LMEvaluation([], {n: [] for n in names}, {n: [] for n in names}, {}, {}, [])
     train_tp = score_tp = None
     for offset, fold in enumerate(sorted(set(folds.tolist()))[: cfg.eval.folds]):
@@ -192,8 +190,6 @@ def evaluate_causal_lm(texts_a: Sequence[str], texts_b: Sequence[str], labels: n
             del judge
         if zero_shot:
             fold_scores["causal_lm_zeroshot"] = base.score_texts(ta, tb)
-        for name, oof in (compare or {}).items():
-            fold_scores[name] = np.asarray(oof)[test]
         for name, scores in fold_scores.items():
             out.scores[name].append(scores)
             out.per_fold[name].append(judge_metrics(labels[test], scores, fnr, threshold))

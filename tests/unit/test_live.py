@@ -306,3 +306,40 @@ def test_the_platform_starts_and_stops_a_server_from_params_and_samples_through_
     with pytest.raises(EngineUnreachable, match="exited with 3"):
         with managed_server(bad):
             pass
+
+
+class _ScriptedEngine:
+    """An engine whose traces are scripted per seed: (text piece, confidence) per token. It streams them through
+    the job's callback as a real engine does, so DeepConf's stop rule is checked on known confidences."""
+
+    def __init__(self, scripts):
+        self.scripts = scripts
+
+    def generate(self, jobs):
+        from deepprune.sampling.engines import GenResult, TokenEvent
+
+        out = []
+        for job in jobs:
+            text, tops, reason = [], [], "length"
+            for index, (piece, conf) in enumerate(self.scripts[job.seed][: job.max_tokens]):
+                top = (-conf, -conf)  # token confidence = minus the mean top-k logprob
+                text.append(piece)
+                tops.append(list(top))
+                if job.on_token is not None and not job.on_token(TokenEvent(index, piece, -conf, top)):
+                    reason = "cancelled"
+                    break
+            out.append(GenResult("".join(text), len(text), reason, tops))
+        return out
+
+
+def test_deepconf_online_stops_a_trace_the_moment_its_window_confidence_drops_below_the_warmup_threshold():
+    steady = lambda conf, answer: [("a ", conf)] * 11 + [(f"\\boxed{{{answer}}}", conf)]
+    scripts = {1: steady(5.0, "7"), 2: steady(5.0, "7"),                       # warm-up: threshold = 5
+               3: [("a ", 5.0)] * 4 + [("b ", 1.0)] + [("c ", 5.0)] * 7,      # window (5 + 1) / 2 = 3 < 5 at token 5
+               4: steady(6.0, "8")}                                            # never below 5
+    result = run_deepconf(_ScriptedEngine(scripts), "p", [1, 2, 3, 4], 12, warmup=2, eta=90, window=2, spec=SPEC,
+                          gold="7")
+    assert result.extra == {"threshold": 5.0, "stopped": 1.0}
+    assert [t.stop_reason for t in result.traces] == ["length", "length", "confidence_stop", "length"]
+    assert [t.n_tokens for t in result.traces] == [12, 12, 5, 12] and result.tokens == 41
+    assert result.answer == "7" and result.correct  # warm-up traces and the survivor vote, weighted by confidence
