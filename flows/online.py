@@ -9,6 +9,7 @@ import hashlib
 import json
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 from prefect import flow
 
@@ -30,7 +31,7 @@ def online_dir(corpus: str) -> str:
 def _fingerprint(params, corpus: str) -> str:
     """Everything that decides an outcome: sampling settings, the corpus, online params, seed, the judge's bytes."""
     judge = judge_model_path(params)
-    judge_digest = hashlib.sha256(open(judge, "rb").read()).hexdigest() if judge else params.online.judge.variant
+    judge_digest = hashlib.sha256(Path(judge).read_bytes()).hexdigest() if judge else params.online.judge.variant
     blob = json.dumps([params.sample.model_dump(exclude={"limit", "skip_invalid"}),
                        params.corpus(corpus).model_dump(exclude={"limit"}), params.online.model_dump(),
                        params.seed, judge_digest, params.judge.encoder_path], sort_keys=True, default=str)
