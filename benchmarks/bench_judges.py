@@ -24,9 +24,8 @@ import time
 
 import numpy as np
 import torch
-import yaml
 
-from deepprune.config import CorpusConfig, JudgeLMConfig, TrainConfig
+from deepprune.config import CorpusConfig, JudgeLMConfig, TrainConfig, read_params
 from deepprune.data.importers import import_corpus
 from deepprune.tokens import get_tokenizer
 from deepprune.truncate import first_k_tokens
@@ -34,7 +33,7 @@ from deepprune.truncate import first_k_tokens
 
 def real_prefixes(n: int, k: int) -> list[str]:
     """First k tokens of the first n shipped MATH traces."""
-    raw = yaml.safe_load(open("params.yaml", encoding="utf-8"))
+    raw = read_params("params.yaml")
     cfg = CorpusConfig.model_validate(raw["corpora"]["math"])
     tok = get_tokenizer(cfg.tokenizer)
     texts = [t.text for t in itertools.islice(import_corpus(cfg), n)]
@@ -105,7 +104,7 @@ def bench_encoder(prefixes: dict[int, list[str]], repeats: int) -> None:
 def bench_causal_lm(prefixes: dict[int, list[str]], repeats: int) -> None:
     from deepprune.judges.causal_lm import CausalLMJudge, load_causal_lm
 
-    raw = yaml.safe_load(open("params.yaml", encoding="utf-8"))["judge_lm"]
+    raw = read_params("params.yaml")["judge_lm"]
     start = time.perf_counter()
     model, tokenizer = load_causal_lm(None, "float32", "cpu")
     print(f"(SmolLM2-135M-Instruct loaded in {time.perf_counter() - start:.1f} s)", flush=True)

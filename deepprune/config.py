@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from deepprune.answers import AnswerSpec
@@ -417,13 +416,27 @@ class ConfigError(ValueError):
     """params.yaml does not match the schema; the message names the file and the key path."""
 
 
+def read_params(path: str | os.PathLike = "params.yaml") -> Any:
+    """params.yaml as plain data, read the way DVC reads and writes it: YAML 1.2 (ruamel.yaml, DVC's own parser).
+
+    `dvc exp run -S` rewrites params.yaml with ruamel's round-trip writer, which drops quotes that YAML 1.2 does not
+    need: `"yes": "yes"` comes back as `yes: yes`. A YAML 1.1 reader (PyYAML) would turn that into booleans, so
+    every reader of params in this project goes through here and agrees with DVC on every value.
+    """
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    path = Path(path)
+    try:
+        return YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
+    except YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
 def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     """Read and validate params.yaml."""
     path = Path(path)
-    try:
-        raw: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    raw = read_params(path)
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:

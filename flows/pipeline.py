@@ -10,13 +10,17 @@ an MLflow parent run in experiment 'deepprune/pipeline' that every stage run poi
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 from prefect import flow
 
 from flows import ROOT
 from flows._stage import PARENT_RUN_ENV, git_commit
+from deepprune.config import ConfigError, Params, load_params
 from deepprune.tracking import start_run
 
 
@@ -26,10 +30,36 @@ def _dvc(*args: str) -> None:
     subprocess.run(cmd, cwd=ROOT, check=True)
 
 
+def params_with_overrides(set_params: list[str] | None, path: Path = ROOT / "params.yaml") -> Params:
+    """params.yaml with `dvc exp run -S` overrides applied by DVC's own code to a copy, validated before any stage
+    runs: a bad key or value is an error naming it, and the workspace's params.yaml is never touched."""
+    if not set_params:
+        return load_params(path)
+    from dvc.utils.hydra import apply_overrides
+
+    with tempfile.TemporaryDirectory(prefix="deepprune-params-") as tmp:
+        copy = Path(tmp) / "params.yaml"
+        shutil.copyfile(path, copy)
+        try:
+            apply_overrides(copy, list(set_params))
+            return load_params(copy)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}".replace(str(copy), f"{path} with set_params {set_params}")) from None
+        except Exception as exc:  # DVC's override grammar: an unknown key or a malformed override
+            cause = f" ({str(exc.__cause__).splitlines()[0]})" if exc.__cause__ else ""
+            raise ConfigError(f"set_params {set_params}: {exc}{cause}") from None
+
+
 @flow(name="pipeline", log_prints=True)
 def pipeline_flow(targets: list[str] | None = None, force: bool = False, set_params: list[str] | None = None) -> None:
-    """`dvc repro` (or `dvc exp run` with params overrides) under one MLflow parent run."""
+    """`dvc repro` (or `dvc exp run --temp` with params overrides) under one MLflow parent run.
+
+    An experiment runs in a temporary copy of the repository (`--temp`): its params and results live in the
+    experiment (`dvc exp show`, `dvc exp apply`), and the workspace's params.yaml stays as it was, also when the
+    experiment fails."""
     from prefect.runtime import flow_run
+
+    params_with_overrides(set_params)  # refuse bad params before any stage runs
 
     tags = {"git_commit": git_commit(ROOT), "prefect_flow_run_id": str(flow_run.id or "none")}
     artifacts = os.environ.get("DEEPPRUNE_MLFLOW_ARTIFACTS", str(ROOT / ".mlflow" / "artifacts"))
@@ -38,7 +68,7 @@ def pipeline_flow(targets: list[str] | None = None, force: bool = False, set_par
         os.environ[PARENT_RUN_ENV] = run.run_id
         try:
             if set_params:  # an experiment: DVC records it beside the workspace's results
-                _dvc("exp", "run", *[a for p in set_params for a in ("-S", p)], *(targets or []))
+                _dvc("exp", "run", "--temp", *[a for p in set_params for a in ("-S", p)], *(targets or []))
             else:
                 _dvc("repro", *(["--force"] if force else []), *(targets or []))
         finally:

@@ -4,7 +4,7 @@
 #   1. the causal-LM judge: a random Qwen3 judge fine-tuned a few steps in bf16, then scoring (throughput);
 #   2. live generation: a random ~0.5B Qwen3 on CUDA, N = 64 traces on a few prompts, cons@N vs DeepPrune
 #      online vs DeepConf online side by side (tokens/s, token accounting, wall time).
-# Usage: bash scripts/gpu_check.sh [output-dir]     (pydantic and PyYAML must import; see README)
+# Usage: bash scripts/gpu_check.sh [output-dir]     (pydantic and ruamel.yaml must import; see README)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-gpu-check}}"

@@ -37,9 +37,8 @@ def main() -> None:
 
     import numpy as np
     import torch
-    import yaml
 
-    from deepprune.config import JudgeLMConfig
+    from deepprune.config import JudgeLMConfig, read_params
     from deepprune.judges.causal_lm import CausalLMJudge
     from deepprune.metrics import auroc
     from deepprune.models import parameter_count, random_qwen3, train_tokenizer
@@ -60,7 +59,7 @@ def main() -> None:
     pairs = [pairs[i] for i in rng.permutation(len(pairs))[: args.pairs]]
     a, b, y = [p[0] for p in pairs], [p[1] for p in pairs], np.array([p[2] for p in pairs])
 
-    raw = yaml.safe_load(open(ROOT / "params.yaml", encoding="utf-8"))["judge_lm"]
+    raw = read_params(ROOT / "params.yaml")["judge_lm"]
     raw.update(device=args.device, dtype="bfloat16" if args.device == "cuda" else "float32", max_length=4 * args.k + 256)
     raw["train"].update(steps=args.steps, batch_size=args.batch, grad_accum=args.grad_accum, checkpoint_every=0, lr=1e-5)
     raw["train"]["lora"]["enabled"] = args.lora

@@ -36,10 +36,9 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    import yaml
 
     from deepprune.answers import AnswerSpec
-    from deepprune.config import JudgeLMConfig
+    from deepprune.config import JudgeLMConfig, read_params
     from deepprune.judges.causal_lm import CausalLMJudge
     from deepprune.models import parameter_count, random_qwen3, train_tokenizer
     from deepprune.sampling.engines import GenerationSettings, TransformersEngine
@@ -55,7 +54,7 @@ def main() -> None:
     engine = TransformersEngine(settings=GenerationSettings(0.8, 0.95, 5), batch_size=args.batch, model=model,
                                 tokenizer=tokenizer, context_length=8192)
     judge_model = random_qwen3(tokenizer, "small", seed=1, dtype=dtype, device=args.device)
-    raw = yaml.safe_load(open(ROOT / "params.yaml", encoding="utf-8"))["judge_lm"]
+    raw = read_params(ROOT / "params.yaml")["judge_lm"]
     raw.update(device=args.device, max_length=4096)
     judge = CausalLMJudge(JudgeLMConfig.model_validate(raw), 0, judge_model, tokenizer)
 

@@ -8,12 +8,21 @@ from pathlib import Path
 import pytest
 import yaml
 
+from deepprune.config import read_params
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_report_header(config) -> str:
+    """The torch thread count: float32 model outputs depend on it (make test runs generation tests under 1 and 2)."""
+    import torch
+
+    return f"torch threads: {torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})"
 
 
 def tiny_params(limit: int = 8) -> dict:
     """The shipped params.yaml, shrunk so every stage runs in seconds on a laptop CPU."""
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = read_params(ROOT / "params.yaml")
     raw["sample"]["limit"] = limit
     raw["label"].update(tokens_k=[16, 32], reasoning_words_k=[5], folds=2)
     raw["judge"]["truncation"] = {"strategy": "tokens", "k": 32}

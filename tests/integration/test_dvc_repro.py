@@ -13,6 +13,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from deepprune.config import load_params, read_params
 from tests.conftest import ROOT, mlflow_runs, tiny_params
 
 pytestmark = pytest.mark.slow
@@ -45,6 +46,8 @@ def repo_copy(tmp_path_factory, tiny_lm):
     env.pop("DEEPPRUNE_PARENT_RUN_ID", None)
     git = ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost"]
     _run(["git", "init", "-q"], dest, env)
+    _run(["git", "config", "user.name", "ci"], dest, env)  # `dvc exp run` commits experiments: it needs an identity
+    _run(["git", "config", "user.email", "ci@localhost"], dest, env)
     _run([*git, "add", "-A"], dest, env)
     _run([*git, "commit", "-qm", "copy"], dest, env)
     # One Prefect server for the module on 127.0.0.1 (as `make prefect-ui` runs one): every stage's flow reports
@@ -135,7 +138,7 @@ def test_dvc_repro_builds_everything_then_reruns_nothing(repo_copy):
 
 def test_changing_a_judge_param_reruns_only_what_reads_it(repo_copy):
     repo, env = repo_copy
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params = read_params(repo / "params.yaml")
     params["judge"]["train"]["epochs"] = 2
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     out = _run([sys.executable, "-m", "dvc", "repro"], repo, env)
@@ -144,6 +147,41 @@ def test_changing_a_judge_param_reruns_only_what_reads_it(repo_copy):
     # loads the retrained math judge, so it reruns
     assert ran == {f"{stage}@{corpus}" for stage in ("judge", "sweep", "ablate", "prune")
                    for corpus in ("math", "date", "live")} | {"online@live", "report"}
+
+
+def _experiments(repo: Path, env: dict[str, str]) -> list[dict]:
+    """`dvc exp show --json`: every experiment in the repository, with its params and metrics."""
+    cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json"]
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}"
+    return [exp for commit in json.loads(proc.stdout) for exp in commit.get("experiments") or []]
+
+
+def _exp_params(exp: dict) -> dict:
+    revs = exp.get("revs") or []
+    return revs[0]["data"]["params"]["params.yaml"]["data"] if revs and revs[0].get("data") else {}
+
+
+def test_dvc_exp_run_with_a_param_override_keeps_params_yaml_valid_and_untouched(repo_copy):
+    """`dvc exp run --temp -S key=value` (the README's sweep command): DVC rewrites the params in the experiment's
+    copy with its own YAML writer; the stage must still read them, rerun with the override, and leave the
+    workspace's params.yaml as it was."""
+    repo, env = repo_copy
+    before = (repo / "params.yaml").read_text()
+    out = _run([sys.executable, "-m", "dvc", "exp", "run", "--temp", "-S", "prune.repetitions=3", "prune@math"],
+               repo, env)
+    assert "Running stage 'prune@math'" in out
+    assert (repo / "params.yaml").read_text() == before
+    load_params(repo / "params.yaml")
+    exps = [e for e in _experiments(repo, env) if _exp_params(e).get("prune", {}).get("repetitions") == 3]
+    assert exps, "the experiment with prune.repetitions=3 is not in `dvc exp show`"
+    data = exps[0]["revs"][0]["data"]
+    prefix = "prune/deepprune_tau0.5/"
+    assert prefix + "accuracy" in str(data["metrics"])  # its results are recorded in the experiment
+    bad = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "--temp", "-S", "prune.repetitions=0",
+                          "prune@math"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "prune.repetitions" in bad.stdout + bad.stderr
+    assert (repo / "params.yaml").read_text() == before  # a failed experiment leaves the workspace as it was
 
 
 def _free_port() -> int:
@@ -155,23 +193,29 @@ def _free_port() -> int:
 
 
 def test_pipeline_deployment_runs_from_a_prefect_server(repo_copy):
-    """The documented `serve` path: a real Prefect server on 127.0.0.1, the pipeline served as a deployment,
-    a run started through the API with parameters, as the UI's Run button does."""
+    """The documented `serve` path: a real Prefect server on 127.0.0.1, the pipeline served as a deployment, runs
+    started through the API with parameters, as the UI's Run button does: `set_params` runs a DVC experiment in a
+    temporary copy (the workspace's params.yaml stays as it was), and a bad override fails before any stage runs."""
     repo, env = repo_copy
+    before = (repo / "params.yaml").read_text()
     served = subprocess.Popen([sys.executable, "-m", "flows.pipeline", "--serve"], cwd=repo, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         script = ("import sys, time\n"
                   "from prefect.deployments import run_deployment\n"
-                  "for _ in range(60):\n"
-                  "    try:\n"
-                  "        run = run_deployment('pipeline/deepprune-pipeline', parameters={'targets': ['report']},"
-                  " timeout=600)\n"
-                  "        break\n"
-                  "    except Exception:  # the deployment registers a moment after `serve` starts\n"
-                  "        time.sleep(2)\n"
-                  "print('STATE', run.state.type.value)\n")
+                  "def start(parameters):\n"
+                  "    for _ in range(60):\n"
+                  "        try:\n"
+                  "            return run_deployment('pipeline/deepprune-pipeline', parameters=parameters, timeout=600)\n"
+                  "        except Exception:  # the deployment registers a moment after `serve` starts\n"
+                  "            time.sleep(2)\n"
+                  "good = start({'targets': ['prune@date'], 'set_params': ['prune.repetitions=4']})\n"
+                  "print('GOOD', good.state.type.value)\n"
+                  "bad = start({'targets': ['prune@date'], 'set_params': ['prune.repetitionz=4']})\n"
+                  "print('BAD', bad.state.type.value)\n")
         out = _run([sys.executable, "-c", script], repo, env, timeout=900)
-        assert "STATE COMPLETED" in out
+        assert "GOOD COMPLETED" in out and "BAD FAILED" in out
     finally:
         _stop(served)
+    assert (repo / "params.yaml").read_text() == before
+    assert any(_exp_params(e).get("prune", {}).get("repetitions") == 4 for e in _experiments(repo, env))

@@ -8,15 +8,16 @@ import copy
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from deepprune.config import JudgeLMConfig
+from deepprune.config import JudgeLMConfig, read_params
 from deepprune.judges.causal_lm import CausalLMJudge, load_causal_lm, render_prompt
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.generation
+
 
 def _cfg(path, **train) -> JudgeLMConfig:
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())["judge_lm"]
+    raw = read_params(ROOT / "params.yaml")["judge_lm"]
     raw["model_path"] = str(path)
     raw["train"].update({"steps": 4, "batch_size": 2, "checkpoint_every": 0, **train})
     return JudgeLMConfig.model_validate(raw)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deepprune.config import ConfigError, load_params
+from deepprune.config import ConfigError, load_params, read_params
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,9 +27,26 @@ def test_shipped_params_are_valid():
     (lambda p: p["online"].update(k=999), r"online.k \(999\) must be below"),
 ])
 def test_bad_params_name_the_key(tmp_path, edit, message):
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = read_params(ROOT / "params.yaml")
     edit(raw)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match=message):
         load_params(path)
+
+
+def test_params_keep_their_meaning_through_dvcs_own_yaml_writer(tmp_path):
+    """`dvc exp run -S key=value` rewrites params.yaml with DVC's writer (YAML 1.2: quotes dropped where 1.2 needs
+    none, null written as an empty value, long lines re-wrapped); every value must read back the same."""
+    from dvc.utils.serialize import modify_yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text())
+    with modify_yaml(path) as doc:
+        doc["prune"]["repetitions"] = 10
+    assert "yes: yes" in path.read_text()  # unquoted: a YAML 1.1 reader would see the boolean True here
+    expected = read_params(ROOT / "params.yaml")
+    expected["prune"]["repetitions"] = 10
+    assert read_params(path) == expected
+    params = load_params(path)
+    assert (params.judge_lm.prompt.yes, params.judge_lm.prompt.no, params.prune.repetitions) == ("yes", "no", 10)

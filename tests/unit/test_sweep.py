@@ -8,9 +8,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import yaml
 
-from deepprune.config import Params, SweepConfig, TrainConfig
+from deepprune.config import Params, SweepConfig, TrainConfig, read_params
 from deepprune.judges.encoder import EncoderJudge
 from deepprune.judges.sweep import SweepPoint, base_recipe, best_point, encoder_recipe, expand_grid, lm_recipe
 from tests.conftest import ROOT
@@ -18,7 +17,7 @@ from tests.conftest import ROOT
 
 @pytest.fixture(scope="module")
 def params() -> Params:
-    return Params.model_validate(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    return Params.model_validate(read_params(ROOT / "params.yaml"))
 
 
 def test_grid_runs_each_distinct_recipe_once(params):
