@@ -43,8 +43,10 @@ test: setup  ## every test, the slow integration test included
 test-fast: setup  ## unit and flow tests only
 	$(BIN)/python -m pytest -m "not slow"
 
+# The UI calls the API at PREFECT_UI_API_URL, which Prefect otherwise builds from its default port (4200), not --port.
 prefect-ui: setup  ## Prefect server and UI on http://127.0.0.1:$(PREFECT_PORT)
-	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+	PREFECT_UI_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api \
+		$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
 mlflow-ui: setup  ## MLflow UI on http://127.0.0.1:$(MLFLOW_PORT)
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(MLFLOW_PORT)
