@@ -6,6 +6,7 @@ import contextlib
 import math
 import os
 import signal
+import socket
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -122,6 +123,43 @@ def start_run(experiment: str, run_name: str, tags: Mapping[str, str] | None = N
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def process_tags() -> dict[str, str]:
+    """Which process a run belongs to, so that a later run can tell a hard-killed one from a live one."""
+    return {"host": socket.gethostname(), "pid": str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_abandoned_runs(experiment: str, tags: Mapping[str, str]) -> list[str]:
+    """Mark FAILED every RUNNING run of the experiment with these tags whose process (process_tags) is gone on this
+    host: a SIGKILL gives a run no chance to end itself. Returns the ids it marked."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    with _LOCK:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            return []
+        where = " and ".join([*(f"tags.{k} = '{v}'" for k, v in tags.items()), "attributes.status = 'RUNNING'"])
+        runs = client.search_runs([found.experiment_id], filter_string=where, max_results=1000)
+        host, marked = socket.gethostname(), []
+        for run in runs:
+            owner = run.data.tags
+            if owner.get("host") != host or not owner.get("pid", "").isdigit() or _alive(int(owner["pid"])):
+                continue
+            client.set_terminated(run.info.run_id, status="FAILED")
+            marked.append(run.info.run_id)
+    return marked
 
 
 def register_model(run: Run, artifact_path: str, name: str, tags: Mapping[str, str] | None = None) -> str:

@@ -5,17 +5,21 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from prefect import tags as prefect_tags
 from prefect.runtime import flow_run
 
 from deepprune.config import Params, load_params
-from deepprune.tracking import Run, start_run
+from deepprune.tracking import Run, fail_abandoned_runs, process_tags, start_run
 from flows import ROOT
+from flows.server import prefect_server, stop_with_parent, terminate_as_interrupt
 
 PARENT_RUN_ENV = "DEEPPRUNE_PARENT_RUN_ID"  # set by flows/pipeline.py around `dvc repro`
+PIPELINE_FLOW_RUN_ENV = "DEEPPRUNE_PIPELINE_FLOW_RUN"  # the pipeline's Prefect flow-run name, a tag of its stages
 
 
 def git_commit(cwd: Path | None = None) -> str:
@@ -28,6 +32,23 @@ def git_commit(cwd: Path | None = None) -> str:
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def run_stage(stage: str, run: Callable[..., Any], *args: str) -> None:
+    """A stage process's entry point (the `main()` its DVC cmd calls): it reports to the pipeline's Prefect server
+    (or starts one for itself, stopped with it), handles SIGTERM as Ctrl-C, stops when its parent dies, and tags
+    its flow run with the stage, the corpus and the pipeline run."""
+    terminate_as_interrupt()
+    stop_with_parent()
+    tags = ["deepprune", f"stage:{stage}", *(f"corpus:{a}" for a in args[:1])]
+    if os.environ.get(PIPELINE_FLOW_RUN_ENV):
+        tags.append(f"pipeline:{os.environ[PIPELINE_FLOW_RUN_ENV]}")
+    try:
+        with prefect_server(), prefect_tags(*tags):
+            run(*args)
+    except KeyboardInterrupt:
+        print(f"{stage}: interrupted; finished work is kept and a rerun resumes", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def stage_params(path: str | os.PathLike = "params.yaml") -> Params:
@@ -49,6 +70,10 @@ def stage_run(stage: str, corpus: str | None, params: dict[str, Any]) -> Iterato
     parent = os.environ.get(PARENT_RUN_ENV) or None
     if parent:
         tags["pipeline_run_id"] = parent
+    tags.update(process_tags())
+    abandoned = fail_abandoned_runs(f"deepprune/{stage}", {"dvc_stage": dvc_stage})
+    if abandoned:
+        print(f"{dvc_stage}: marked {len(abandoned)} run(s) FAILED that a hard kill had left RUNNING")
     with start_run(f"deepprune/{stage}", dvc_stage, tags=tags, parent_run_id=parent,
                    artifact_root=os.environ.get("DEEPPRUNE_MLFLOW_ARTIFACTS", str(ROOT / ".mlflow" / "artifacts"))) as run:
         run.log_params(params)

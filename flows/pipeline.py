@@ -9,8 +9,10 @@ an MLflow parent run in experiment 'deepprune/pipeline' that every stage run poi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,15 +21,29 @@ from pathlib import Path
 from prefect import flow
 
 from flows import ROOT
-from flows._stage import PARENT_RUN_ENV, git_commit
+from flows._stage import PARENT_RUN_ENV, PIPELINE_FLOW_RUN_ENV, git_commit
+from flows.server import prefect_server, terminate_as_interrupt
 from deepprune.config import ConfigError, Params, load_params
-from deepprune.tracking import start_run
+from deepprune.services import stop_process
+from deepprune.tracking import fail_abandoned_runs, process_tags, start_run
 
 
 def _dvc(*args: str) -> None:
+    """Run a DVC command; on Ctrl-C or SIGTERM, pass SIGINT on to it and give its stage 10 s to close its runs."""
     cmd = [sys.executable, "-m", "dvc", *args]
     print("$", " ".join(cmd[2:]))
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    try:
+        code = proc.wait()
+    except BaseException:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        stop_process(proc)
+        raise
+    if code:
+        raise subprocess.CalledProcessError(code, cmd)
 
 
 def params_with_overrides(set_params: list[str] | None, path: Path = ROOT / "params.yaml") -> Params:
@@ -61,11 +77,14 @@ def pipeline_flow(targets: list[str] | None = None, force: bool = False, set_par
 
     params_with_overrides(set_params)  # refuse bad params before any stage runs
 
-    tags = {"git_commit": git_commit(ROOT), "prefect_flow_run_id": str(flow_run.id or "none")}
+    tags = {"git_commit": git_commit(ROOT), "prefect_flow_run_id": str(flow_run.id or "none"), "kind": "pipeline",
+            **process_tags()}
     artifacts = os.environ.get("DEEPPRUNE_MLFLOW_ARTIFACTS", str(ROOT / ".mlflow" / "artifacts"))
+    fail_abandoned_runs("deepprune/pipeline", {"kind": "pipeline"})
     with start_run("deepprune/pipeline", f"pipeline {flow_run.name or ''}".strip(), tags=tags,
                    artifact_root=artifacts) as run:
         os.environ[PARENT_RUN_ENV] = run.run_id
+        os.environ[PIPELINE_FLOW_RUN_ENV] = str(flow_run.name or flow_run.id or "")
         try:
             if set_params:  # an experiment: DVC records it beside the workspace's results
                 _dvc("exp", "run", "--temp", *[a for p in set_params for a in ("-S", p)], *(targets or []))
@@ -73,14 +92,23 @@ def pipeline_flow(targets: list[str] | None = None, force: bool = False, set_par
                 _dvc("repro", *(["--force"] if force else []), *(targets or []))
         finally:
             os.environ.pop(PARENT_RUN_ENV, None)
+            os.environ.pop(PIPELINE_FLOW_RUN_ENV, None)
 
 
 def main(argv: list[str] | None = None) -> None:
+    """One Prefect server for the whole run (PREFECT_API_URL's, or one started here and stopped at the end):
+    every stage DVC starts reports to it instead of starting a temporary server of its own."""
     argv = sys.argv[1:] if argv is None else argv
-    if "--serve" in argv:
-        pipeline_flow.serve(name="deepprune-pipeline", tags=["deepprune"])
-    else:
-        pipeline_flow(targets=[a for a in argv if not a.startswith("--")] or None, force="--force" in argv)
+    terminate_as_interrupt()
+    try:
+        with prefect_server():
+            if "--serve" in argv:
+                pipeline_flow.serve(name="deepprune-pipeline", tags=["deepprune"])
+            else:
+                pipeline_flow(targets=[a for a in argv if not a.startswith("--")] or None, force="--force" in argv)
+    except KeyboardInterrupt:
+        print("pipeline: interrupted; finished stages are kept and `make run` resumes", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from deepprune.data.schema import Trace, read_traces, write_traces
 from deepprune.sampling.base import SampleRequest
 from deepprune.sampling.engines import EngineUnreachable, GenerationSettings, GenJob
 from deepprune.sampling.problems import DATASETS, build_messages, load_problems
+from deepprune.services import service
 
 
 def trace_seed(seed: int, problem_id: str, index: int) -> int:
@@ -60,33 +60,14 @@ def _server_up(url: str) -> bool:
 
 @contextlib.contextmanager
 def managed_server(cfg: ServerConfig, log_path: str | os.PathLike | None = None) -> Iterator[None]:
-    """Start `server.start_command` for the run (unless a server already answers) and stop it afterwards."""
+    """Start `server.start_command` for the run (unless a server already answers) and stop it afterwards; it never
+    outlives the stage (deepprune.services)."""
     if not cfg.start_command or _server_up(cfg.url):
         yield
         return
-    if log_path:
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    proc = subprocess.Popen(cfg.start_command, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + cfg.startup_timeout_s
-        while not _server_up(cfg.url):
-            if proc.poll() is not None:
-                raise EngineUnreachable(f"sample.server.start_command exited with {proc.returncode} before "
-                                        f"{cfg.url} answered (log: {log_path})")
-            if time.monotonic() > deadline:
-                raise EngineUnreachable(f"{cfg.url} did not answer within {cfg.startup_timeout_s:.0f} s of starting "
-                                        f"{cfg.start_command[0]!r}")
-            time.sleep(1)
+    with service(cfg.start_command, lambda: _server_up(cfg.url), cfg.startup_timeout_s, "sample.server.start_command",
+                 log_path, error=EngineUnreachable):
         yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        if log is not subprocess.DEVNULL:
-            log.close()
 
 
 def run_fingerprint(request: SampleRequest) -> str:

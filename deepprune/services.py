@@ -1,0 +1,64 @@
+"""Processes the platform starts for a run (a Prefect server, an inference server): ready before use, stopped
+after, and never outliving the process that started them."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: the kernel sends it SIGTERM when the parent that started it dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def stop_process(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after grace_s; always reaps the process."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def service(cmd: Sequence[str], ready: Callable[[], bool], timeout_s: float, name: str,
+            log_path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None,
+            error: type[Exception] = RuntimeError, grace_s: float = 30.0) -> Iterator[subprocess.Popen]:
+    """Start `cmd` in its own session (Ctrl-C in the terminal does not reach it; the block's owner stops it) with
+    the parent-death signal set (a `kill -9` of this process stops it too), wait until `ready()`, and stop it when
+    the block ends, however it ends. Failing to start raises `error` naming `name` and the log."""
+    log = subprocess.DEVNULL
+    if log_path is not None:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "ab")
+    try:
+        proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=None if env is None else dict(env), start_new_session=True,
+                                preexec_fn=_die_with_parent)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while not ready():
+                if proc.poll() is not None:
+                    raise error(f"{name} exited with {proc.returncode} before it answered (log: {log_path})")
+                if time.monotonic() > deadline:
+                    raise error(f"{name} did not answer within {timeout_s:.0f} s of starting {cmd[0]!r} "
+                                f"(log: {log_path})")
+                time.sleep(0.25)
+            yield proc
+        finally:
+            stop_process(proc, grace_s)
+    finally:
+        if log is not subprocess.DEVNULL:
+            log.close()

@@ -1,0 +1,119 @@
+"""Stage processes end cleanly whatever ends them: SIGKILL, SIGTERM, SIGINT, or their parent (dvc) killed.
+
+Each case starts a real stage process (`run_stage`, as every DVC cmd does) that starts its own Prefect server on
+127.0.0.1 and opens its MLflow run, then ends it from outside and checks what is left."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import ROOT, mlflow_runs
+
+pytestmark = pytest.mark.slow
+
+PROBE = """
+import os, sys, time
+from prefect import flow
+from flows._stage import run_stage, stage_run
+
+@flow(name="probe")
+def probe(corpus: str) -> None:
+    with stage_run("probe", corpus, {}):
+        print("STARTED", os.environ["PREFECT_API_URL"], os.getpid(), flush=True)
+        time.sleep(300)
+
+run_stage("probe", probe, "x")
+"""
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    home = tmp_path_factory.mktemp("faults")
+    env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+           "DEEPPRUNE_MLFLOW_ARTIFACTS": str(home / "artifacts"), "PYTHONPATH": str(ROOT)}
+    for key in ("PREFECT_API_URL", "DEEPPRUNE_PARENT_RUN_ID", "DEEPPRUNE_PIPELINE_FLOW_RUN"):
+        env.pop(key, None)
+    subprocess.run([str(Path(sys.executable).parent / "prefect"), "server", "database", "upgrade", "-y"], env=env,
+                   check=True, capture_output=True, timeout=300)
+    return env
+
+
+def _start(env: dict[str, str], via_shell: bool = False) -> tuple[subprocess.Popen, str, int]:
+    cmd = [sys.executable, "-c", PROBE]
+    if via_shell:  # a parent that can be killed on its own, as dvc is to a stage
+        cmd = ["bash", "-c", f'"{sys.executable}" -c "$PROBE" & wait']
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**env, "PROBE": PROBE}, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    deadline = time.time() + 240
+    for line in proc.stdout:
+        if line.startswith("STARTED"):
+            _, url, pid = line.split()
+            return proc, url, int(pid)
+        assert time.time() < deadline
+    raise AssertionError(f"the probe stage never started (exit {proc.wait()})")
+
+
+def _answers(url: str) -> bool:
+    try:
+        urllib.request.urlopen(f"{url}/health", timeout=2)
+        return True
+    except OSError:
+        return False
+
+
+def _gone(pid: int, url: str, seconds: float = 15) -> None:
+    """The stage process and the Prefect server it started are both gone within `seconds`."""
+    port = url.split(":")[-1].split("/")[0]
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        servers = [p for p in psutil.process_iter(["cmdline"]) if port in (p.info["cmdline"] or [])]
+        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            if not servers and not _answers(url):
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"left behind after {seconds:.0f} s: stage alive={psutil.pid_exists(pid)}, "
+                         f"server on port {port} answers={_answers(url)}")
+
+
+def _statuses(env: dict[str, str]) -> list[str]:
+    return sorted(r.info.status for r in mlflow_runs(env["MLFLOW_TRACKING_URI"], "deepprune/probe"))
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, "KILLED"), (signal.SIGINT, "KILLED")])
+def test_a_signalled_stage_closes_its_run_and_stops_its_server(env, sig, status):
+    before = _statuses(env)
+    proc, url, pid = _start(env)
+    os.kill(pid, sig)
+    assert proc.wait(timeout=20) != 0
+    _gone(pid, url)
+    assert _statuses(env) == sorted([*before, status])
+
+
+def test_a_sigkilled_stage_leaves_no_server_and_its_run_is_failed_by_the_next_run(env):
+    proc, url, pid = _start(env)
+    os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=20)
+    _gone(pid, url)  # the kernel's parent-death signal stopped the server
+    running = [r for r in mlflow_runs(env["MLFLOW_TRACKING_URI"], "deepprune/probe") if r.info.status == "RUNNING"]
+    assert len(running) == 1  # a SIGKILL gives a run no chance to end itself ...
+    proc, url, pid = _start(env)  # ... so the next run of the same stage marks it FAILED
+    os.kill(pid, signal.SIGTERM)
+    proc.wait(timeout=20)
+    runs = {r.info.run_id: r.info.status for r in mlflow_runs(env["MLFLOW_TRACKING_URI"], "deepprune/probe")}
+    assert runs[running[0].info.run_id] == "FAILED" and "RUNNING" not in runs.values()
+
+
+def test_a_stage_whose_parent_is_killed_stops_itself(env):
+    proc, url, pid = _start(env, via_shell=True)
+    os.kill(proc.pid, signal.SIGKILL)  # the parent (as `kill -9` of dvc), not the stage
+    proc.wait(timeout=20)
+    _gone(pid, url, seconds=20)
