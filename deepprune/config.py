@@ -292,6 +292,8 @@ class DeepConfConfig(_Strict):
     warmup: int = Field(16, ge=1, description="warm-up traces that run to completion and set the threshold")
     low_eta: float = Field(10, gt=0, le=100, description="DeepConf-low keeps the top eta%")
     high_eta: float = Field(90, gt=0, le=100, description="DeepConf-high keeps the top eta%")
+    consensus: float | None = Field(None, gt=0, le=1, description="stop sampling once one answer holds this share "
+                                                                  "of the vote (the paper's 0.95; null: off)")
 
 
 class PruneConfig(_Strict):
@@ -315,6 +317,9 @@ class PruneConfig(_Strict):
     def _headline_in_grid(self) -> "PruneConfig":
         if self.tau not in self.taus:
             raise ValueError(f"tau {self.tau} must be one of taus {self.taus}")
+        if self.n is not None and self.deepconf.warmup >= self.n:
+            raise ValueError(f"prune.deepconf.warmup ({self.deepconf.warmup}) must be below prune.n ({self.n}): "
+                             "with W >= N DeepConf never stops a trace and equals cons@N")
         return self
 
 
@@ -328,6 +333,8 @@ class OnlineDeepConfConfig(_Strict):
     warmup: int = Field(2, ge=1, description="warm-up traces that run to the end and set the threshold")
     eta: float = Field(90, gt=0, le=100, description="keep the top eta%: DeepConf-high is 90")
     window: int = Field(16, ge=1, description="sliding window of token confidences")
+    consensus: float | None = Field(None, gt=0, le=1, description="stop sampling once one answer holds this share "
+                                                                  "of the vote (the paper's 0.95; null: off)")
 
 
 class OnlineConfig(_Strict):
@@ -341,7 +348,11 @@ class OnlineConfig(_Strict):
     k: int = Field(ge=1, description="tokens every trace generates before the judge sees the prefixes")
     judge: OnlineJudgeConfig
     taus: list[float] = Field(min_length=1, description="DeepPrune thresholds, one online run each")
+    r: int = Field(1, ge=1, description="cluster members a new trace is compared with")
     q: int = Field(2, ge=0, description="members of the largest cluster resumed to completion for the vote")
+    max_clusters: int | None = Field(None, ge=1, description="cap on clusters (null: none)")
+    vote: Literal["all_completed", "largest_cluster"] = Field(
+        "all_completed", description="vote over every completed trace, or the largest cluster's completed members")
     deepconf: OnlineDeepConfConfig = OnlineDeepConfConfig()
 
 
@@ -403,6 +414,10 @@ class Params(_Strict):
         max_tokens = self.online.max_tokens or self.sample.generation.max_tokens
         if self.online.k >= max_tokens:
             raise ValueError(f"online.k ({self.online.k}) must be below the token budget ({max_tokens})")
+        online_n, n_key = (self.online.n, "online.n") if self.online.n else (self.sample.n, "sample.n")
+        if self.online.deepconf.warmup >= online_n:
+            raise ValueError(f"online.deepconf.warmup ({self.online.deepconf.warmup}) must be below {n_key} "
+                             f"({online_n}): with W >= N DeepConf never stops a trace and equals cons@N")
         return self
 
     def corpus(self, name: str) -> CorpusConfig:

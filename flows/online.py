@@ -1,6 +1,7 @@
-"""Flow of the online stage: true online pruning on a live corpus. The sample stage's engine generates; cons@N,
-DeepPrune online (one run per tau) and DeepConf online stop its traces for real, on the same problems and trace
-seeds, and the engine's token counts are compared side by side."""
+"""Flow of the online stage: true online pruning on a live corpus. The pruning controller (the one the prune stage
+runs over the replay engine) drives the sample stage's engine; cons@N, DeepPrune online (one run per tau) and
+DeepConf online stop its traces for real, on the same problems and trace seeds, and the engine's token counts are
+compared side by side."""
 
 from __future__ import annotations
 
@@ -8,14 +9,13 @@ import contextlib
 import hashlib
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from prefect import flow
 
 from deepprune.io import atomic_open, json_safe, write_json, write_jsonl
 from deepprune.sampling.live import make_engine, managed_server
-from deepprune.sampling.online import OnlineProblem, format_comparison
+from deepprune.pruning.online import OnlineProblem, format_comparison, outcome_to_json
 from deepprune.sampling.problems import DATASETS, build_messages, load_problems
 from flows._stage import child_run, stage_params, stage_run
 from tasks.online import judge_model_path, load_online_judge, run_online
@@ -63,9 +63,7 @@ def online_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
         rows = []
         for method, outcomes in comparison.outcomes.items():
             for problem, outcome in zip(problems, outcomes):
-                row = asdict(outcome)
-                for trace in row["traces"]:
-                    trace.pop("logprobs", None)
+                row = outcome_to_json(outcome)
                 rows.append(json_safe({"problem_id": problem.problem_id, "gold": problem.gold, **row}))
         write_jsonl(f"{online_dir(corpus)}/outcomes.jsonl", rows)
         meta = {"corpus": corpus, "engine": engine.identity, "n": n, "max_tokens": max_tokens, "k": cfg.k,

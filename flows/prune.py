@@ -1,4 +1,5 @@
-"""Flow of the prune stage: DeepPrune and its peers replayed on held-out problems, with intervals."""
+"""Flow of the prune stage: the pruning controller over the replay engine (recorded traces generated again) on
+held-out judge scores: DeepPrune and its peers on the same seeded draws, with intervals."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from prefect import flow
 
 from deepprune.io import write_json
 from deepprune.metrics import finite_or_none
-from deepprune.pruning.simulate import add_judge_seconds, method_specs, summarize
+from deepprune.pruning.simulate import add_judge_seconds, deepconf_warmup_error, method_specs, summarize
 from flows._stage import child_run, stage_params, stage_run
 from flows.judge import judge_dir
 from flows.sample import traces_path
@@ -25,17 +26,21 @@ def prune_dir(corpus: str) -> str:
 
 @flow(name="prune", log_prints=True)
 def prune_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float | None]:
-    """Replay online pruning on one corpus: every method, same draws, same accounting."""
+    """Online pruning on one recorded corpus, replayed: every method, same draws, same accounting."""
     params = stage_params(params_path)
     cfg, spec = params.prune, params.corpus(corpus).answer.spec()
     k = params.judge.truncation.k
     with stage_run("prune", corpus, {"seed": params.seed, "prune": cfg.model_dump(), "k": k}) as run:
         by_problem, _ = load_traces(traces_path(corpus), params.sample.skip_invalid)
-        problems = load_problems(by_problem, f"{judge_dir(corpus)}/scores.jsonl", spec, cfg.judge,
-                                 params.judge.baseline)
+        problems, engine = load_problems(by_problem, f"{judge_dir(corpus)}/scores.jsonl", spec, cfg.judge,
+                                         params.judge.baseline)
         n = cfg.n or min(p.n for p in problems)
+        if all(p.has_logprobs for p in problems):  # else DeepConf is skipped ("needs logprobs")
+            error = deepconf_warmup_error(cfg.deepconf.warmup, n, corpus, cfg.n is not None)
+            if error:
+                raise ValueError(error)
         methods = method_specs(cfg)
-        results = run_simulation(problems, methods, n, k, cfg.repetitions, params.seed)
+        results = run_simulation(problems, engine, methods, n, k, cfg.repetitions, params.seed)
         summary = summarize(results, "cons")
         # replay reuses the judge stage's scores; what judging online would cost is measured on the saved judge
         cost = measure_judge_cost(f"{judge_dir(corpus)}/models/{cfg.judge}.safetensors",

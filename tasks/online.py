@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 from prefect import task
 
 from deepprune.answers import AnswerSpec
 from deepprune.config import Params
 from deepprune.judges.encoder import CosineJudge, SentenceEncoder, load_encoder_judge
-from deepprune.sampling.online import Comparison, OnlineProblem, compare_methods, judge_similarity
+from deepprune.pruning.controller import Similarity
+from deepprune.pruning.online import Comparison, OnlineProblem, compare_methods, judge_similarity, online_methods
 from tasks import IO_RETRIES, NO_CACHE
 
 
@@ -25,7 +25,7 @@ def judge_model_path(params: Params) -> str | None:
 
 
 @task(cache_policy=NO_CACHE)
-def load_online_judge(params: Params) -> Callable[[list[str]], np.ndarray]:
+def load_online_judge(params: Params) -> Similarity:
     """DeepPrune's similarity: the saved encoder judge of online.judge (each prefix encoded once, all pairs scored)."""
     encoder = SentenceEncoder(params.judge.encoder_path, params.judge.max_length)
     path = judge_model_path(params)
@@ -41,9 +41,13 @@ def load_online_judge(params: Params) -> Callable[[list[str]], np.ndarray]:
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
 def run_online(engine: Any, problems: Sequence[OnlineProblem], n: int, max_tokens: int, params: Params,
-               similarity: Callable[[list[str]], np.ndarray], spec: AnswerSpec, shard_dir: str) -> Comparison:
-    """cons@N, DeepPrune online per tau and DeepConf online, side by side. A transient server error is retried;
-    (method, problem) outcomes already finished are read back from their shards, not generated again."""
+               similarity: Similarity, spec: AnswerSpec, shard_dir: str) -> Comparison:
+    """cons@N, DeepPrune online per tau and DeepConf online through the pruning controller, side by side. A
+    transient server error is retried; (method, problem) outcomes already finished are read back from their
+    shards, not generated again."""
     cfg = params.online
-    return compare_methods(engine, problems, n, max_tokens, cfg.k, similarity, cfg.taus, cfg.q, cfg.deepconf.warmup,
-                           cfg.deepconf.eta, cfg.deepconf.window, spec, seed=params.seed, shard_dir=shard_dir)
+    dc = cfg.deepconf
+    methods = online_methods(cfg.taus, cfg.r, cfg.q, cfg.max_clusters, cfg.vote, dc.warmup, dc.eta, dc.window,
+                             dc.consensus)
+    return compare_methods(engine, problems, n, max_tokens, cfg.k, similarity, methods, spec, seed=params.seed,
+                           shard_dir=shard_dir)

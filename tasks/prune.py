@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from prefect import task
 
 from deepprune.answers import AnswerSpec
 from deepprune.data.schema import Trace
-from deepprune.pruning.data import build_problems
-from deepprune.pruning.methods import Problem
-from deepprune.pruning.simulate import MethodResult, MethodSpec, simulate
+from deepprune.pruning.controller import MethodSpec
+from deepprune.pruning.simulate import MethodResult, ReplayProblem, build_problems, simulate
 from tasks import IO_RETRIES, NO_CACHE
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
 def load_problems(problems: dict[str, list[Trace]], scores_path: str, spec: AnswerSpec, judge: str,
-                  cosine: str | None) -> list[Problem]:
-    """The simulator's problems: traces, answer classes and the judge stage's out-of-fold scores."""
+                  cosine: str | None) -> tuple[list[ReplayProblem], Any]:
+    """The recorded problems and the replay engine that serves them, with the judge stage's out-of-fold scores."""
     with open(scores_path, encoding="utf-8") as handle:
         return build_problems(problems, (json.loads(line) for line in handle), spec, judge, cosine)
 
@@ -36,7 +36,7 @@ def measure_judge_cost(model_path: str, prefixes_path: str, prefix: str, encoder
 
 
 @task(cache_policy=NO_CACHE)
-def run_simulation(problems: list[Problem], methods: list[MethodSpec], n: int, k: int, repetitions: int,
-                   seed: int) -> dict[str, MethodResult]:
-    """Every method on the same seeded draws."""
-    return simulate(problems, methods, n, k, repetitions, seed)
+def run_simulation(problems: list[ReplayProblem], engine: Any, methods: list[MethodSpec], n: int, k: int,
+                   repetitions: int, seed: int) -> dict[str, MethodResult]:
+    """Every method through the pruning controller over the replay engine, on the same seeded draws."""
+    return simulate(problems, engine, methods, n, k, repetitions, seed)

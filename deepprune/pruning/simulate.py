@@ -1,34 +1,88 @@
-"""The replay simulator: seeded draws of N traces in arrival order, every method on the same draws,
-mean and 95% interval over R repetitions (the DeepConf protocol resamples many times)."""
+"""The prune stage's experiment: the pruning controller over the replay engine on recorded traces, seeded draws
+of N traces in arrival order, every method on the same draws, mean and 95% interval over R repetitions (the
+DeepConf protocol resamples many times)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from deepprune.pruning import methods as m
-from deepprune.pruning.methods import Outcome, Problem
+from deepprune.answers import AnswerSpec
+from deepprune.data.schema import Trace
+from deepprune.pruning.controller import Grader, MethodSpec, Outcome, Task, run_method, stable_seed
+from deepprune.pruning.replay import MatrixSimilarity, RecordedTrace, ReplayEngine
 
 if TYPE_CHECKING:
     from deepprune.config import PruneConfig
 
 NEEDS_LOGPROBS = "needs logprobs"
+UNBOUNDED = 1 << 30  # replayed traces end where they were recorded to end
 
 
-@dataclass(frozen=True)
-class MethodSpec:
-    """One method to simulate: a kind from METHOD_KINDS and its settings."""
+@dataclass
+class ReplayProblem:
+    """One recorded problem: its traces live in the replay engine under (problem_id, index)."""
 
-    name: str
-    kind: str
-    settings: Mapping[str, float | int | bool | None] = field(default_factory=dict)
+    problem_id: str
+    n: int
+    grader: Grader
+    similarities: dict[str, MatrixSimilarity] = field(default_factory=dict)  # 'judge', 'cosine'
+    has_logprobs: bool = False
+
+    def task(self, order: Sequence[int]) -> Task:
+        """The draw `order` (trace indices in arrival order) as the controller's task."""
+        return Task(self.problem_id, self.problem_id, tuple(int(i) for i in order), self.grader, UNBOUNDED)
 
 
-METHOD_KINDS = ("cons", "deepprune", "sbert", "random", "esc", "oracle", "deepconf_offline", "deepconf_online")
+def replay_corpus(traces: Mapping[str, Sequence[RecordedTrace]], spec: AnswerSpec, gold: Mapping[str, str | None],
+                  matrices: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+                  answers: Mapping[str, Sequence[str | None]] | None = None,
+                  tokenizer=None) -> tuple[list[ReplayProblem], ReplayEngine]:
+    """Problems and the engine that replays them. `matrices[name][problem_id]` is an n x n score matrix ('judge',
+    'cosine'); `answers` are answers already extracted (else extracted on first use)."""
+    records: dict[tuple[str, int], RecordedTrace] = {}
+    problems = []
+    for pid, recs in traces.items():
+        grader = Grader(spec, gold.get(pid))
+        for i, rec in enumerate(recs):
+            records[(pid, i)] = rec
+            if answers is not None:
+                grader.know(rec.text, answers[pid][i])
+        sims = {name: MatrixSimilarity(per[pid]) for name, per in (matrices or {}).items() if per.get(pid) is not None}
+        problems.append(ReplayProblem(pid, len(recs), grader, sims, all(r.logprobs is not None for r in recs)))
+    return problems, ReplayEngine(records, tokenizer)
+
+
+def build_problems(problems: Mapping[str, Sequence[Trace]], score_rows: Iterable[Mapping], spec: AnswerSpec,
+                   judge: str, cosine: str | None) -> tuple[list[ReplayProblem], ReplayEngine]:
+    """The pipeline's traces with n x n matrices of the named judges' out-of-fold scores (judge stage)."""
+    index = {pid: {t.trace_id: i for i, t in enumerate(ts)} for pid, ts in problems.items()}
+    mats: dict[str, dict[str, np.ndarray]] = {}
+    for name in filter(None, (judge, cosine)):
+        mats[name] = {pid: np.full((len(ts), len(ts)), np.nan) for pid, ts in problems.items()}
+    for row in score_rows:
+        pid = row["problem_id"]
+        if pid not in index:
+            continue
+        a, b = index[pid][row["trace_a"]], index[pid][row["trace_b"]]
+        for name, per_problem in mats.items():
+            value = row["scores"].get(name)
+            if value is None:
+                raise ValueError(f"pair {pid}/{row['trace_a']}/{row['trace_b']} has no {name!r} score")
+            per_problem[pid][a, b] = per_problem[pid][b, a] = value
+    for pid, traces in problems.items():
+        off_diag = ~np.eye(len(traces), dtype=bool)
+        if np.isnan(mats[judge][pid][off_diag]).any():
+            raise ValueError(f"problem {pid}: judge scores are missing for some pairs (rerun the judge stage)")
+    recorded = {pid: [RecordedTrace(t.text, t.n_tokens, t.finish_reason, t.logprobs) for t in ts]
+                for pid, ts in problems.items()}
+    named = {"judge": mats[judge], **({"cosine": mats[cosine]} if cosine else {})}
+    return replay_corpus(recorded, spec, {pid: ts[0].gold if ts else None for pid, ts in problems.items()}, named,
+                         {pid: [t.answer for t in ts] for pid, ts in problems.items()})
 
 
 @dataclass
@@ -44,66 +98,50 @@ class MethodResult:
     seconds: float = 0.0
 
 
-def _run_one(spec: MethodSpec, problem: Problem, order: list[int], k: int, rng: np.random.Generator,
-             budgets: Mapping[str, int]) -> Outcome:
-    s = spec.settings
-    if spec.kind == "cons":
-        return m.cons_at_n(problem, order, k)
-    if spec.kind == "deepprune":
-        return m.deepprune(problem, order, k, float(s["tau"]), int(s.get("r", 1)), int(s.get("q", 2)),
-                           s.get("max_clusters"), str(s.get("vote", "all_completed")))
-    if spec.kind == "sbert":
-        return m.sbert_clustering(problem, order, k, float(s["tau"]), int(s.get("r", 1)), int(s.get("q", 2)),
-                                  s.get("max_clusters"), str(s.get("vote", "all_completed")))
-    if spec.kind == "random":
-        key = f"{s['match']}:{problem.problem_id}"
-        if key not in budgets:
-            raise ValueError(f"random pruning matches {s['match']!r}, which must be simulated before it")
-        return m.random_pruning(problem, order, k, budgets[key], rng)
-    if spec.kind == "esc":
-        return m.esc(problem, order, k, int(s["window"]))
-    if spec.kind == "oracle":
-        return m.oracle(problem, order, k)
-    if spec.kind == "deepconf_offline":
-        return m.deepconf_offline(problem, order, k, float(s["eta"]), int(s["window"]))
-    if spec.kind == "deepconf_online":
-        return m.deepconf_online(problem, order, k, float(s["eta"]), int(s["window"]), int(s["warmup"]))
-    raise ValueError(f"unknown method kind {spec.kind!r}; known: {', '.join(METHOD_KINDS)}")
+def deepconf_warmup_error(warmup: int, n: int, corpus: str, n_from_params: bool) -> str | None:
+    """The params error when DeepConf's warm-up would take every trace (W >= N makes it cons@N)."""
+    if warmup < n:
+        return None
+    source = f"prune.n = {n}" if n_from_params else f"N = {n}, the smallest per-problem trace count of corpus {corpus!r}"
+    return (f"prune.deepconf.warmup = {warmup} must be below N ({source}): with W >= N DeepConf never stops a "
+            f"trace and equals cons@N; lower prune.deepconf.warmup" + ("" if n_from_params else " or set prune.n"))
 
 
-def simulate(problems: Sequence[Problem], methods: Sequence[MethodSpec], n: int, k: int, repetitions: int,
-             seed: int) -> dict[str, MethodResult]:
-    """Every method on the same seeded draws; `random` methods match the budget of the method they name,
-    so they must come after it in `methods`."""
+def simulate(problems: Sequence[ReplayProblem], engine, methods: Sequence[MethodSpec], n: int, k: int,
+             repetitions: int, seed: int, keep: list | None = None) -> dict[str, MethodResult]:
+    """Every method on the same seeded draws through the controller; `random` methods match the budget of the
+    method they name, so they must come after it in `methods`. `keep` collects every Outcome (tests)."""
     if n < 1:
         raise ValueError("budget N must be >= 1")
     short = [p.problem_id for p in problems if p.n < n]
     if short:
         raise ValueError(f"N = {n} exceeds the traces available for {len(short)} problems (e.g. {short[0]})")
     results = {spec.name: MethodResult(spec.name) for spec in methods}
-    has_logprobs = all(p.confidence is not None for p in problems)
+    has_logprobs = all(p.has_logprobs for p in problems)
     for spec in methods:
         if spec.kind.startswith("deepconf") and not has_logprobs:
             results[spec.name].skipped = NEEDS_LOGPROBS
     for rep in range(repetitions):
         rng = np.random.default_rng([seed, rep])
-        orders = [list(rng.choice(p.n, size=n, replace=False)) for p in problems]
+        tasks = [p.task(rng.choice(p.n, size=n, replace=False)) for p in problems]
         budgets: dict[str, int] = {}
         for spec in methods:
             res = results[spec.name]
             if res.skipped:
                 continue
             start = time.perf_counter()
-            method_rng = np.random.default_rng([seed, rep, len(spec.name)])
-            outs = [_run_one(spec, p, o, k, method_rng, budgets) for p, o in zip(problems, orders)]
+            method_rng = np.random.default_rng([seed, rep, stable_seed(spec.name)])
+            outs: list[Outcome] = [run_method(spec, engine, t, k, p.similarities, method_rng, budgets)
+                                   for p, t in zip(problems, tasks)]
             res.seconds += time.perf_counter() - start
-            res.accuracy.append(float(np.mean([o.correct for o in outs])))
+            res.accuracy.append(float(np.mean([bool(o.correct) for o in outs])))
             res.tokens.append(int(sum(o.tokens for o in outs)))
             res.judge_calls.append(int(sum(o.judge_calls for o in outs)))
             res.completed.append(int(sum(o.completed for o in outs)))
-            # random pruning matches a budget per problem: the named method's tokens on this very problem
-            for p, o in zip(problems, outs):
+            for p, o in zip(problems, outs):  # random pruning matches a budget per problem and draw
                 budgets[f"{spec.name}:{p.problem_id}"] = o.tokens
+            if keep is not None:
+                keep.append((rep, spec.name, outs))
     return results
 
 
@@ -146,7 +184,7 @@ def method_specs(cfg: "PruneConfig") -> list[MethodSpec]:
     for label, eta in (("low", dc.low_eta), ("high", dc.high_eta)):
         specs.append(MethodSpec(f"deepconf_{label}_offline", "deepconf_offline", {"eta": eta, "window": dc.window}))
         specs.append(MethodSpec(f"deepconf_{label}_online", "deepconf_online",
-                                {"eta": eta, "window": dc.window, "warmup": dc.warmup}))
+                                {"eta": eta, "window": dc.window, "warmup": dc.warmup, "consensus": dc.consensus}))
     return specs
 
 

@@ -17,7 +17,7 @@ from deepprune.sampling import SampleRequest
 from deepprune.sampling.engines import (EngineUnreachable, GenerationSettings, GenJob, MalformedResponse, OpenAIEngine,
                                         PromptTooLong, TransformersEngine, TransientEngineError)
 from deepprune.sampling.live import LiveSampler, trace_seed
-from deepprune.sampling.online import run_cons, run_deepconf, run_deepprune
+from deepprune.pruning.controller import Grader, Task, run_clustering, run_cons, run_deepconf_online
 from deepprune.sampling.problems import build_messages, load_problems
 from deepprune.sampling.server import make_server
 from tasks import PERMANENT_ERRORS
@@ -175,13 +175,14 @@ def test_a_resumed_trace_goes_on_exactly_where_it_stopped(engine64):
 def test_online_deepprune_spends_fewer_tokens_than_cons_on_the_same_seeds(engine64):
     engine = engine64
     prompt = engine.render([{"role": "user", "content": "What is 3 * 7?"}])
-    seeds = [trace_seed(1, "p", j) for j in range(6)]
-    cons = run_cons(engine, prompt, seeds, 24, SPEC, "21")
-    all_same = lambda prefixes: np.ones((len(prefixes), len(prefixes)))
-    pruned = run_deepprune(engine, prompt, seeds, 24, 6, all_same, 0.5, SPEC, "21", q=1)
+    task = lambda: Task("p", prompt, tuple(trace_seed(1, "p", j) for j in range(6)), Grader(SPEC, "21"), 24)
+    cons = run_cons(engine, task())
+    all_same = lambda seeds, prefixes: np.ones((len(prefixes), len(prefixes)))
+    pruned = run_clustering(engine, task(), 6, all_same, 0.5, q=1)
     reasons = [t.stop_reason for t in pruned.traces]
-    assert reasons.count("pruned") == 4 - sum(1 for t in pruned.traces[2:] if t.stop_reason == "finished")
-    assert pruned.tokens < cons.tokens and pruned.clusters == 1
+    # one cluster: the seed and one unfinished member run on; every other trace still open at k = 6 is pruned
+    assert reasons.count("pruned") == max(0, sum(t.n_tokens >= 6 for t in cons.traces[1:]) - 1) > 0
+    assert pruned.tokens < cons.tokens and len(pruned.clusters) == 1
     assert cons.tokens == sum(t.n_tokens for t in cons.traces)
     # the resumed traces went on from their token ids and generator state: each generated exactly what it did
     # under cons@N, so the saving is exactly the pruned traces' unwritten tails
@@ -192,11 +193,11 @@ def test_online_deepprune_spends_fewer_tokens_than_cons_on_the_same_seeds(engine
             assert (kept.n_tokens, kept.text, kept.stop_reason) == (whole.n_tokens, whole.text, whole.stop_reason)
     assert cons.tokens - pruned.tokens == sum(w.n_tokens - 6 for k, w in zip(pruned.traces, cons.traces)
                                               if k.stop_reason == "pruned")
-    nothing_same = lambda prefixes: np.zeros((len(prefixes), len(prefixes)))
-    unpruned = run_deepprune(engine, prompt, seeds, 24, 6, nothing_same, 0.5, SPEC, "21")
+    nothing_same = lambda seeds, prefixes: np.zeros((len(prefixes), len(prefixes)))
+    unpruned = run_clustering(engine, task(), 6, nothing_same, 0.5)
     assert all(t.stop_reason != "pruned" for t in unpruned.traces)
     assert [t.text for t in unpruned.traces] == [t.text for t in cons.traces] and unpruned.tokens == cons.tokens
-    conf = run_deepconf(engine, prompt, seeds, 24, warmup=2, eta=10, window=1, spec=SPEC, gold="21")
+    conf = run_deepconf_online(engine, task(), warmup=2, eta=10, window=1)
     assert conf.extra["stopped"] >= 1 and conf.tokens < cons.tokens
     assert {t.stop_reason for t in conf.traces[2:]} & {"confidence_stop"}
 
@@ -342,9 +343,9 @@ def test_deepconf_online_stops_a_trace_the_moment_its_window_confidence_drops_be
     scripts = {1: steady(5.0, "7"), 2: steady(5.0, "7"),                       # warm-up: threshold = 5
                3: [("a ", 5.0)] * 4 + [("b ", 1.0)] + [("c ", 5.0)] * 7,      # window (5 + 1) / 2 = 3 < 5 at token 5
                4: steady(6.0, "8")}                                            # never below 5
-    result = run_deepconf(_ScriptedEngine(scripts), "p", [1, 2, 3, 4], 12, warmup=2, eta=90, window=2, spec=SPEC,
-                          gold="7")
-    assert result.extra == {"threshold": 5.0, "stopped": 1.0}
+    result = run_deepconf_online(_ScriptedEngine(scripts), Task("p", "p", (1, 2, 3, 4), Grader(SPEC, "7"), 12),
+                                 warmup=2, eta=90, window=2)
+    assert result.extra == {"threshold": 5.0, "stopped": 1.0, "unsampled_by_consensus": 0.0}
     assert [t.stop_reason for t in result.traces] == ["length", "length", "confidence_stop", "length"]
     assert [t.n_tokens for t in result.traces] == [12, 12, 5, 12] and result.tokens == 41
     assert result.answer == "7" and result.correct  # warm-up traces and the survivor vote, weighted by confidence

@@ -1,22 +1,49 @@
-"""Pruning methods and the replay simulator: invariants, accounting, thresholds, bounds."""
+"""The pruning controller over the replay engine: invariants, accounting, DeepConf's window rule, the simulator."""
 
 import numpy as np
 import pytest
 
-from deepprune.pruning import methods as m
-from deepprune.pruning.methods import Problem
-from deepprune.pruning.simulate import MethodSpec, simulate, summarize
+from deepprune.answers import AnswerSpec
+from deepprune.pruning import confidence as dc
+from deepprune.pruning.controller import (RAN_TO_END, MethodSpec, greedy_cluster, run_cons, run_deepconf_online,
+                                          run_method, stable_seed)
+from deepprune.pruning.replay import RecordedTrace
+from deepprune.pruning.simulate import replay_corpus
+from deepprune.pruning.simulate import deepconf_warmup_error, simulate, summarize
+
+SPEC = AnswerSpec(extractor="regex", pattern=r"ANS=(\d+)")
 
 
-def _problem(classes, lengths, correct_class=0, noise=0.0, seed=0, confidence=None):
-    classes = np.array(classes)
-    n = len(classes)
-    same = (classes[:, None] == classes[None, :]).astype(float)
+def _corpus(problems):
+    """problems: dicts of classes (< 0: no answer), lengths, judge matrix, optional per-token confidences."""
+    recorded, gold, judge = {}, {}, {}
+    for i, p in enumerate(problems):
+        pid = p.get("pid", f"p{i}")
+        conf = p.get("confidence")
+        recorded[pid] = [RecordedTrace(f"w{j} " + (f"ANS={c}" if c >= 0 else "none"), int(length), "stop",
+                                       None if conf is None else [[-float(x), -float(x)] for x in conf[j]])
+                         for j, (c, length) in enumerate(zip(p["classes"], p["lengths"]))]
+        gold[pid], judge[pid] = str(p.get("correct_class", 0)), p["judge"]
+    return replay_corpus(recorded, SPEC, gold, {"judge": judge, "cosine": judge})
+
+
+def _judge(classes, noise=0.0, seed=0):
+    classes = np.asarray(classes)
+    same = (classes[:, None] == classes[None, :]) & (classes[:, None] >= 0)
     rng = np.random.default_rng(seed)
-    judge = np.clip(0.1 + 0.8 * same + noise * rng.normal(size=(n, n)), 0.01, 0.99)  # P(yes) is never 0 or 1
-    judge = (judge + judge.T) / 2
-    return Problem("p", classes, classes == correct_class, np.array(lengths), judge=judge, cosine=judge.copy(),
-                   confidence=confidence)
+    judge = np.clip(0.1 + 0.8 * same + noise * rng.normal(size=same.shape), 0.01, 0.99)  # P(yes) never 0 or 1
+    return (judge + judge.T) / 2
+
+
+def _one(classes, lengths, correct_class=0, noise=0.0, seed=0, confidence=None):
+    problems, engine = _corpus([{"classes": classes, "lengths": lengths, "correct_class": correct_class,
+                                 "judge": _judge(classes, noise, seed), "confidence": confidence}])
+    return problems[0], engine
+
+
+def _run(problem, engine, order, k, kind, name=None, budgets=None, rng=None, **settings):
+    spec = MethodSpec(name or kind, kind, settings)
+    return run_method(spec, engine, problem.task(order), k, problem.similarities, rng, budgets)
 
 
 def test_each_trace_in_exactly_one_cluster():
@@ -26,97 +53,263 @@ def test_each_trace_in_exactly_one_cluster():
     order = list(rng.permutation(12))
     for tau in (0.0, 0.3, 0.5, 0.8, 1.0):
         for cap in (None, 2):
-            clusters, calls = m.greedy_cluster(order, sim, tau, r=2, max_clusters=cap)
+            clusters, calls = greedy_cluster(order, sim, tau, r=2, max_clusters=cap)
             assert sorted(i for c in clusters for i in c) == list(range(12))
             assert cap is None or len(clusters) <= cap
             assert calls <= 12 * max(len(clusters), 1) * 2
 
 
 def test_tau_one_is_cons_at_n_and_tau_zero_is_one_cluster():
-    p = _problem([0, 1, 0, 2, 0, 1], [100, 200, 300, 400, 500, 600])
+    p, engine = _one([0, 1, 0, 2, 0, 1], [100, 200, 300, 400, 500, 600])
     order = [5, 1, 0, 2, 3, 4]  # the minority answer arrives first
-    cons = m.cons_at_n(p, order, k=50)
-    full = m.deepprune(p, order, k=50, tau=1.0)
-    assert (full.correct, full.tokens, full.completed) == (cons.correct, cons.tokens, cons.completed)
-    one, _ = m.greedy_cluster(order, p.judge, tau=0.0)
-    assert len(one) == 1 and m.deepprune(p, order, k=50, tau=0.0, q=2).completed == 3
+    cons = _run(p, engine, order, 50, "cons")
+    full = _run(p, engine, order, 50, "deepprune", tau=1.0)
+    assert (full.answer, full.tokens, full.completed) == (cons.answer, cons.tokens, cons.completed) == ("0", 2100, 6)
+    one = _run(p, engine, order, 50, "deepprune", tau=0.0, q=2)
+    assert len(one.clusters) == 1 and one.completed == 3
 
 
-def test_pruned_traces_never_count_as_complete():
-    p = _problem([0, 0, 0, 1, 1], [100, 100, 100, 100, 100])
-    out = m.deepprune(p, [0, 3, 1, 2, 4], k=10, tau=0.5, q=1)
+def test_pruned_traces_never_vote_and_cost_their_prefix():
+    p, engine = _one([0, 0, 0, 1, 1], [100] * 5)
+    out = _run(p, engine, [0, 3, 1, 2, 4], 10, "deepprune", tau=0.5, q=1)
     # clusters {0,1,2} and {3,4}: seeds 0 and 3 complete, the largest cluster resumes one member (1)
-    assert out.completed == 3 and out.clusters == 2
+    assert out.completed == 3 and len(out.clusters) == 2
     assert out.tokens == 3 * 100 + 2 * 10
+    assert [t.stop_reason for t in out.traces] == ["finished", "finished", "finished", "pruned", "pruned"]
+    assert [t.votes for t in out.traces] == [True, True, True, False, False]
 
 
 def test_token_accounting_on_a_hand_built_case():
-    p = _problem([0, 0, 1, 0], [300, 50, 200, 400])
-    # order 0,1,2,3; perfect judge: clusters {0,1,3} and {2}; q = 0 resumes nobody
-    out = m.deepprune(p, [0, 1, 2, 3], k=100, tau=0.5, q=0)
-    # seeds 0 (300) and 2 (200) complete; 1 costs min(50, 100) = 50; 3 costs its 100-token prefix
-    assert out.tokens == 300 + 200 + 50 + 100
+    p, engine = _one([0, 0, 1, 0], [300, 150, 200, 400])
+    # arrival 0,1,2,3; perfect judge: clusters {0,1,3} and {2}; q = 0 resumes nobody
+    out = _run(p, engine, [0, 1, 2, 3], 100, "deepprune", tau=0.5, q=0)
+    assert out.tokens == 300 + 100 + 200 + 100  # seeds 0 and 2 complete; 1 and 3 cost their 100-token prefix
     assert out.judge_calls == 0 + 1 + 1 + 2  # one comparison per existing cluster (r = 1)
-    assert m.cons_at_n(p, [0, 1, 2, 3], k=100).tokens == 950
+    assert _run(p, engine, [0, 1, 2, 3], 100, "cons").tokens == 1050
+
+
+def test_a_trace_that_finishes_within_its_prefix_has_completed_and_votes():
+    # trace 1 ends at 40 tokens, inside its k = 100 prefix; the judge would merge it into trace 0's cluster
+    p, engine = _one([0, 1, 1, 0], [300, 40, 400, 500], correct_class=1)
+    out = _run(p, engine, [0, 1, 2, 3], 100, "deepprune", tau=0.05, q=0)  # everything merges
+    assert len(out.clusters) == 1
+    assert [t.stop_reason for t in out.traces] == ["finished", "finished", "pruned", "pruned"]
+    assert out.tokens == 300 + 40 + 100 + 100 and [t.votes for t in out.traces] == [True, True, False, False]
+    # a trace of exactly k tokens has not seen its end within the prefix: it is pruned like any other
+    p, engine = _one([0, 1], [300, 100])
+    out = _run(p, engine, [0, 1], 100, "deepprune", tau=0.05, q=0)
+    assert [t.stop_reason for t in out.traces] == ["finished", "pruned"] and out.tokens == 400
 
 
 def test_vote_breaks_ties_by_earliest_finish_and_ignores_missing_answers():
-    p = Problem("p", np.array([0, 1, -1, -2]), np.array([False, True, False, False]), np.array([500, 100, 10, 10]))
-    assert m.vote(p, [0, 1, 2, 3]) == 1  # 0 and 1 tie; trace 1 finishes first
-    assert m.vote(p, [2, 3]) == 2  # nothing but missing answers: the first
+    p, engine = _one([0, 1, -1, -1], [500, 100, 10, 10], correct_class=1)
+    assert _run(p, engine, [0, 1, 2, 3], 10, "cons").answer == "1"  # 0 and 1 tie; trace 1 finishes first
+    assert _run(p, engine, [2, 3], 10, "cons").answer is None  # nothing but missing answers
 
 
 def test_oracle_is_a_lower_bound_for_pure_clusterings():
     rng = np.random.default_rng(1)
-    for trial in range(20):
+    for _ in range(20):
         classes = rng.integers(0, 3, size=10)
-        p = _problem(classes, rng.integers(50, 500, size=10), correct_class=int(np.bincount(classes).argmax()))
+        p, engine = _one(classes, rng.integers(20, 500, size=10), correct_class=int(np.bincount(classes).argmax()))
         order = list(rng.permutation(10))
-        oracle = m.oracle(p, order, k=40)
-        assert oracle.correct == m.cons_at_n(p, order, k=40).correct
-        assert oracle.tokens <= m.cons_at_n(p, order, k=40).tokens
+        oracle, cons = _run(p, engine, order, 40, "oracle"), _run(p, engine, order, 40, "cons")
+        assert (oracle.answer, oracle.correct) == (cons.answer, cons.correct) and oracle.tokens <= cons.tokens
         for q in (0, 1, 3):  # a perfect judge never mixes answers: it can only spend more than the oracle
-            assert m.deepprune(p, order, k=40, tau=0.5, q=q).tokens >= oracle.tokens
-        assert m.deepprune(p, order, k=40, tau=0.5, q=0).tokens == oracle.tokens
+            assert _run(p, engine, order, 40, "deepprune", tau=0.5, q=q).tokens >= oracle.tokens
+        assert _run(p, engine, order, 40, "deepprune", tau=0.5, q=0).tokens == oracle.tokens
+
+
+# --- DeepConf ----------------------------------------------------------------------------------------------------
+def test_window_confidence_follows_the_reference_full_windows_only():
+    # reference (deepconf helper.py compute_least_grouped): means of full windows; shorter trace: whole mean
+    assert dc.group_confidences([1.0, 5.0, 5.0, 5.0], 3).tolist() == pytest.approx([11 / 3, 5.0])
+    assert dc.trace_score([1.0, 5.0, 5.0, 5.0], 3) == pytest.approx(11 / 3)  # a partial first window would give 1.0
+    assert dc.group_confidences([4.0, 2.0, 6.0, 0.0, 8.0], 3).tolist() == pytest.approx([4.0, 8 / 3, 14 / 3])
+    assert dc.trace_score([2.0, 4.0], 3) == pytest.approx(3.0)  # shorter than the window: the whole mean
+    assert dc.trace_score([], 3) == 0.0
+    assert dc.token_confidence([[-1.0, -3.0], [-0.5, -0.5]]).tolist() == [2.0, 0.5]
+
+
+def _events(conf):
+    from deepprune.sampling.engines import TokenEvent
+    return [TokenEvent(i, "", -c, (-c, -c)) for i, c in enumerate(conf)]
+
+
+def test_the_streaming_stop_rule_fires_at_the_first_full_window_below_the_threshold():
+    stop = dc.ConfidenceStop(threshold=4.0, window=3)
+    assert [stop(e) for e in _events([1.0, 5.0, 5.0, 5.0])] == [True, True, False, True]  # 11/3 < 4 at token 3
+    keep = dc.ConfidenceStop(threshold=3.5, window=3)
+    assert all(keep(e) for e in _events([1.0, 5.0, 5.0, 5.0]))
+    short = dc.ConfidenceStop(threshold=4.0, window=3)
+    assert all(short(e) for e in _events([1.0, 1.0]))  # a window that never fills never stops a trace
 
 
 def test_deepconf_threshold_direction():
     scores = np.arange(1, 101, dtype=float)
-    low, high = m.deepconf_threshold(scores, 10), m.deepconf_threshold(scores, 90)
+    low, high = dc.deepconf_threshold(scores, 10), dc.deepconf_threshold(scores, 90)
     assert np.mean(scores >= low) == pytest.approx(0.10, abs=0.01)  # DeepConf-low keeps the top 10%
     assert np.mean(scores >= high) == pytest.approx(0.90, abs=0.01)  # DeepConf-high keeps the top 90%
     assert low > high
 
 
-def test_deepconf_online_stops_low_confidence_traces():
-    confident, shaky = np.full(100, 5.0), np.concatenate([np.full(30, 5.0), np.full(70, 0.5)])
-    conf = (confident, confident, confident, shaky, confident)
-    p = _problem([0, 0, 0, 1, 0], [100] * 5, confidence=conf)
-    out = m.deepconf_online(p, [0, 1, 2, 3, 4], k=10, eta=90, window=10, warmup=3)
-    # warm-up 0,1,2 complete (300); trace 3 stops once its window mean drops below 5.0: at token 31 (31 tokens)
-    assert out.tokens == 300 + 31 + 100 and out.completed == 4 and out.correct
-    assert m.trace_confidence(np.array([1.0, 3.0, 5.0]), 2).tolist() == [1.0, 2.0, 4.0]
+def test_deepconf_online_stops_low_confidence_traces_and_short_low_ones_do_not_vote():
+    steady, high = [5.0] * 12, [6.0] * 12
+    shaky = [5.0] * 4 + [1.0] + [5.0] * 7
+    conf = [steady, steady, shaky, high, [4.0]]  # the last is shorter than the window, and below the threshold
+    p, engine = _one([0, 0, 1, 2, 1], [12, 12, 12, 12, 1], confidence=conf)
+    out = _run(p, engine, [0, 1, 2, 3, 4], 10, "deepconf_online", eta=90, window=2, warmup=2)
+    assert out.extra["threshold"] == 5.0 and out.extra["stopped"] == 1
+    assert [t.stop_reason for t in out.traces] == ["finished", "finished", "confidence_stop", "finished", "finished"]
+    assert [t.n_tokens for t in out.traces] == [12, 12, 5, 12, 1] and out.tokens == 42
+    assert [t.votes for t in out.traces] == [True, True, False, True, False]
+    assert out.answer == "0"
+    with pytest.raises(ValueError, match="warm-up traces >= N"):
+        _run(p, engine, [0, 1, 2], 10, "deepconf_online", eta=90, window=2, warmup=3)
+
+
+def test_deepconf_consensus_stops_sampling_once_one_answer_holds_the_share():
+    conf = [[5.0] * 10] * 6
+    p, engine = _one([0, 0, 0, 1, 0, 0], [10] * 6, confidence=conf)
+    task = p.task(range(6))
+    full = run_deepconf_online(engine, task, warmup=2, eta=90, window=4)
+    early = run_deepconf_online(engine, task, warmup=2, eta=90, window=4, consensus=0.95)
+    assert full.tokens == 60 and early.tokens == 20  # the two warm-up traces already agree: nothing more sampled
+    assert early.extra["unsampled_by_consensus"] == 4 and early.answer == full.answer == "0"
+    assert [t.stop_reason for t in early.traces][2:] == ["unsampled"] * 4
+
+
+def test_deepconf_warmup_at_or_above_n_is_a_params_error_naming_the_keys():
+    from deepprune.config import ConfigError, load_params
+    import yaml
+    from tests.conftest import ROOT
+
+    assert deepconf_warmup_error(3, 6, "live", False) is None
+    message = deepconf_warmup_error(16, 6, "live", False)
+    assert "prune.deepconf.warmup" in message and "'live'" in message and "prune.n" in message
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, patch, keys in (("prune", {"n": 4, "deepconf": {"warmup": 4}}, ("prune.deepconf.warmup", "prune.n")),
+                                 ("online", {"n": 4, "deepconf": {"warmup": 5}}, ("online.deepconf.warmup", "online.n")),
+                                 ("online", {"n": None, "deepconf": {"warmup": 6}}, ("online.deepconf.warmup", "sample.n"))):
+        bad = yaml.safe_load(yaml.safe_dump(raw))
+        for key, value in patch.items():
+            bad[section][key] = {**bad[section][key], **value} if isinstance(value, dict) else value
+        path = ROOT / f".pytest_bad_params_{section}.yaml"
+        try:
+            path.write_text(yaml.safe_dump(bad))
+            with pytest.raises(ConfigError) as err:
+                load_params(path)
+        finally:
+            path.unlink()
+        assert all(key in str(err.value) for key in keys), str(err.value)
+
+
+# --- the simulator ----------------------------------------------------------------------------------------------
+def _random_problems(rng, count, n, with_conf=False, k=16):
+    out = []
+    for i in range(count):
+        classes = rng.integers(-1, 3, size=n)
+        lengths = rng.integers(1, 4 * k, size=n)  # some traces end within their prefix
+        conf = [rng.uniform(0.5, 3.0, size=length) for length in lengths] if with_conf else None
+        out.append({"pid": f"r{i}", "classes": classes, "lengths": lengths, "correct_class": int(rng.integers(0, 3)),
+                    "judge": _judge(classes, noise=0.3, seed=i), "confidence": conf})
+    return out
 
 
 def test_simulator_same_draws_intervals_and_needs_logprobs():
-    rng = np.random.default_rng(3)
-    problems = [_problem(rng.integers(0, 2, size=12), rng.integers(50, 400, size=12), noise=0.2, seed=s)
-                for s in range(6)]
+    problems, engine = _corpus(_random_problems(np.random.default_rng(3), 6, 12))
     specs = [MethodSpec("cons", "cons"), MethodSpec("dp", "deepprune", {"tau": 0.5}),
              MethodSpec("rand", "random", {"match": "dp"}), MethodSpec("oracle", "oracle"),
              MethodSpec("esc", "esc", {"window": 4}),
              MethodSpec("dc", "deepconf_online", {"eta": 10, "window": 8, "warmup": 4})]
-    results = simulate(problems, specs, n=8, k=30, repetitions=10, seed=7)
+    results = simulate(problems, engine, specs, n=8, k=16, repetitions=10, seed=7)
     assert results["dc"].skipped == "needs logprobs"
-    again = simulate(problems, specs, n=8, k=30, repetitions=10, seed=7)
-    assert results["dp"].tokens == again["dp"].tokens  # seeded
     summary = summarize(results, "cons")
     assert summary["cons"]["token_reduction"] == 0
     assert summary["oracle"]["tokens"] <= summary["cons"]["tokens"]
     assert summary["rand"]["completed"] < summary["cons"]["completed"]
     assert summary["dp"]["tokens_lo"] <= summary["dp"]["tokens"] <= summary["dp"]["tokens_hi"]
     with pytest.raises(ValueError, match="exceeds the traces available"):
-        simulate(problems, specs, n=13, k=30, repetitions=1, seed=0)
+        simulate(problems, engine, specs, n=13, k=16, repetitions=1, seed=0)
+
+
+def test_random_pruning_is_seeded_by_a_stable_hash_of_its_name():
+    assert stable_seed("random_at_deepprune_tau0.5") == stable_seed("random_at_deepprune_tau0.5")
+    assert stable_seed("random_at_deepprune_tau0.5") != stable_seed("random_at_deepprune_tau0.25")  # same length
+    problems, engine = _corpus(_random_problems(np.random.default_rng(4), 8, 10))
+    specs = [MethodSpec("dp", "deepprune", {"tau": 0.5}), MethodSpec("rand_a", "random", {"match": "dp"}),
+             MethodSpec("rand_b", "random", {"match": "dp"})]
+    a = simulate(problems, engine, specs, n=10, k=16, repetitions=6, seed=1)
+    b = simulate(problems, engine, specs, n=10, k=16, repetitions=6, seed=1)
+    assert (a["rand_a"].tokens, a["rand_a"].completed) == (b["rand_a"].tokens, b["rand_a"].completed)  # seeded
+    assert a["rand_a"].tokens == a["dp"].tokens  # at DeepPrune's budget, to the token
+    assert a["rand_a"].completed != a["rand_b"].completed  # two names, two streams (len() of the name would collide)
+
+
+def test_every_method_through_the_controller_keeps_the_invariants():
+    """A property test on seeded random problems: every method, every vote rule, several r, q and caps."""
+    rng = np.random.default_rng(20251009)
+    k, n = 16, 8
+    problems, engine = _corpus(_random_problems(rng, 12, 10, with_conf=True, k=k))
+    specs = [MethodSpec("cons", "cons"), MethodSpec("oracle", "oracle"),
+             MethodSpec("tau1", "deepprune", {"tau": 1.0})]
+    for tau in (0.0, 0.3, 0.5):
+        for r, q, cap, vote in ((1, 2, None, "all_completed"), (2, 0, None, "largest_cluster"),
+                                (1, 3, 2, "all_completed"), (3, 1, None, "largest_cluster")):
+            specs.append(MethodSpec(f"dp{tau}_{r}{q}{cap}{vote[0]}", "deepprune",
+                                    {"tau": tau, "r": r, "q": q, "max_clusters": cap, "vote": vote}))
+    specs += [MethodSpec("sbert", "sbert", {"tau": 0.5}), MethodSpec("rand", "random", {"match": "dp0.5_12Nonea"}),
+              MethodSpec("esc", "esc", {"window": 3}),
+              MethodSpec("dc_off", "deepconf_offline", {"eta": 10, "window": 4}),
+              MethodSpec("dc_low", "deepconf_online", {"eta": 10, "window": 4, "warmup": 3}),
+              MethodSpec("dc_high", "deepconf_online", {"eta": 90, "window": 4, "warmup": 3, "consensus": 0.95})]
+    kept: list = []
+    simulate(problems, engine, specs, n=n, k=k, repetitions=4, seed=11, keep=kept)
+    by = {(rep, name): outs for rep, name, outs in kept}
+    lengths = {p.problem_id: [engine.records[(p.problem_id, i)].n_tokens for i in range(p.n)] for p in problems}
+    checked_bound = 0
+    for (rep, name), outs in by.items():
+        for p, out in zip(problems, outs):
+            task_lengths = [lengths[p.problem_id][t.seed] for t in out.traces]
+            assert out.tokens == sum(t.n_tokens for t in out.traces)
+            assert all(t.n_tokens <= L for t, L in zip(out.traces, task_lengths))
+            for t in out.traces:  # pruned or stopped traces never vote; voters ran to the end
+                assert not t.votes or t.stop_reason in RAN_TO_END, (name, t)
+            if out.clusters:  # each trace in exactly one cluster
+                assert sorted(i for c in out.clusters for i in c) == list(range(n)), name
+            if name.startswith(("dp", "sbert", "tau1", "rand")):
+                for t, L in zip(out.traces, task_lengths):
+                    assert t.prefix_tokens == min(L, k)
+                    if L < k:  # ended within its prefix: completed, and it costs its length
+                        assert t.stop_reason == "finished" and t.n_tokens == L
+                    if t.stop_reason == "pruned":
+                        assert t.n_tokens == k
+            cons, oracle = by[(rep, "cons")][problems.index(p)], by[(rep, "oracle")][problems.index(p)]
+            assert out.answer is None or out.answer in {t.answer for t in out.traces if t.votes}
+            if name == "tau1":  # tau = 1 is cons@N exactly
+                assert (out.tokens, out.answer, out.correct) == (cons.tokens, cons.answer, cons.correct)
+            if name == "oracle":
+                assert (out.answer, out.correct) == (cons.answer, cons.correct) and out.tokens <= cons.tokens
+            if name.startswith("dp") and out.correct == cons.correct:
+                classes = [[p.grader.answer_class(out.traces[i].answer) if out.traces[i].stop_reason in RAN_TO_END
+                            else p.grader.answer_class(p.grader.answer(engine.records[(p.problem_id, out.traces[i].seed)].text))
+                            for i in c] for c in out.clusters]
+                pure = all(len(set(c)) == 1 and (c[0] >= 0 or len(c) == 1) for c in classes)
+                if pure:  # the oracle is the floor of this scheme's tokens at cons@N's accuracy
+                    assert out.tokens >= oracle.tokens, name
+                    checked_bound += 1
+            if name == "rand":
+                resumed = sum(t.n_tokens > t.prefix_tokens for t in out.traces)
+                assert out.tokens <= out.extra["budget"] or resumed <= 1
+    assert checked_bound > 20
+    again: list = []
+    simulate(problems, engine, specs, n=n, k=k, repetitions=4, seed=11, keep=again)
+    summary = lambda runs: [(rep, name, [(o.tokens, o.answer, [t.stop_reason for t in o.traces]) for o in outs])
+                            for rep, name, outs in runs]
+    assert summary(again) == summary(kept)  # the same seed gives the same outcome
+    other: list = []
+    simulate(problems, engine, specs, n=n, k=k, repetitions=4, seed=12, keep=other)
+    assert summary(other) != summary(kept)
 
 
 def test_judge_seconds_count_every_prefix_and_call():
