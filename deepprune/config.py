@@ -71,9 +71,18 @@ class CorpusConfig(_Strict):
     limit: int | None = Field(None, ge=1, description="live corpora: the first N problems (overrides sample.limit)")
     model: str
     format: Literal["json", "jsonl"] = "jsonl"
-    tokenizer: str = Field("qwen", description="'qwen' (packaged Qwen tokenizer) or a local HF tokenizer dir")
+    tokenizer: str = Field("qwen", description="the corpus's token unit (k, prefixes, lengths): 'qwen' (packaged Qwen "
+                                               "tokenizer) or a local HF tokenizer dir; live corpora: 'engine' (the "
+                                               "generating engine's own tokenizer)")
     answer: AnswerConfig = AnswerConfig()
     fields: FieldMap | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _live_counts_in_engine_tokens(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("importer") == "live" and "tokenizer" not in data:
+            return {**data, "tokenizer": "engine"}
+        return data
 
     @model_validator(mode="after")
     def _generic_needs_fields(self) -> "CorpusConfig":
@@ -83,6 +92,9 @@ class CorpusConfig(_Strict):
             raise ValueError("importer 'live' needs a `dataset` (aime24, aime25, math500, gsm8k or gpqa)")
         if self.importer != "live" and self.path is None:
             raise ValueError(f"importer {self.importer!r} needs a `path`")
+        if (self.importer == "live") != (self.tokenizer == "engine"):
+            raise ValueError("tokenizer: a live corpus counts, cuts and prunes in its engine's tokens (tokenizer: "
+                             "engine); a recorded corpus names its own tokenizer ('qwen' or a local directory)")
         return self
 
 

@@ -8,6 +8,7 @@ from prefect import flow
 
 from deepprune.io import write_json
 from deepprune.pairs import redundancy_stats
+from deepprune.tokens import token_unit
 from flows._stage import stage_params, stage_run
 from flows.sample import traces_path
 from tasks.label import label_pairs, load_traces, make_prefixes, save_rows
@@ -23,11 +24,13 @@ def label_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
     params = stage_params(params_path)
     cfg = params.corpus(corpus)
     spec = cfg.answer.spec()
+    tokenizer = token_unit(cfg.tokenizer, params.sample.backend, params.sample.model_path,
+                           params.sample.server.tokenizer_path)  # live corpora: the engine's tokens
     with stage_run("label", corpus, {"seed": params.seed, "label": params.label.model_dump(),
-                                     "answer": cfg.answer.model_dump(), "tokenizer": cfg.tokenizer}) as run:
+                                     "answer": cfg.answer.model_dump(), "tokenizer": tokenizer}) as run:
         problems, report = load_traces(traces_path(corpus), params.sample.skip_invalid)
         pairs = label_pairs(problems, spec, params.label.folds, params.seed)
-        prefixes = make_prefixes(problems, params.label, cfg.tokenizer)
+        prefixes = make_prefixes(problems, params.label, tokenizer)
         out = labels_dir(corpus)
         save_rows(f"{out}/pairs.jsonl", [p.__dict__ for p in pairs])
         save_rows(f"{out}/prefixes.jsonl", [{"problem_id": pid, "trace_id": tid, "prefixes": row}
