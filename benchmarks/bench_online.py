@@ -40,7 +40,8 @@ def main() -> None:
     from deepprune.config import load_params
     from deepprune.judges.encoder import CosineJudge, SentenceEncoder, load_encoder_judge
     from deepprune.sampling.engines import GenerationSettings, TransformersEngine
-    from deepprune.sampling.online import OnlineProblem, compare_methods, format_comparison, judge_similarity
+    from deepprune.pruning.online import (OnlineProblem, compare_methods, format_comparison, judge_similarity,
+                                          online_methods)
     from deepprune.sampling.problems import DATASETS, build_messages, load_problems
 
     params = load_params()
@@ -63,9 +64,10 @@ def main() -> None:
         extractor="letter" if DATASETS[args.dataset][1] == "letter" else "boxed_math")
     problems = [OnlineProblem(i.problem_id, engine.render(build_messages(i, params.sample.prompts, params.sample.system)),
                               i.gold) for i in items]
-    table = compare_methods(engine, problems, args.n, args.max_tokens, args.k, judge_similarity(judge, encoder), taus,
-                            args.q, args.warmup, args.eta, args.window, spec,
-                            seed=params.seed).table
+    methods = online_methods(taus, params.online.r, args.q, params.online.max_clusters, params.online.vote,
+                             args.warmup, args.eta, args.window, params.online.deepconf.consensus)
+    table = compare_methods(engine, problems, args.n, args.max_tokens, args.k, judge_similarity(judge, encoder),
+                            methods, spec, seed=params.seed).table
     print(f"\n{args.problems} {args.dataset} problems x N={args.n}, max {args.max_tokens} tokens, k={args.k}, "
           f"batch {args.batch}\n")
     print(format_comparison(table))

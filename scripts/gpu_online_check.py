@@ -42,7 +42,7 @@ def main() -> None:
     from deepprune.judges.causal_lm import CausalLMJudge
     from deepprune.models import parameter_count, random_qwen3, train_tokenizer
     from deepprune.sampling.engines import GenerationSettings, TransformersEngine
-    from deepprune.sampling.online import OnlineProblem, compare_methods, format_comparison
+    from deepprune.pruning.online import OnlineProblem, compare_methods, format_comparison, online_methods
     from deepprune.sampling.problems import build_messages, load_problems
 
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -58,7 +58,7 @@ def main() -> None:
     raw.update(device=args.device, max_length=4096)
     judge = CausalLMJudge(JudgeLMConfig.model_validate(raw), 0, judge_model, tokenizer)
 
-    def similarity(prefixes: list[str]):
+    def similarity(seeds, prefixes):
         import numpy as np
 
         n = len(prefixes)
@@ -71,7 +71,11 @@ def main() -> None:
     print(f"generator: Qwen3 '{args.size}' {parameter_count(model) / 1e6:.0f}M params, {dtype}, {args.device}; "
           f"N={args.n}, {args.prompts} prompts, max {args.max_tokens} tokens, k={args.k}, batch {args.batch}", flush=True)
     start = time.perf_counter()
-    table = compare_methods(engine, prompts, args.n, args.max_tokens, args.k, similarity, [args.tau], 2, 16, 90, 2048,
+    # the paper's 16 warm-up traces and 2048-token window, scaled down when N or the budget is small (W must stay
+    # below N, and a window longer than every trace never stops one)
+    methods = online_methods([args.tau], r=1, q=2, max_clusters=None, vote="all_completed",
+                             warmup=min(16, max(1, args.n // 4)), eta=90, window=min(2048, max(1, args.max_tokens // 8)))
+    table = compare_methods(engine, prompts, args.n, args.max_tokens, args.k, similarity, methods,
                             AnswerSpec(extractor="boxed_math")).table
     print(format_comparison(table))
     summary = {"total_wall_s": round(time.perf_counter() - start, 1),
