@@ -302,12 +302,14 @@ def render_index(params: Params, results: Mapping[str, CorpusResults], figures: 
                         for k, v in PAPER_ONLINE.items())
         sections += [
             "<h2>4. Online pruning, replayed on held-out problems</h2>",
-            "<p>Every method sees the same seeded draws of N traces in arrival order. A trace stopped after its "
-            "prefix costs min(length, k) tokens, a completed trace its full length; DeepPrune's judge scores are "
+            "<p>The pruning controller of the online stage, driving a replay engine over the recorded traces. "
+            "Every method sees the same seeded draws of N traces in arrival order. A trace stopped after its "
+            "prefix costs min(length, k) tokens, a completed trace its full length, and a trace that ends within "
+            "its prefix has completed and votes; DeepPrune's judge scores are "
             "out-of-fold (the judge never saw the problem). Intervals are 2.5th to 97.5th percentiles over the "
             "draws. Judge seconds are what judging online would cost on this machine: every arriving prefix encoded "
             "once, every call scored, at the per-prefix and per-pair cost measured on the saved judge. DeepConf "
-            "needs per-token logprobs, which the shipped corpora do not carry.</p>",
+            "needs per-token logprobs, which the recorded corpora do not carry (the live corpus does).</p>",
             _prune_verdicts(results), _leaderboard(results),
             *[embed(f"pareto_{c}") for c, r in results.items() if r.prune is not None],
             f"<h3>The paper's online results (theirs, on long traces at N = 512)</h3><table>{paper}</table>"]
@@ -335,7 +337,8 @@ def render_index(params: Params, results: Mapping[str, CorpusResults], figures: 
                 sections += [f"<h3>{html.escape(corpus)}</h3>", _table1(params, res), embed(f"truncation_{corpus}")]
     if any(r.online is not None for r in results.values()):
         sections += ["<h2>8. Online pruning with real generation</h2>",
-                     "<p>The sample stage's engine generates; the controllers stop its traces for real. cons@N, "
+                     "<p>The sample stage's engine generates; the pruning controller (the prune stage's, there over "
+                     "a replay engine) stops its traces for real. cons@N, "
                      "DeepPrune online (every trace writes k tokens, the judge clusters the prefixes, cluster seeds "
                      "and q members of the largest cluster go on, the rest are never generated further) and DeepConf "
                      "online (warm-up traces set a confidence threshold; later traces stop when their sliding-window "
