@@ -1,5 +1,6 @@
 """Live sampling on a tiny random Llama: the transformers engine, the OpenAI protocol against a real HTTP server on
-127.0.0.1 (ours, serving the same model), the pruning controller on a live engine, and checkpoint/resume of the sample stage."""
+127.0.0.1 (ours, serving the same model), the pruning controller on a live engine, and checkpoint/resume of the
+sample stage."""
 
 from __future__ import annotations
 
