@@ -145,6 +145,18 @@ def test_the_streaming_stop_rule_fires_at_the_first_full_window_below_the_thresh
     assert all(short(e) for e in _events([1.0, 1.0]))  # a window that never fills never stops a trace
 
 
+def test_the_streaming_rule_and_the_offline_windows_agree_token_for_token():
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        conf = rng.uniform(0.5, 3.0, size=int(rng.integers(1, 40)))
+        window, threshold = int(rng.integers(1, 12)), float(rng.uniform(1.2, 2.2))
+        stop = dc.ConfidenceStop(threshold, window)
+        fired = next((i + 1 for i, e in enumerate(_events(conf)) if not stop(e)), None)
+        groups = dc.group_confidences(conf, window)
+        below = np.flatnonzero(groups < threshold) if len(conf) >= window else []
+        assert fired == (None if not len(below) else int(below[0]) + window)  # tokens written when it stopped
+
+
 def test_deepconf_threshold_direction():
     scores = np.arange(1, 101, dtype=float)
     low, high = dc.deepconf_threshold(scores, 10), dc.deepconf_threshold(scores, 90)
