@@ -278,7 +278,7 @@ def run_clustering(engine, task: Task, k: int, similarity: Similarity, tau: floa
     judge_seconds = time.perf_counter() - judge_start
     clusters, calls = greedy_cluster(range(task.n), sim, tau, r, max_clusters)
     largest = _largest(clusters)
-    paused = [p for p in range(task.n) if first[p].finish_reason not in ("stop",)]
+    paused = [p for p in range(task.n) if first[p].finish_reason != "stop"]
     open_ = {p for p in paused if traces[p].n_tokens < task.max_tokens}
     resumed = [p for p in largest[1:] if p in open_][:q]
     runs_on = [c[0] for c in clusters] + resumed
