@@ -24,6 +24,7 @@ import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -39,6 +40,12 @@ RAN_TO_END = ("finished", "length")
 # (seeds of the traces, their prefix texts) -> n x n P(same answer); the replay looks scores up by seed,
 # a live judge scores the texts
 Similarity = Callable[[Sequence[int], Sequence[str]], np.ndarray]
+
+
+class Engine(Protocol):
+    """What the controller needs of an engine (TransformersEngine, OpenAIEngine, ReplayEngine)."""
+
+    def generate(self, jobs: Sequence[GenJob]) -> list[GenResult]: ...
 
 
 class Grader:
@@ -148,7 +155,7 @@ def _reason(result: GenResult) -> str:
     return {"stop": "finished", "cancelled": "confidence_stop"}.get(result.finish_reason, result.finish_reason)
 
 
-def _start(engine, task: Task, positions: Sequence[int], max_tokens: int, traces: list[TraceRun],
+def _start(engine: Engine, task: Task, positions: Sequence[int], max_tokens: int, traces: list[TraceRun],
            on_token: Callable[[int], Callable | None] | None = None) -> list[GenResult]:
     """Generate the traces at `positions` from scratch, up to max_tokens each."""
     jobs = [GenJob(task.prompt, max_tokens, task.seeds[p], on_token=on_token(p) if on_token else None)
@@ -160,7 +167,7 @@ def _start(engine, task: Task, positions: Sequence[int], max_tokens: int, traces
     return results
 
 
-def _resume(engine, task: Task, items: Sequence[tuple[int, GenResult, int]], traces: list[TraceRun]) -> list[GenResult]:
+def _resume(engine: Engine, task: Task, items: Sequence[tuple[int, GenResult, int]], traces: list[TraceRun]) -> list[GenResult]:
     """Continue paused traces: (position, the result that paused it, token budget of the continuation)."""
     jobs = [GenJob(task.prompt + traces[p].text, budget, task.seeds[p] + RESUME_SEED_OFFSET, resume=paused.continuation)
             for p, paused, budget in items]
@@ -222,7 +229,7 @@ def _grade(task: Task, traces: Sequence[TraceRun], positions: Sequence[int]) -> 
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def run_cons(engine, task: Task, name: str = "cons") -> Outcome:
+def run_cons(engine: Engine, task: Task, name: str = "cons") -> Outcome:
     """cons@N: every trace runs to the end; majority vote by answer equivalence."""
     start = time.perf_counter()
     traces = [TraceRun(s) for s in task.seeds]
@@ -260,7 +267,7 @@ def _largest(clusters: list[list[int]]) -> list[int]:
     return max(enumerate(clusters), key=lambda item: (len(item[1]), -item[0]))[1]
 
 
-def run_clustering(engine, task: Task, k: int, similarity: Similarity, tau: float, r: int = 1, q: int = 2,
+def run_clustering(engine: Engine, task: Task, k: int, similarity: Similarity, tau: float, r: int = 1, q: int = 2,
                    max_clusters: int | None = None, vote_over: str = "all_completed",
                    name: str | None = None) -> Outcome:
     """DeepPrune (a judge's similarity) or SBERT clustering (cosine): all N traces write their k-token prefix;
@@ -292,7 +299,7 @@ def run_clustering(engine, task: Task, k: int, similarity: Similarity, tau: floa
                    judge_seconds=judge_seconds, clusters=clusters)
 
 
-def run_oracle(engine, task: Task, k: int, name: str = "oracle") -> Outcome:
+def run_oracle(engine: Engine, task: Task, k: int, name: str = "oracle") -> Outcome:
     """The floor of tokens for this scheme at cons@N's accuracy: it clusters by the true final answers (it reads
     every trace to the end to know them, which no online method can), so the first trace of each answer runs on
     and every other costs its prefix; its answer is cons@N's. Not a method: a bound."""
@@ -322,7 +329,7 @@ def run_oracle(engine, task: Task, k: int, name: str = "oracle") -> Outcome:
                    time.perf_counter() - start, clusters=clusters)
 
 
-def run_random(engine, task: Task, k: int, budget: int, rng: np.random.Generator, name: str = "random") -> Outcome:
+def run_random(engine: Engine, task: Task, k: int, budget: int, rng: np.random.Generator, name: str = "random") -> Outcome:
     """Random pruning at a token budget (DeepPrune's on this problem): all N traces write their prefix; then traces
     resume one at a time in a seeded random order, each allowed at most the budget left; one that the budget
     stops (`budget`) does not vote. The first resumed trace is never cut, so at least one completes."""
@@ -352,7 +359,7 @@ def run_random(engine, task: Task, k: int, budget: int, rng: np.random.Generator
     return _finish(name, task, traces, completed, start, extra={"budget": float(budget)})
 
 
-def run_esc(engine, task: Task, window: int, name: str = "esc") -> Outcome:
+def run_esc(engine: Engine, task: Task, window: int, name: str = "esc") -> Outcome:
     """Early-stopping self-consistency (Li et al. 2024): sample windows of traces to the end; stop once every
     answer in a window agrees; majority vote over every trace sampled."""
     start = time.perf_counter()
@@ -376,7 +383,7 @@ def _scores(traces: Sequence[TraceRun], positions: Sequence[int], window: int) -
     return {p: trace_score(token_confidence(traces[p].logprobs), window) for p in positions}
 
 
-def run_deepconf_offline(engine, task: Task, eta: float, window: int, name: str = "deepconf_offline") -> Outcome:
+def run_deepconf_offline(engine: Engine, task: Task, eta: float, window: int, name: str = "deepconf_offline") -> Outcome:
     """DeepConf offline: every trace completes; the top eta% by trace score vote, weighted by the score."""
     start = time.perf_counter()
     traces = [TraceRun(s) for s in task.seeds]
@@ -398,7 +405,7 @@ def _consensus(task: Task, traces: Sequence[TraceRun], voters: Sequence[int], we
     return max(total.values()) / whole if total and whole > 0 else 0.0
 
 
-def run_deepconf_online(engine, task: Task, warmup: int, eta: float, window: int, consensus: float | None = None,
+def run_deepconf_online(engine: Engine, task: Task, warmup: int, eta: float, window: int, consensus: float | None = None,
                         name: str = "deepconf_online") -> Outcome:
     """DeepConf online: W warm-up traces run to the end and set the threshold (the (100 - eta)-th percentile of
     their scores); every later trace is stopped at its first full window whose mean confidence falls below it
@@ -439,7 +446,7 @@ def run_deepconf_online(engine, task: Task, warmup: int, eta: float, window: int
 
 
 # ---------------------------------------------------------------------------------------------------------------
-def run_method(spec: MethodSpec, engine, task: Task, k: int, similarities: Mapping[str, Similarity],
+def run_method(spec: MethodSpec, engine: Engine, task: Task, k: int, similarities: Mapping[str, Similarity],
                rng: np.random.Generator | None = None, budgets: Mapping[str, int] | None = None) -> Outcome:
     """One method of METHOD_KINDS on one problem. `similarities` holds 'judge' (DeepPrune) and 'cosine' (SBERT);
     random pruning reads the budget of the method it matches from `budgets[f'{match}:{problem_id}']`."""
