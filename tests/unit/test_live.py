@@ -14,11 +14,11 @@ import pytest
 
 from deepprune.answers import AnswerSpec
 from deepprune.config import AnswerConfig, CorpusConfig, SampleConfig
+from deepprune.pruning.controller import Grader, Task, run_clustering, run_cons, run_deepconf_online
 from deepprune.sampling import SampleRequest
 from deepprune.sampling.engines import (EngineUnreachable, GenerationSettings, GenJob, MalformedResponse, OpenAIEngine,
                                         PromptTooLong, TransformersEngine, TransientEngineError)
 from deepprune.sampling.live import LiveSampler, trace_seed
-from deepprune.pruning.controller import Grader, Task, run_clustering, run_cons, run_deepconf_online
 from deepprune.sampling.problems import build_messages, load_problems
 from deepprune.sampling.server import make_server
 from tasks import PERMANENT_ERRORS
@@ -247,6 +247,7 @@ def test_the_live_sampler_checkpoints_each_problem_and_resumes_without_regenerat
 KILL_SCRIPT = """
 import sys, time
 from deepprune.config import AnswerConfig, CorpusConfig, SampleConfig
+from deepprune.pruning.controller import Grader, Task, run_clustering, run_cons, run_deepconf_online
 from deepprune.sampling import SampleRequest
 from deepprune.sampling.engines import GenerationSettings, TransformersEngine
 from deepprune.sampling.live import LiveSampler

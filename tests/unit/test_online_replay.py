@@ -13,6 +13,8 @@ from deepprune.pruning.replay import MatrixSimilarity, RecordedTrace, ReplayEngi
 from deepprune.sampling.engines import GenerationSettings, TransformersEngine
 from deepprune.sampling.live import trace_seed
 
+pytestmark = pytest.mark.generation
+
 SPEC = AnswerSpec(extractor="regex", pattern=r"(\w)\W*$")  # a random model's last word character: answers vary
 
 

@@ -192,20 +192,22 @@ def test_deepconf_consensus_stops_sampling_once_one_answer_holds_the_share():
 
 
 def test_deepconf_warmup_at_or_above_n_is_a_params_error_naming_the_keys(tmp_path):
+    import copy
+
     import yaml
 
-    from deepprune.config import ConfigError, load_params
+    from deepprune.config import ConfigError, load_params, read_params
     from tests.conftest import ROOT
 
     assert deepconf_warmup_error(3, 6, "live", False) is None
     message = deepconf_warmup_error(16, 6, "live", False)
     assert "prune.deepconf.warmup" in message and "'live'" in message and "prune.n" in message
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = read_params(ROOT / "params.yaml")
     load_params(ROOT / "params.yaml")  # the shipped params are valid
     for section, patch, keys in (("prune", {"n": 4, "deepconf": {"warmup": 4}}, ("prune.deepconf.warmup", "prune.n")),
                                  ("online", {"n": 4, "deepconf": {"warmup": 5}}, ("online.deepconf.warmup", "online.n")),
                                  ("online", {"n": None, "deepconf": {"warmup": 6}}, ("online.deepconf.warmup", "sample.n"))):
-        bad = yaml.safe_load(yaml.safe_dump(raw))
+        bad = copy.deepcopy(raw)
         for key, value in patch.items():
             bad[section][key] = {**bad[section][key], **value} if isinstance(value, dict) else value
         path = tmp_path / "params.yaml"

@@ -22,6 +22,7 @@ def test_a_live_corpus_counts_in_its_engines_tokens_and_a_recorded_one_in_its_ow
         token_unit("engine", "openai", None, None)
 
 
+@pytest.mark.generation
 def test_live_prefixes_are_cut_in_the_engines_tokens(tiny_lm):
     from deepprune.sampling.engines import GenerationSettings, GenJob, TransformersEngine
 
