@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from deepprune.answers import AnswerSpec
+from deepprune.metric_names import check_rate_name
 
 DEFAULT_REASONING_WORDS = (
     "wait", "but", "however", "alternatively", "hmm", "so", "thus", "therefore", "since", "because",
@@ -268,7 +269,8 @@ class SweepConfig(_Strict):
     judge: Literal["encoder", "causal_lm"] = "encoder"
     grid: dict[str, list[Any]] = Field(description="train keys (loss, focal.alpha, focal.gamma, oversample, "
                                                    "oversample_ratio, ...) to the values to try")
-    metric: Literal["auroc", "tnr_at_fnr", "tnr_at_threshold"] = "auroc"
+    metric: str = Field("auroc", description="the fold-mean metric the best point maximises: a name of "
+                                             "deepprune.metric_names.rate_names(judge.fnr, judge.threshold)")
     task_runner: Literal["threads", "dask", "ray"] = "threads"
     max_workers: int = Field(2, ge=1)
     register_as: str | None = Field("deepprune-judge", description="MLflow registered model name (null: none)")
@@ -423,6 +425,7 @@ class Params(_Strict):
         if self.online.judge.variant not in self.judge.variants:
             raise ValueError(f"online.judge.variant: {self.online.judge.variant!r} is not one of judge.variants "
                              f"{sorted(self.judge.variants)}")
+        check_rate_name("sweep.metric", self.sweep.metric, self.judge.fnr, self.judge.threshold)
         max_tokens = self.online.max_tokens or self.sample.generation.max_tokens
         if self.online.k >= max_tokens:
             raise ValueError(f"online.k ({self.online.k}) must be below the token budget ({max_tokens})")

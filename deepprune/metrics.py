@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from deepprune.metric_names import COUNTS, accuracy_at_name, tnr_at_fnr_name, tnr_at_name, tpr_at_name
+
 
 def auroc(labels: Sequence[int], scores: Sequence[float]) -> float:
     """Area under the ROC curve; NaN when only one class is present."""
@@ -37,6 +39,14 @@ def tnr_at_fnr(labels: Sequence[int], scores: Sequence[float], fnr: float = 0.2)
     return float(1.0 - fpr[ok].min())
 
 
+def accuracy_at_threshold(labels: Sequence[int], scores: Sequence[float], threshold: float) -> float:
+    """Share of pairs labelled right when scores >= threshold are called "same answer"; NaN without pairs."""
+    labels = np.asarray(labels)
+    if not len(labels):
+        return float("nan")
+    return float(((np.asarray(scores) >= threshold) == (labels == 1)).mean())
+
+
 def rates_at_threshold(labels: Sequence[int], scores: Sequence[float], threshold: float) -> tuple[float, float]:
     """(TNR, TPR) when scores >= threshold are called "same answer"."""
     labels = np.asarray(labels)
@@ -48,13 +58,14 @@ def rates_at_threshold(labels: Sequence[int], scores: Sequence[float], threshold
 
 
 def judge_metrics(labels: Sequence[int], scores: Sequence[float], fnr: float, threshold: float) -> dict[str, float]:
-    """The offline judge metrics on one set of pairs."""
+    """The offline judge metrics on one set of pairs (names: deepprune.metric_names.judge_metric_names)."""
     tnr_thr, tpr_thr = rates_at_threshold(labels, scores, threshold)
     return {
         "auroc": auroc(labels, scores),
-        f"tnr_at_fnr_{fnr:g}": tnr_at_fnr(labels, scores, fnr),
-        f"tnr_at_{threshold:g}": tnr_thr,
-        f"tpr_at_{threshold:g}": tpr_thr,
+        tnr_at_fnr_name(fnr): tnr_at_fnr(labels, scores, fnr),
+        tnr_at_name(threshold): tnr_thr,
+        tpr_at_name(threshold): tpr_thr,
+        accuracy_at_name(threshold): accuracy_at_threshold(labels, scores, threshold),
         "n_pairs": float(len(labels)),
         "n_different": float(int((np.asarray(labels) == 0).sum())),
     }
@@ -66,7 +77,7 @@ def summarize_folds(per_fold: Sequence[dict[str, float]]) -> dict[str, float]:
     for key in per_fold[0]:
         values = np.array([f[key] for f in per_fold], dtype=float)
         values = values[~np.isnan(values)]
-        if key in ("n_pairs", "n_different"):
+        if key in COUNTS:
             out[key] = float(values.sum())
             continue
         out[key] = float(values.mean()) if len(values) else float("nan")

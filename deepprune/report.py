@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from deepprune.config import Params, VariantConfig
+from deepprune.metric_names import accuracy_at_name, tnr_at_fnr_name, tnr_at_name, tpr_at_name
 from deepprune.plots import (plot_judge_comparison, plot_pareto, plot_redundancy, plot_roc, plot_score_distributions,
                              plot_truncation)
 from deepprune.reference import PAPER_BASELINE_AUROC, PAPER_ONLINE, PAPER_TABLE1, paper_row_for
@@ -104,7 +105,7 @@ def _redundancy_table(results: Mapping[str, CorpusResults]) -> str:
 
 def _judge_table(params: Params, corpus: str, res: CorpusResults) -> str:
     cfg = params.judge
-    fnr_key, thr = f"tnr_at_fnr_{cfg.fnr:g}", f"{cfg.threshold:g}"
+    fnr_key, thr = tnr_at_fnr_name(cfg.fnr), f"{cfg.threshold:g}"
     paper_set = _paper_set(params)
     rows = []
     for name, variant in cfg.variants.items():
@@ -114,10 +115,11 @@ def _judge_table(params: Params, corpus: str, res: CorpusResults) -> str:
         role = " (primary)" if name == cfg.primary else " (baseline)" if name == cfg.baseline else ""
         rows.append(f"<tr><td>{html.escape(name)}{role}</td><td>{auroc}</td>"
                     f"<td>{_fmt(get(fnr_key))} ± {_fmt(get(fnr_key + '_std'))}</td>"
-                    f"<td>{_fmt(get('tnr_at_' + thr))}</td><td>{_fmt(get('tpr_at_' + thr))}</td>"
+                    f"<td>{_fmt(get(tnr_at_name(cfg.threshold)))}</td><td>{_fmt(get(tpr_at_name(cfg.threshold)))}</td>"
+                    f"<td>{_fmt(get(accuracy_at_name(cfg.threshold)))}</td>"
                     f"<td>{_fmt(get('pooled_auroc'))}</td><td class='theirs'>{paper}</td></tr>")
     head = (f"<tr><th>judge</th><th>AUROC mean ± std [min, max] over folds</th><th>TNR at FNR={cfg.fnr:g}</th>"
-            f"<th>TNR at {thr}</th><th>TPR at {thr}</th><th>pooled out-of-fold AUROC</th>"
+            f"<th>TNR at {thr}</th><th>TPR at {thr}</th><th>accuracy at {thr}</th><th>pooled out-of-fold AUROC</th>"
             f"<th class='theirs'>paper AUROC / TNR (Table 1, {paper_set.replace('_', ' ')}; "
             "SentenceBERT: Figure 2)</th></tr>")
     primary, baseline = res.judge.get(f"judge/{cfg.primary}/auroc"), res.judge.get(f"judge/{cfg.baseline}/auroc")
@@ -132,7 +134,7 @@ def _judge_table(params: Params, corpus: str, res: CorpusResults) -> str:
 def _judge_lm_table(params: Params, res: CorpusResults) -> str:
     """The causal-LM judge (fine-tuned and zero-shot) beside the embedding judges, on the same held-out pairs."""
     m, cfg = res.judge_lm or {}, params.judge_lm
-    fnr_key = f"tnr_at_fnr_{params.judge.fnr:g}"
+    fnr_key = tnr_at_fnr_name(params.judge.fnr)
     names = ["causal_lm", "causal_lm_zeroshot", *cfg.compare]
     paper = {"causal_lm": "0.8701 / 0.8186 (Qwen3-4B, full FT, Table 1)",
              "causal_lm_zeroshot": f"{PAPER_BASELINE_AUROC['Qwen3-4B-Instruct zero-shot']} / n/a (Figure 2)",
@@ -157,21 +159,22 @@ def _judge_lm_table(params: Params, res: CorpusResults) -> str:
     return f"<table>{head}{''.join(rows)}</table>{tp}"
 
 
-def _sweep_table(res: CorpusResults, limit: int = 12) -> str:
+def _sweep_table(params: Params, res: CorpusResults, limit: int = 12) -> str:
     doc = res.sweep or {}
-    metric = doc.get("metric", "auroc")
+    metric, fnr_key = doc.get("metric", "auroc"), tnr_at_fnr_name(params.judge.fnr)
     points = sorted(doc.get("points", []), key=lambda p: -((p["summary"] or {}).get(metric) or -1.0))
     rows = "".join(
         f"<tr><td>{'<b>' if p['name'] == doc.get('best') else ''}{html.escape(p['name'])}"
         f"{'</b>' if p['name'] == doc.get('best') else ''}</td>"
         f"<td>{_fmt(p['summary'].get(metric))} ± {_fmt(p['summary'].get(metric + '_std'))}</td>"
-        f"<td>{_fmt(p['summary'].get('tnr_at_fnr_0.2'))}</td></tr>" for p in points[:limit])
+        f"<td>{_fmt(p['summary'].get(fnr_key))}</td></tr>" for p in points[:limit])
     reg = doc.get("registered")
     note = (f"<p>{len(points)} distinct points ({html.escape(str(doc.get('judge')))} judge), best first"
             f"{f' (top {limit} shown)' if len(points) > limit else ''}; the best is registered in MLflow as "
             f"<code>{html.escape(reg['name'])}</code> version {html.escape(str(reg['version']))}.</p>" if reg else
             f"<p>{len(points)} distinct points, best first.</p>")
-    return f"{note}<table><tr><th>point</th><th>{html.escape(metric)} (mean ± fold std)</th><th>TNR at FNR=0.2</th></tr>{rows}</table>"
+    return (f"{note}<table><tr><th>point</th><th>{html.escape(metric)} (mean ± fold std)</th>"
+            f"<th>TNR at FNR={params.judge.fnr:g}</th></tr>{rows}</table>")
 
 
 def _table1(params: Params, res: CorpusResults) -> str:
@@ -179,7 +182,7 @@ def _table1(params: Params, res: CorpusResults) -> str:
     doc = res.ablate or {}
     table_k = doc.get("table_k", {})
     index = {(r["strategy"], r["k"], r["variant"]): r["summary"] for r in doc.get("rows", [])}
-    fnr_key = f"tnr_at_fnr_{params.judge.fnr:g}"
+    fnr_key = tnr_at_fnr_name(params.judge.fnr)
     paper_sets = {"tokens": "tokens_500", "reasoning_words": "reasoning_words_25"}
     head = "<tr><th>variant</th>" + "".join(
         f"<th>{s.replace('_', ' ')} k={k}: AUROC / TNR</th><th class='theirs'>paper ({paper_sets[s].replace('_', ' ')})</th>"
@@ -326,7 +329,7 @@ def render_index(params: Params, results: Mapping[str, CorpusResults], figures: 
         sections += ["<h2>6. Focal-loss sweep</h2>"]
         for corpus, res in results.items():
             if res.sweep is not None:
-                sections += [f"<h3>{html.escape(corpus)}</h3>", _sweep_table(res)]
+                sections += [f"<h3>{html.escape(corpus)}</h3>", _sweep_table(params, res)]
     if any(r.ablate is not None for r in results.values()):
         sections += ["<h2>7. Truncation ablation (Figure 4) and training variants (Table 1)</h2>",
                      "<p>Every variant cross-validated on every prefix the label stage built: same pairs, same folds, "

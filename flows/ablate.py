@@ -10,14 +10,13 @@ from prefect import flow, task
 
 from deepprune.io import write_json
 from deepprune.judges.evaluate import AblationRow, truncation_ablation
+from deepprune.metric_names import ablate_names
 from deepprune.metrics import finite_or_none
 from flows._stage import child_run, stage_params, stage_run
 from flows.judge import embeddings_path
 from flows.label import labels_dir
 from tasks import NO_CACHE
 from tasks.judge import load_embeddings, load_encoder, load_labels
-
-KEPT = ("auroc", "auroc_std", "tnr_at_fnr", "tnr_at_fnr_std", "tnr_at_threshold", "accuracy", "n_pairs")
 
 
 def ablate_dir(corpus: str) -> str:
@@ -40,17 +39,17 @@ def ablate_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
         encoder = load_encoder(params.judge.encoder_path, params.judge.max_length)
         rows = run_ablation(pairs, prefixes, load_embeddings(embeddings_path(corpus)), params.judge, list(cfg.variants),
                             encoder, params.seed)
+        kept = ablate_names(params.judge.fnr, params.judge.threshold)
         metrics: dict[str, float | None] = {}
         by_truncation: dict[tuple[str, int], list[AblationRow]] = defaultdict(list)
         for row in rows:
             by_truncation[(row.strategy, row.k)].append(row)
-            for key in KEPT:
-                if key in row.summary:
-                    metrics[f"ablate/{row.strategy}_{row.k}/{row.variant}/{key}"] = finite_or_none(row.summary[key])
+            for key in kept:
+                metrics[f"ablate/{row.strategy}_{row.k}/{row.variant}/{key}"] = finite_or_none(row.summary[key])
         for (strategy, k), group in by_truncation.items():
             with child_run(run, f"{strategy}_{k}", {"strategy": strategy, "k": k}) as child:
-                child.log_metrics({f"{r.variant}/{key}": r.summary[key] for r in group for key in KEPT
-                                   if key in r.summary and finite_or_none(r.summary[key]) is not None})
+                child.log_metrics({f"{r.variant}/{key}": r.summary[key] for r in group for key in kept
+                                   if finite_or_none(r.summary[key]) is not None})
         write_json(f"{ablate_dir(corpus)}/results.json", {
             "judge": cfg.judge, "table_k": cfg.table_k,
             "rows": [{"strategy": r.strategy, "k": r.k, "variant": r.variant,

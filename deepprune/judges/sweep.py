@@ -136,8 +136,16 @@ def lm_recipe(point: SweepPoint, judge_lm: JudgeLMConfig) -> JudgeLMConfig:
 
 
 def best_point(results: Sequence[tuple[SweepPoint, Mapping[str, float]]], metric: str) -> tuple[SweepPoint, Mapping[str, float]]:
-    """The point with the highest mean metric over folds (ties: the smaller spread, then grid order)."""
+    """The point with the highest mean metric over folds (ties: the smaller spread, then grid order); an error when
+    no point has a finite value of the metric (an unknown name, or a metric undefined on every point)."""
     import math
+
+    values = [summary.get(metric) for _, summary in results]
+    if all(v is None for v in values):
+        known = sorted({k for _, summary in results for k in summary})
+        raise ValueError(f"sweep.metric {metric!r} is in no sweep point's summary; they hold {', '.join(known)}")
+    if not any(v is not None and math.isfinite(v) for v in values):
+        raise ValueError(f"sweep.metric {metric!r} is NaN on every sweep point: nothing to rank the points by")
 
     def key(item: tuple[int, tuple[SweepPoint, Mapping[str, float]]]) -> tuple[float, float, int]:
         index, (_, summary) = item

@@ -25,6 +25,11 @@ def test_shipped_params_are_valid():
     (lambda p: p["online"].update(corpora=["math"]), "online.corpora: 'math' is a recorded corpus"),
     (lambda p: p["online"]["judge"].update(corpus="nope"), "online.judge.corpus: 'nope'"),
     (lambda p: p["online"].update(k=999), r"online.k \(999\) must be below"),
+    (lambda p: p["sweep"].update(metric="tnr_at_fnr"),
+     r"sweep.metric: 'tnr_at_fnr' is not a metric .*judge.fnr=0.2.*valid names: auroc, tnr_at_fnr_0.2, tnr_at_0.5, "
+     r"tpr_at_0.5, accuracy_at_0.5"),
+    (lambda p: p["sweep"].update(metric="tnr_at_fnr_0.2") or p["judge"].update(fnr=0.1),
+     r"sweep.metric: 'tnr_at_fnr_0.2' .*valid names: auroc, tnr_at_fnr_0.1,"),
 ])
 def test_bad_params_name_the_key(tmp_path, edit, message):
     raw = read_params(ROOT / "params.yaml")
@@ -50,3 +55,16 @@ def test_params_keep_their_meaning_through_dvcs_own_yaml_writer(tmp_path):
     assert read_params(path) == expected
     params = load_params(path)
     assert (params.judge_lm.prompt.yes, params.judge_lm.prompt.no, params.prune.repetitions) == ("yes", "no", 10)
+
+
+def _write(tmp_path, edit):
+    raw = read_params(ROOT / "params.yaml")
+    edit(raw)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize("metric", ["tnr_at_fnr_0.2", "accuracy_at_0.5", "auroc"])
+def test_sweep_metric_takes_every_name_the_judge_summary_has(tmp_path, metric):
+    assert load_params(_write(tmp_path, lambda p: p["sweep"].update(metric=metric))).sweep.metric == metric

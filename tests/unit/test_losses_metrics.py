@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from deepprune.judges.losses import cross_entropy, focal_loss
-from deepprune.metrics import auroc, judge_metrics, rates_at_threshold, summarize_folds, tnr_at_fnr
+from deepprune.metrics import (accuracy_at_threshold, auroc, judge_metrics, rates_at_threshold, summarize_folds,
+                               tnr_at_fnr)
 
 
 def test_focal_loss_matches_formula():
@@ -48,6 +49,18 @@ def test_tnr_at_fnr_on_a_hand_computed_roc():
     # AUROC: of the 20 (positive, negative) pairs the positive ranks higher in 4 + 4 + 4 + 2 + 1
     assert auroc(labels, scores) == pytest.approx(15 / 20)
     assert rates_at_threshold(labels, scores, 0.5) == (pytest.approx(0.75), pytest.approx(0.6))
+    # at 0.5: 3 of 5 positives called same, 3 of 4 negatives called different -> 6 of 9 right
+    assert accuracy_at_threshold(labels, scores, 0.5) == pytest.approx(6 / 9)
+
+
+def test_judge_metrics_keys_are_the_names_metric_names_builds():
+    from deepprune.metric_names import judge_metric_names, summary_names
+
+    one = judge_metrics([1, 0, 1, 0], [0.9, 0.2, 0.4, 0.6], 0.1, 0.4)
+    assert tuple(one) == judge_metric_names(0.1, 0.4)
+    assert {"tnr_at_fnr_0.1", "tnr_at_0.4", "tpr_at_0.4", "accuracy_at_0.4"} <= set(one)
+    assert one["accuracy_at_0.4"] == pytest.approx(0.75)  # right: 0.9 and 0.4 (same, >= 0.4), 0.2; wrong: 0.6
+    assert set(summarize_folds([one, one])) == set(summary_names(0.1, 0.4))
 
 
 def test_metrics_are_nan_with_one_class_and_folds_skip_nan():

@@ -59,6 +59,30 @@ def test_best_point_prefers_the_higher_mean_then_the_smaller_spread():
     assert best_point([(a, {"auroc": float("nan")}), (b, {"auroc": 0.1})], "auroc")[0] is b
 
 
+def test_sweep_metric_tnr_at_fnr_picks_another_point_than_auroc():
+    from deepprune.metric_names import tnr_at_fnr_name
+    from deepprune.metrics import judge_metrics, summarize_folds
+
+    labels = [1] * 5 + [0] * 5
+    # a: one different-answer pair scores above a same-answer one: AUROC 23/25 = 0.92, TNR at FNR 0.2 = 4/5
+    a_scores = [0.9, 0.8, 0.7, 0.6, 0.5] + [0.65, 0.1, 0.1, 0.1, 0.1]
+    # b: one same-answer pair scores below every different one: AUROC 20/25 = 0.8, TNR at FNR 0.2 = 1
+    b_scores = [0.9, 0.8, 0.7, 0.6, 0.01] + [0.5] * 5
+    a, b = SweepPoint("a", ()), SweepPoint("b", ())
+    results = [(p, summarize_folds([judge_metrics(labels, s, 0.2, 0.5)])) for p, s in ((a, a_scores), (b, b_scores))]
+    assert results[0][1]["auroc"] == pytest.approx(0.92) and results[1][1][tnr_at_fnr_name(0.2)] == 1.0
+    assert best_point(results, "auroc")[0] is a
+    assert best_point(results, "tnr_at_fnr_0.2")[0] is b
+
+
+def test_best_point_refuses_an_unknown_or_everywhere_nan_metric():
+    a, b = SweepPoint("a", ()), SweepPoint("b", ())
+    with pytest.raises(ValueError, match="'tnr_at_fnr' is in no sweep point's summary; they hold auroc"):
+        best_point([(a, {"auroc": 0.7}), (b, {"auroc": 0.8})], "tnr_at_fnr")
+    with pytest.raises(ValueError, match="NaN on every sweep point"):
+        best_point([(a, {"auroc": float("nan")}), (b, {"auroc": float("nan")})], "auroc")
+
+
 def test_encoder_judges_trained_in_parallel_threads_are_reproducible():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(400, 8)).astype(np.float32), rng.normal(size=(400, 8)).astype(np.float32)
