@@ -1,4 +1,7 @@
-"""A typed, strict view of params.yaml: unknown keys and wrong types are errors that name the key."""
+"""A typed, strict view of params.yaml: unknown keys and wrong types are errors that name the key.
+
+params.yaml is the only source of defaults: a field here either has no default (params.yaml must give it) or a
+default equal to the shipped params.yaml value (tests/unit/test_config.py walks the schema and checks)."""
 
 from __future__ import annotations
 
@@ -10,11 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from deepprune.answers import AnswerSpec
 from deepprune.metric_names import check_rate_name
-
-DEFAULT_REASONING_WORDS = (
-    "wait", "but", "however", "alternatively", "hmm", "so", "thus", "therefore", "since", "because",
-    "hence", "let", "check", "verify", "now", "then", "first", "next", "finally",
-)
 
 
 class _Strict(BaseModel):
@@ -102,7 +100,7 @@ class CorpusConfig(_Strict):
 class GenerationConfig(_Strict):
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
-    max_tokens: int = Field(512, ge=1, description="generated tokens per trace at most")
+    max_tokens: int = Field(256, ge=1, description="generated tokens per trace at most")
     top_logprobs: int = Field(5, ge=0, description="top-k log-probabilities kept per token (DeepConf needs > 0)")
 
 
@@ -123,10 +121,10 @@ class ServerConfig(_Strict):
 
 class SampleConfig(_Strict):
     backend: Literal["replay", "transformers", "openai"] = Field(
-        "replay", description="engine for live corpora (recorded corpora are always replayed)")
+        "transformers", description="engine for live corpora (recorded corpora are always replayed)")
     limit: int | None = Field(None, ge=1, description="keep the first N problems of each corpus (null: all)")
     skip_invalid: bool = Field(False, description="skip (and count) records that fail validation instead of failing")
-    n: int = Field(8, ge=1, description="live corpora: traces per problem")
+    n: int = Field(6, ge=1, description="live corpora: traces per problem")
     model_path: str | None = Field(None, description="transformers backend: local model dir or .gguf (null: the "
                                                      "packaged SmolLM2-135M-Instruct)")
     device: str = "auto"
@@ -136,7 +134,8 @@ class SampleConfig(_Strict):
     system: str | None = Field(None, description="system message of every prompt")
     prompts: dict[str, str] = Field(default_factory=lambda: {
         "math": "{question}\nPlease reason step by step, and put your final answer within \\boxed{}.",
-        "choice": "{question}\nPlease reason step by step, and end with 'Answer: X' where X is the letter."},
+        "choice": "{question}\nPlease reason step by step, and end with 'Answer: X' where X is the letter of your "
+                  "choice."},
         description="prompt template per problem kind ({question} is filled in)")
     server: ServerConfig = ServerConfig()
 
@@ -149,7 +148,8 @@ class TruncationConfig(_Strict):
 class LabelConfig(_Strict):
     tokens_k: list[int] = Field(description="first-k-tokens prefixes to build (absolute counts)")
     reasoning_words_k: list[int] = Field(description="first-k-reasoning-words prefixes to build")
-    reasoning_words: list[str] = list(DEFAULT_REASONING_WORDS)
+    reasoning_words: list[str] = Field(min_length=1, description="cue words (whole words, case-insensitive) that "
+                                                                 "start a reasoning-word segment (DESIGN.md section 1)")
     folds: int = Field(5, ge=2, description="grouped K-fold over problems")
 
 
@@ -159,13 +159,13 @@ class FocalConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(300, ge=1)
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
+    epochs: int = Field(30, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
     hidden: int = Field(128, ge=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
-    batch_size: int = Field(512, ge=1)
-    oversample_ratio: float = Field(1.0, gt=0, description="minority:majority ratio after oversampling")
+    dropout: float = Field(0.2, ge=0, lt=1)
+    batch_size: int = Field(1024, ge=1)
+    oversample_ratio: float = Field(0.5, gt=0, description="minority:majority ratio after oversampling")
     focal: FocalConfig = FocalConfig()
     finetune_encoder: bool = Field(False, description="also train the encoder's weights (slow on CPU)")
     finetune_lr: float = Field(2e-5, gt=0)
@@ -204,7 +204,7 @@ class PromptConfig(_Strict):
     comparable under one version, and the version is logged with every run."""
 
     version: str
-    system: str | None = Field(None, description="system message (chat-template models)")
+    system: str | None = Field(description="system message (chat-template models; null: none)")
     user: str = Field(description="user message; {trace_a} and {trace_b} are replaced by the two prefixes")
     yes: str = Field(description="the label token for 'same final answer' (must be one token)")
     no: str = Field(description="the label token for 'different final answers' (must be one token)")
@@ -235,13 +235,13 @@ class LMTrainConfig(_Strict):
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    checkpoint_every: int = Field(0, ge=0, description="save a resumable checkpoint every N steps (0: never)")
+    checkpoint_every: int = Field(4, ge=0, description="save a resumable checkpoint every N steps (0: never)")
     lora: LoraConfig = LoraConfig()
 
 
 class LMEvalConfig(_Strict):
     folds: int = Field(2, ge=1, description="how many of the label stage's folds are held out in turn")
-    pairs_per_class: int = Field(32, ge=1, description="held-out pairs per class (same / different) per fold")
+    pairs_per_class: int = Field(24, ge=1, description="held-out pairs per class (same / different) per fold")
     batch_size: int = Field(8, ge=1)
 
 
@@ -259,7 +259,7 @@ class JudgeLMConfig(_Strict):
     prompt: PromptConfig
     train: LMTrainConfig
     eval: LMEvalConfig = LMEvalConfig()
-    compare: list[str] = Field(default_factory=list, description="judge-stage variants scored on the same pairs")
+    compare: list[str] = Field(description="judge-stage variants scored on the same pairs")
 
 
 class SweepConfig(_Strict):
@@ -357,8 +357,8 @@ class OnlineConfig(_Strict):
 
     corpora: list[str] = Field(description="live corpora whose problems are generated on")
     problems: int = Field(2, ge=1, description="the first problems of each corpus")
-    n: int | None = Field(None, ge=2, description="traces per problem (null: sample.n)")
-    max_tokens: int | None = Field(None, ge=2, description="token budget per trace (null: sample.generation.max_tokens)")
+    n: int | None = Field(6, ge=2, description="traces per problem (null: sample.n)")
+    max_tokens: int | None = Field(128, ge=2, description="token budget per trace (null: sample.generation.max_tokens)")
     k: int = Field(ge=1, description="tokens every trace generates before the judge sees the prefixes")
     judge: OnlineJudgeConfig
     taus: list[float] = Field(min_length=1, description="DeepPrune thresholds, one online run each")

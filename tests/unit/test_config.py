@@ -1,4 +1,4 @@
-"""params.yaml is validated strictly."""
+"""params.yaml is validated strictly, and it is the only source of defaults."""
 
 from pathlib import Path
 
@@ -30,6 +30,7 @@ def test_shipped_params_are_valid():
      r"tpr_at_0.5, accuracy_at_0.5"),
     (lambda p: p["sweep"].update(metric="tnr_at_fnr_0.2") or p["judge"].update(fnr=0.1),
      r"sweep.metric: 'tnr_at_fnr_0.2' .*valid names: auroc, tnr_at_fnr_0.1,"),
+    (lambda p: p["label"].pop("reasoning_words"), "label.reasoning_words: Field required"),
 ])
 def test_bad_params_name_the_key(tmp_path, edit, message):
     raw = read_params(ROOT / "params.yaml")
@@ -68,3 +69,48 @@ def _write(tmp_path, edit):
 @pytest.mark.parametrize("metric", ["tnr_at_fnr_0.2", "accuracy_at_0.5", "auroc"])
 def test_sweep_metric_takes_every_name_the_judge_summary_has(tmp_path, metric):
     assert load_params(_write(tmp_path, lambda p: p["sweep"].update(metric=metric))).sweep.metric == metric
+
+
+def _defaults_differing_from(model_type, given: dict, where: str) -> list[str]:
+    """Schema fields whose default differs from the value params.yaml gives, walking nested sections. Entries of
+    a user's map (corpora, judge.variants) are records of their own, not defaults, and are not walked."""
+    from pydantic import BaseModel
+    from pydantic_core import PydanticUndefined
+
+    out = []
+    for name, field in model_type.model_fields.items():
+        key = field.alias or name
+        if key not in given:
+            continue  # params.yaml leaves it to the default: one source by construction
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            out += _defaults_differing_from(annotation, given[key], f"{where}{key}.")
+        elif field.default is not PydanticUndefined or field.default_factory is not None:
+            default = field.get_default(call_default_factory=True)
+            if default != given[key]:
+                out.append(f"{where}{key}: schema {default!r} != params.yaml {given[key]!r}")
+    return out
+
+
+def test_the_schema_has_no_default_that_differs_from_params_yaml():
+    from deepprune.config import Params
+
+    shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
+    load_params(ROOT / "params.yaml")  # every given value is valid
+    assert _defaults_differing_from(Params, shipped, "") == []
+    # the walk sees what it should: a wrong default anywhere in a section is reported
+    from deepprune.config import TrainConfig
+
+    changed = {**shipped["judge"]["train"], "epochs": 300}
+    assert _defaults_differing_from(TrainConfig, changed, "judge.train.") == [
+        "judge.train.epochs: schema 30 != params.yaml 300"]
+
+
+def test_reasoning_words_come_from_params_and_every_one_is_built_into_prefixes():
+    params = load_params(ROOT / "params.yaml")
+    assert params.label.reasoning_words[:3] == ["wait", "but", "however"] and len(params.label.reasoning_words) == 19
+    from deepprune.truncate import first_k_reasoning_words, reasoning_word_pattern
+
+    pattern = reasoning_word_pattern(params.label.reasoning_words)
+    for word in params.label.reasoning_words:
+        assert first_k_reasoning_words(f"x. {word.capitalize()} y.", 1, pattern) == f"{word.capitalize()} y."
