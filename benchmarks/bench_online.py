@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
 
+    from deepprune import paths
     from deepprune.answers import AnswerSpec
     from deepprune.config import load_params
     from deepprune.judges.encoder import CosineJudge, SentenceEncoder, load_encoder_judge
@@ -50,7 +51,7 @@ def main() -> None:
     print(f"generator {engine.identity['model']} loaded in {time.perf_counter() - start:.1f} s; "
           f"torch threads {torch.get_num_threads()}")
     encoder = SentenceEncoder(params.judge.encoder_path, params.judge.max_length)
-    saved = f"data/judge/{args.judge_corpus}/models/{params.prune.judge}.safetensors"
+    saved = paths.judge_model(args.judge_corpus, params.prune.judge)
     if os.path.exists(saved):
         judge, taus, what = load_encoder_judge(saved, encoder), args.tau or [params.prune.tau], f"{params.prune.judge} ({saved})"
     else:

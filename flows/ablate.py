@@ -8,19 +8,14 @@ from collections import defaultdict
 
 from prefect import flow, task
 
+from deepprune import paths
 from deepprune.io import write_json
 from deepprune.judges.evaluate import AblationRow, truncation_ablation
 from deepprune.metric_names import ablate_names
 from deepprune.metrics import finite_or_none
 from flows._stage import child_run, stage_params, stage_run
-from flows.judge import embeddings_path
-from flows.label import labels_dir
 from tasks import NO_CACHE
 from tasks.judge import load_embeddings, load_encoder, load_labels
-
-
-def ablate_dir(corpus: str) -> str:
-    return f"data/ablate/{corpus}"
 
 
 @task(cache_policy=NO_CACHE)
@@ -35,9 +30,9 @@ def ablate_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
     cfg = params.ablate
     with stage_run("ablate", corpus, {"seed": params.seed, "ablate": cfg.model_dump(), "train": params.judge.train.model_dump(),
                                       "label.folds": params.label.folds}) as run:
-        pairs, prefixes = load_labels(labels_dir(corpus))
+        pairs, prefixes = load_labels(paths.labels_dir(corpus))
         encoder = load_encoder(params.judge.encoder_path, params.judge.max_length)
-        rows = run_ablation(pairs, prefixes, load_embeddings(embeddings_path(corpus)), params.judge, list(cfg.variants),
+        rows = run_ablation(pairs, prefixes, load_embeddings(paths.embeddings(corpus)), params.judge, list(cfg.variants),
                             encoder, params.seed)
         kept = ablate_names(params.judge.fnr, params.judge.threshold)
         metrics: dict[str, float | None] = {}
@@ -50,11 +45,11 @@ def ablate_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
             with child_run(run, f"{strategy}_{k}", {"strategy": strategy, "k": k}) as child:
                 child.log_metrics({f"{r.variant}/{key}": r.summary[key] for r in group for key in kept
                                    if finite_or_none(r.summary[key]) is not None})
-        write_json(f"{ablate_dir(corpus)}/results.json", {
+        write_json(paths.ablate_results(corpus), {
             "judge": cfg.judge, "table_k": cfg.table_k,
             "rows": [{"strategy": r.strategy, "k": r.k, "variant": r.variant,
                       "summary": {k: finite_or_none(v) for k, v in r.summary.items()}} for r in rows]})
-        write_json(f"reports/metrics/ablate_{corpus}.json", metrics)
+        write_json(paths.metrics("ablate", corpus), metrics)
         run.log_metrics(metrics)
         best = max((r for r in rows if r.variant == cfg.judge), key=lambda r: r.summary.get("auroc", 0.0))
         print(f"ablate[{corpus}]: {len(by_truncation)} truncations x {len(cfg.variants)} variants; best for "

@@ -7,10 +7,9 @@ import time
 
 from prefect import flow
 
+from deepprune import paths
 from deepprune.io import write_json
 from flows._stage import stage_params, stage_run
-from flows.judge import embeddings_path
-from flows.label import labels_dir
 from tasks.judge import encode_prefixes, load_encoder, load_labels, save_embeddings
 
 
@@ -21,17 +20,17 @@ def embed_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
     cfg = params.judge
     with stage_run("embed", corpus, {"encoder_path": cfg.encoder_path, "max_length": cfg.max_length,
                                      "batch_size": cfg.batch_size}) as run:
-        _, prefixes = load_labels(labels_dir(corpus))
+        _, prefixes = load_labels(paths.labels_dir(corpus))
         encoder = load_encoder(cfg.encoder_path, cfg.max_length)
         start = time.perf_counter()
         table = encode_prefixes(prefixes, encoder, cfg.batch_size)
         seconds = time.perf_counter() - start
-        save_embeddings(embeddings_path(corpus), table)
+        save_embeddings(paths.embeddings(corpus), table)
         distinct = len({text for row in prefixes.values() for text in row.values()})
         metrics = {"embed/traces": len(table.keys), "embed/prefix_sets": len(table.matrices),
                    "embed/distinct_texts": distinct, "embed/seconds": round(seconds, 1),
                    "embed/texts_per_second": round(distinct / seconds, 2) if seconds else 0.0}
-        write_json(f"reports/metrics/embed_{corpus}.json", metrics)
+        write_json(paths.metrics("embed", corpus), metrics)
         run.log_metrics(metrics)
         print(f"embed[{corpus}]: {distinct} distinct prefixes of {len(table.keys)} traces in {seconds:.0f} s")
         return metrics

@@ -6,20 +6,12 @@ import sys
 
 from prefect import flow
 
+from deepprune import paths
 from deepprune.io import write_json, write_jsonl
 from deepprune.metrics import finite_or_none, roc_points
 from deepprune.truncate import prefix_name
 from flows._stage import child_run, stage_params, stage_run
-from flows.label import labels_dir
 from tasks.judge import evaluate_judges, fit_final_judge, load_embeddings, load_encoder, load_labels, make_pair_data
-
-
-def judge_dir(corpus: str) -> str:
-    return f"data/judge/{corpus}"
-
-
-def embeddings_path(corpus: str) -> str:
-    return f"data/embeddings/{corpus}.npz"
 
 
 def _metric_keys(name: str, summary: dict[str, float], pooled: dict[str, float]) -> dict[str, float | None]:
@@ -36,12 +28,11 @@ def judge_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
     cfg = params.judge
     prefix = prefix_name(cfg.truncation.strategy, cfg.truncation.k)
     with stage_run("judge", corpus, {"seed": params.seed, "judge": cfg.model_dump()}) as run:
-        pairs, prefixes = load_labels(labels_dir(corpus))
+        pairs, prefixes = load_labels(paths.labels_dir(corpus))
         encoder = load_encoder(cfg.encoder_path, cfg.max_length)
-        data = make_pair_data(pairs, prefixes, load_embeddings(embeddings_path(corpus)), prefix,
-                              f"{labels_dir(corpus)}/prefixes.jsonl")
+        data = make_pair_data(pairs, prefixes, load_embeddings(paths.embeddings(corpus)), prefix,
+                              paths.prefixes(corpus))
         results = evaluate_judges(data, cfg, encoder, params.seed)
-        out = judge_dir(corpus)
         metrics: dict[str, float | None] = {"judge/n_pairs": len(pairs), "judge/n_folds": params.label.folds}
         folds_doc: dict[str, object] = {"prefix": prefix, "variants": {}}
         for name, result in results.items():
@@ -58,16 +49,16 @@ def judge_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
             variant = cfg.variants[name]
             if variant.kind == "encoder":
                 final = fit_final_judge(data, cfg, variant, encoder, params.seed)
-                path = f"{out}/models/{name}.safetensors"
+                path = paths.judge_model(corpus, name)
                 final.save(path, {"variant": name, "corpus": corpus, "prefix": prefix})
                 run.log_artifact(path, folder="models")
         primary, baseline = results[cfg.primary].summary["auroc"], results[cfg.baseline].summary["auroc"]
         metrics["judge/primary_minus_baseline_auroc"] = finite_or_none(primary - baseline)
-        write_jsonl(f"{out}/scores.jsonl", (
+        write_jsonl(paths.judge_scores(corpus), (
             {**p.__dict__, "scores": {name: finite_or_none(r.oof_scores[i]) for name, r in results.items()}}
             for i, p in enumerate(pairs)))
-        write_json(f"{out}/folds.json", folds_doc)
-        write_json(f"reports/metrics/judge_{corpus}.json", metrics)
+        write_json(paths.judge_folds(corpus), folds_doc)
+        write_json(paths.metrics("judge", corpus), metrics)
         run.log_metrics(metrics)
         verdict = "beats" if primary > baseline else "does NOT beat"
         print(f"judge[{corpus}]: {cfg.primary} AUROC {primary:.3f} {verdict} {cfg.baseline} {baseline:.3f} "

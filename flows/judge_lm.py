@@ -8,25 +8,15 @@ import sys
 
 from prefect import flow
 
+from deepprune import paths
 from deepprune.io import write_json, write_jsonl
 from deepprune.metrics import finite_or_none
 from deepprune.judges.evaluate import pair_data
 from deepprune.pairs import prefix_texts
 from deepprune.truncate import prefix_name
 from flows._stage import child_run, stage_params, stage_run
-from flows.label import labels_dir
 from tasks.judge import load_labels
 from tasks.judge_lm import evaluate_lm_judge, load_lm
-
-
-def judge_lm_dir(corpus: str) -> str:
-    return f"data/judge_lm/{corpus}"
-
-
-def checkpoint_root(corpus: str) -> str:
-    """Resumable training state lives outside the stage's outputs (DVC deletes those before a rerun), beside them
-    in the stage's working directory."""
-    return f".cache/judge_lm/{corpus}"
 
 
 @flow(name="judge_lm", log_prints=True)
@@ -37,13 +27,12 @@ def judge_lm_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, fl
     prefix = prefix_name(cfg.truncation.strategy, cfg.truncation.k)
     with stage_run("judge_lm", corpus, {"seed": params.seed, "judge_lm": cfg.model_dump(),
                                         "prompt_version": cfg.prompt.version}) as run:
-        pairs, prefixes = load_labels(labels_dir(corpus))
-        data = pair_data(pairs, prefix_texts(prefixes, prefix, f"{labels_dir(corpus)}/prefixes.jsonl"))
+        pairs, prefixes = load_labels(paths.labels_dir(corpus))
+        data = pair_data(pairs, prefix_texts(prefixes, prefix, paths.prefixes(corpus)))
         model, tokenizer = load_lm(cfg.model_path, cfg.dtype, cfg.device)
         result = evaluate_lm_judge(data.texts_a, data.texts_b, data.labels, data.folds, cfg, params.seed,
-                                   params.judge.fnr, params.judge.threshold, True, checkpoint_root(corpus), model,
+                                   params.judge.fnr, params.judge.threshold, True, paths.judge_lm_checkpoints(corpus), model,
                                    tokenizer, keep_judges=True)
-        out = judge_lm_dir(corpus)
         metrics: dict[str, float | None] = {
             "judge_lm/eval_pairs": int(sum(len(r) for r in result.eval_rows)),
             "judge_lm/folds": len(result.eval_rows), "judge_lm/train_steps": cfg.train.steps,
@@ -54,7 +43,7 @@ def judge_lm_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, fl
             with child_run(run, name, {"judge": name, "prefix": prefix, "prompt_version": cfg.prompt.version}) as child:
                 child.log_metrics({k.split("/", 2)[2]: v for k, v in keys.items() if v is not None})
         for fold, judge in enumerate(result.judges):
-            path = f"{out}/models/fold{fold}.safetensors"
+            path = paths.judge_lm_model(corpus, fold)
             judge.save_adapter(path, {"corpus": corpus, "prefix": prefix, "held_out_fold": fold})
             run.log_artifact(path, folder="models")
         rows = []
@@ -63,9 +52,9 @@ def judge_lm_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, fl
                 rows.append({**pairs[i].__dict__, "scores": {n: finite_or_none(float(s[fold_index][j]))
                                                              for n, s in result.scores.items()}})
         # the evaluated pairs, so other judges can be scored on exactly these (the report does)
-        write_jsonl(f"{out}/scores.jsonl", rows)
-        write_json(f"{out}/train_loss.json", {"train_loss": result.train_loss})
-        write_json(f"reports/metrics/judge_lm_{corpus}.json", metrics)
+        write_jsonl(paths.judge_lm_scores(corpus), rows)
+        write_json(paths.judge_lm_train_loss(corpus), {"train_loss": result.train_loss})
+        write_json(paths.metrics("judge_lm", corpus), metrics)
         run.log_metrics(metrics)
         line = ", ".join(f"{n} {result.summary[n]['auroc']:.3f}±{result.summary[n].get('auroc_std', float('nan')):.3f}"
                          for n in result.summary)

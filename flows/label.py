@@ -6,16 +6,12 @@ import sys
 
 from prefect import flow
 
+from deepprune import paths
 from deepprune.io import write_json
 from deepprune.pairs import redundancy_stats
 from deepprune.tokens import token_unit
 from flows._stage import stage_params, stage_run
-from flows.sample import traces_path
 from tasks.label import label_pairs, load_traces, make_prefixes, save_rows
-
-
-def labels_dir(corpus: str) -> str:
-    return f"data/labels/{corpus}"
 
 
 @flow(name="label", log_prints=True)
@@ -28,15 +24,14 @@ def label_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
                            params.sample.server.tokenizer_path)  # live corpora: the engine's tokens
     with stage_run("label", corpus, {"seed": params.seed, "label": params.label.model_dump(),
                                      "answer": cfg.answer.model_dump(), "tokenizer": tokenizer}) as run:
-        problems, report = load_traces(traces_path(corpus), params.sample.skip_invalid)
+        problems, report = load_traces(paths.traces(corpus), params.sample.skip_invalid)
         pairs = label_pairs(problems, spec, params.label.folds, params.seed)
         prefixes = make_prefixes(problems, params.label, tokenizer)
-        out = labels_dir(corpus)
-        save_rows(f"{out}/pairs.jsonl", [p.__dict__ for p in pairs])
-        save_rows(f"{out}/prefixes.jsonl", [{"problem_id": pid, "trace_id": tid, "prefixes": row}
+        save_rows(paths.pairs(corpus), [p.__dict__ for p in pairs])
+        save_rows(paths.prefixes(corpus), [{"problem_id": pid, "trace_id": tid, "prefixes": row}
                                             for (pid, tid), row in prefixes.items()])
         metrics = {**redundancy_stats(problems, pairs, spec), "label/skipped_traces": report.skipped}
-        write_json(f"reports/metrics/label_{corpus}.json", metrics)
+        write_json(paths.metrics("label", corpus), metrics)
         run.log_metrics(metrics)
         print(f"label[{corpus}]: {len(pairs)} pairs, same-answer share {metrics['label/same_answer_share']:.3f}")
         return metrics

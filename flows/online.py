@@ -13,6 +13,7 @@ from pathlib import Path
 
 from prefect import flow
 
+from deepprune import paths
 from deepprune.io import atomic_open, json_safe, write_json, write_jsonl
 from deepprune.sampling.live import make_engine, managed_server
 from deepprune.pruning.online import OnlineProblem, format_comparison, outcome_to_json
@@ -22,10 +23,6 @@ from tasks.online import judge_model_path, load_online_judge, run_online
 
 FIGURES = ("tokens", "token_reduction", "accuracy", "wall_seconds", "tokens_per_second", "judge_seconds")
 REASONS = ("finished", "pruned", "confidence_stop", "length")
-
-
-def online_dir(corpus: str) -> str:
-    return f"data/online/{corpus}"
 
 
 def _fingerprint(params, corpus: str) -> str:
@@ -51,7 +48,7 @@ def online_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
         assert corpus_cfg.dataset is not None
         items = load_problems(corpus_cfg.dataset, corpus_cfg.path or DATASETS[corpus_cfg.dataset][0], cfg.problems)
         similarity = load_online_judge(params)
-        server = managed_server(params.sample.server, ".cache/server.log") \
+        server = managed_server(params.sample.server, paths.server_log()) \
             if params.sample.backend == "openai" else contextlib.nullcontext()
         with server:
             engine = make_engine(params.sample)
@@ -59,21 +56,21 @@ def online_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
                                                                                  params.sample.system)), i.gold)
                         for i in items]
             comparison = run_online(engine, problems, n, max_tokens, params, similarity, corpus_cfg.answer.spec(),
-                                    f".cache/online/{corpus}/{_fingerprint(params, corpus)}")
+                                    f"{paths.online_cache(corpus)}/{_fingerprint(params, corpus)}")
         rows = []
         for method, outcomes in comparison.outcomes.items():
             for problem, outcome in zip(problems, outcomes):
                 row = outcome_to_json(outcome)
                 rows.append(json_safe({"problem_id": problem.problem_id, "gold": problem.gold, **row}))
-        write_jsonl(f"{online_dir(corpus)}/outcomes.jsonl", rows)
+        write_jsonl(paths.online_outcomes(corpus), rows)
         meta = {"corpus": corpus, "engine": engine.identity, "n": n, "max_tokens": max_tokens, "k": cfg.k,
                 "problems": [p.problem_id for p in problems], "judge": {**cfg.judge.model_dump(),
                                                                         "path": judge_model_path(params)},
                 "generation": params.sample.generation.model_dump(), "seed": params.seed,
                 "trace_seed": "sha256(f'{seed}:{problem_id}:{index}')[:4] & 0x7fffffff (as the sample stage)"}
-        write_json(f"{online_dir(corpus)}/meta.json", meta)
+        write_json(paths.online_meta(corpus), meta)
         table_md = format_comparison(comparison.table)
-        with atomic_open(f"{online_dir(corpus)}/comparison.md") as fh:
+        with atomic_open(paths.online_comparison(corpus)) as fh:
             fh.write(table_md + "\n")
         run.log_params({"engine": engine.identity})
         metrics: dict[str, float | None] = {}
@@ -82,9 +79,9 @@ def online_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
             with child_run(run, method, {"method": method}) as child:
                 child.log_metrics(figures)  # identical keys for every method: the MLflow compare view lines them up
             metrics.update({f"online/{method}/{key}": value for key, value in figures.items()})
-        write_json(f"reports/metrics/online_{corpus}.json", metrics)
+        write_json(paths.metrics("online", corpus), metrics)
         run.log_metrics(metrics)
-        run.log_artifact(f"{online_dir(corpus)}/comparison.md")
+        run.log_artifact(paths.online_comparison(corpus))
         print(f"online[{corpus}]: {len(problems)} problems x N={n}, max {max_tokens} tokens, k={cfg.k}\n{table_md}")
         return metrics
 

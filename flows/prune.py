@@ -8,20 +8,14 @@ from dataclasses import asdict
 
 from prefect import flow
 
+from deepprune import paths
 from deepprune.io import write_json
 from deepprune.metrics import finite_or_none
 from deepprune.pruning.simulate import add_judge_seconds, deepconf_warmup_error, method_specs, summarize
 from flows._stage import child_run, stage_params, stage_run
-from flows.judge import judge_dir
-from flows.sample import traces_path
 from tasks.label import load_traces
 from deepprune.truncate import prefix_name
-from flows.label import labels_dir
 from tasks.prune import load_problems, measure_judge_cost, run_simulation
-
-
-def prune_dir(corpus: str) -> str:
-    return f"data/prune/{corpus}"
 
 
 @flow(name="prune", log_prints=True)
@@ -31,8 +25,8 @@ def prune_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
     cfg, spec = params.prune, params.corpus(corpus).answer.spec()
     k = params.judge.truncation.k
     with stage_run("prune", corpus, {"seed": params.seed, "prune": cfg.model_dump(), "k": k}) as run:
-        by_problem, _ = load_traces(traces_path(corpus), params.sample.skip_invalid)
-        problems, engine = load_problems(by_problem, f"{judge_dir(corpus)}/scores.jsonl", spec, cfg.judge,
+        by_problem, _ = load_traces(paths.traces(corpus), params.sample.skip_invalid)
+        problems, engine = load_problems(by_problem, paths.judge_scores(corpus), spec, cfg.judge,
                                          params.judge.baseline)
         n = cfg.n or min(p.n for p in problems)
         if all(p.has_logprobs for p in problems):  # else DeepConf is skipped ("needs logprobs")
@@ -43,8 +37,8 @@ def prune_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
         results = run_simulation(problems, engine, methods, n, k, cfg.repetitions, params.seed)
         summary = summarize(results, "cons")
         # replay reuses the judge stage's scores; what judging online would cost is measured on the saved judge
-        cost = measure_judge_cost(f"{judge_dir(corpus)}/models/{cfg.judge}.safetensors",
-                                  f"{labels_dir(corpus)}/prefixes.jsonl", prefix_name("tokens", k),
+        cost = measure_judge_cost(paths.judge_model(corpus, cfg.judge),
+                                  paths.prefixes(corpus), prefix_name("tokens", k),
                                   params.judge.encoder_path, params.judge.max_length)
         add_judge_seconds(summary, methods, cost, prefixes_encoded=n * len(problems))
         metrics: dict[str, float | None] = {"prune/n": n, "prune/k": k, "prune/problems": len(problems),
@@ -60,11 +54,11 @@ def prune_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
         saved = summary[headline]["token_reduction"]
         metrics["prune/headline/oracle_savings_share"] = finite_or_none(saved / oracle["token_reduction"]) \
             if oracle["token_reduction"] else None
-        write_json(f"{prune_dir(corpus)}/results.json", {
+        write_json(paths.prune_results(corpus), {
             "n": n, "k": k, "headline": headline, "summary": summary,
             "methods": [asdict(m) for m in methods],
             "per_repetition": {name: asdict(r) for name, r in results.items()}})
-        write_json(f"reports/metrics/prune_{corpus}.json", metrics)
+        write_json(paths.metrics("prune", corpus), metrics)
         run.log_metrics(metrics)
         head = summary[headline]
         print(f"prune[{corpus}]: N={n}, k={k}: {headline} saves {saved:.1%} of cons@N's tokens "

@@ -7,21 +7,13 @@ import sys
 
 from prefect import flow
 
+from deepprune import paths
 from deepprune.io import write_json
 from deepprune.sampling import SampleRequest
 from deepprune.sampling.live import managed_server
 from deepprune.tokens import token_unit
 from flows._stage import stage_params, stage_run
 from tasks.sample import sample_traces, save_traces
-
-
-def traces_path(corpus: str) -> str:
-    return f"data/traces/{corpus}.jsonl"
-
-
-def meta_path(corpus: str) -> str:
-    """Engine identity and sampling settings of the trace file."""
-    return f"data/traces/{corpus}.meta.json"
 
 
 @flow(name="sample", log_prints=True)
@@ -32,13 +24,13 @@ def sample_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
     with stage_run("sample", corpus, {"seed": params.seed, "sample": params.sample.model_dump(),
                                       "corpus": cfg.model_dump()}) as run:
         request = SampleRequest(dataset=corpus, corpus=cfg, settings=params.sample, seed=params.seed,
-                                shard_dir=f".cache/sample/{corpus}")  # beside the stage's outputs (its cwd)
+                                shard_dir=paths.sample_cache(corpus))  # beside the stage's outputs (its cwd)
         live = cfg.importer == "live"
-        server = managed_server(params.sample.server, ".cache/server.log") \
+        server = managed_server(params.sample.server, paths.server_log()) \
             if live and params.sample.backend == "openai" else contextlib.nullcontext()
         with server:
             problems = sample_traces(request)
-        n_traces = save_traces(traces_path(corpus), problems)
+        n_traces = save_traces(paths.traces(corpus), problems)
         stats = request.stats
         meta = {"corpus": corpus, "importer": cfg.importer, "seed": params.seed,
                 "engine": request.info.get("engine", {"engine": "replay", "source": cfg.path}),
@@ -49,9 +41,9 @@ def sample_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
                                          params.sample.server.tokenizer_path),
                 "trace_seed": "sha256(f'{seed}:{problem_id}:{index}')[:4] & 0x7fffffff; trace_id = 's<seed>'" if live
                 else None}
-        write_json(meta_path(corpus), meta)
+        write_json(paths.traces_meta(corpus), meta)
         run.log_params({"engine": meta["engine"]})
-        run.log_artifact(meta_path(corpus))
+        run.log_artifact(paths.traces_meta(corpus))
         checked = stats.get("source_answer_checked", 0)
         metrics = {
             "sample/problems": len(problems),
@@ -67,9 +59,9 @@ def sample_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
                             "sample/resumed_problems": int(stats.get("resumed_problems", 0)),
                             "sample/tokens_per_second": (stats["generated_tokens"] / seconds) if seconds else None,
                             "sample/accuracy": sum(bool(t.correct) for g in problems for t in g) / max(n_traces, 1)})
-        write_json(f"reports/metrics/sample_{corpus}.json", metrics)
+        write_json(paths.metrics("sample", corpus), metrics)
         run.log_metrics(metrics)
-        print(f"sample[{corpus}]: {n_traces} traces of {len(problems)} problems -> {traces_path(corpus)}")
+        print(f"sample[{corpus}]: {n_traces} traces of {len(problems)} problems -> {paths.traces(corpus)}")
         return metrics
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from prefect import flow
 
+from deepprune import paths
 from deepprune.config import Params
 from deepprune.io import write_json
 from deepprune.judges.evaluate import PairData, cross_validate, pair_data, train_final
@@ -18,15 +19,9 @@ from deepprune.pairs import prefix_texts
 from deepprune.tracking import Run, register_model
 from deepprune.truncate import prefix_name
 from flows._stage import child_run, stage_params, stage_run
-from flows.judge import embeddings_path
-from flows.label import labels_dir
 from tasks.judge import load_embeddings, load_encoder, load_labels, make_pair_data
 from tasks.judge_lm import evaluate_lm_judge, load_lm
 from tasks.sweep import make_task_runner, run_point
-
-
-def sweep_dir(corpus: str) -> str:
-    return f"data/sweep/{corpus}"
 
 
 def _clean(summary: dict[str, float]) -> dict[str, float | None]:
@@ -55,11 +50,11 @@ def sweep_point_flow(point: SweepPoint, parent: Run, params: Params, corpus: str
 
 
 def _point_data(params: Params, corpus: str) -> tuple[PairData, Any, tuple[Any, Any] | None]:
-    pairs, prefixes = load_labels(labels_dir(corpus))
-    path = f"{labels_dir(corpus)}/prefixes.jsonl"
+    pairs, prefixes = load_labels(paths.labels_dir(corpus))
+    path = paths.prefixes(corpus)
     if params.sweep.judge == "encoder":
         prefix = prefix_name(params.judge.truncation.strategy, params.judge.truncation.k)
-        data = make_pair_data(pairs, prefixes, load_embeddings(embeddings_path(corpus)), prefix, path)
+        data = make_pair_data(pairs, prefixes, load_embeddings(paths.embeddings(corpus)), prefix, path)
         return data, load_encoder(params.judge.encoder_path, params.judge.max_length), None
     cfg = params.judge_lm
     data = pair_data(pairs, prefix_texts(prefixes, prefix_name(cfg.truncation.strategy, cfg.truncation.k), path))
@@ -78,7 +73,6 @@ def sweep_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
                                     data=data, encoder=encoder, lm=lm) for point in points]
         results = [(point, future.result()) for point, future in zip(points, futures)]
         best, best_summary = best_point(results, sweep.metric)
-        out = sweep_dir(corpus)
         metrics: dict[str, float | None] = {"sweep/points": len(points),
                                             **{f"sweep/best/{k}": v for k, v in _clean(dict(best_summary)).items()}}
         doc: dict[str, Any] = {"judge": sweep.judge, "metric": sweep.metric, "best": best.name,
@@ -87,7 +81,7 @@ def sweep_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
         if sweep.judge == "encoder":
             variant, cfg = encoder_recipe(best, params.judge)
             final = train_final(data, cfg, variant, encoder, params.seed)
-            path = f"{out}/best.safetensors"
+            path = paths.sweep_best(corpus)
             final.save(path, {"variant": best.name, "corpus": corpus, "sweep_metric": sweep.metric})
             run.log_artifact(path, folder="best")
             if sweep.register_as:
@@ -96,8 +90,8 @@ def sweep_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
                                          {"point": best.name, sweep.metric: str(best_summary.get(sweep.metric))})
                 doc["registered"] = {"name": name, "version": version}
                 print(f"sweep[{corpus}]: registered {name} version {version}")
-        write_json(f"{out}/results.json", doc)
-        write_json(f"reports/metrics/sweep_{corpus}.json", metrics)
+        write_json(paths.sweep_results(corpus), doc)
+        write_json(paths.metrics("sweep", corpus), metrics)
         run.set_tags({"best_point": best.name})
         run.log_metrics(metrics)
         print(f"sweep[{corpus}]: best of {len(points)} points is {best.name} "

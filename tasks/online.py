@@ -8,6 +8,7 @@ from typing import Any
 
 from prefect import task
 
+from deepprune import paths
 from deepprune.answers import AnswerSpec
 from deepprune.config import Params
 from deepprune.judges.encoder import CosineJudge, SentenceEncoder, load_encoder_judge
@@ -21,7 +22,7 @@ def judge_model_path(params: Params) -> str | None:
     cfg = params.online.judge
     if params.judge.variants[cfg.variant].kind == "sbert_cosine":
         return None
-    return f"data/judge/{cfg.corpus}/models/{cfg.variant}.safetensors"
+    return paths.judge_model(cfg.corpus, cfg.variant)
 
 
 @task(cache_policy=NO_CACHE)

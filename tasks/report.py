@@ -7,6 +7,7 @@ import os
 
 from prefect import task
 
+from deepprune import paths
 from deepprune.io import atomic_open, read_json
 from deepprune.judges.evaluate import same_pairs_metrics
 from deepprune.pairs import per_problem_same_share, read_pairs
@@ -16,38 +17,36 @@ from tasks import IO_RETRIES, NO_CACHE
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
-def load_corpus_results(corpus: str, labels_dir: str, judge_dir: str, prune_dir: str, compare: list[str] | None = None,
-                        fnr: float = 0.2, threshold: float = 0.5) -> CorpusResults:
+def load_corpus_results(corpus: str, compare: list[str], fnr: float, threshold: float) -> CorpusResults:
     """One corpus's stage outputs, as the report needs them (stages a corpus did not run are left out); the
     `compare` judges are scored on exactly the pairs the causal-LM judge was evaluated on."""
     optional = lambda path: read_json(path) if os.path.exists(path) else None
-    pairs = read_pairs(f"{labels_dir}/pairs.jsonl")
-    with open(f"{judge_dir}/scores.jsonl", encoding="utf-8") as handle:
+    pairs = read_pairs(paths.pairs(corpus))
+    with open(paths.judge_scores(corpus), encoding="utf-8") as handle:
         rows = [json.loads(line) for line in handle]
     names = list(rows[0]["scores"]) if rows else []
-    judge_lm = optional(f"reports/metrics/judge_lm_{corpus}.json")
+    judge_lm = optional(paths.metrics("judge_lm", corpus))
     if judge_lm is not None and compare:
-        with open(f"data/judge_lm/{corpus}/scores.jsonl", encoding="utf-8") as handle:
+        with open(paths.judge_lm_scores(corpus), encoding="utf-8") as handle:
             lm_rows = [json.loads(line) for line in handle]
         by_pair = {(r["problem_id"], r["trace_a"], r["trace_b"]): r["scores"] for r in rows}
         for name, summary in same_pairs_metrics(lm_rows, by_pair, compare, fnr, threshold).items():
             judge_lm.update({f"judge_lm/{name}/{k}": v for k, v in summary.items()})
     return CorpusResults(
-        sample=read_json(f"reports/metrics/sample_{corpus}.json"),
-        label=read_json(f"reports/metrics/label_{corpus}.json"),
-        judge=read_json(f"reports/metrics/judge_{corpus}.json"),
+        sample=read_json(paths.metrics("sample", corpus)),
+        label=read_json(paths.metrics("label", corpus)),
+        judge=read_json(paths.metrics("judge", corpus)),
         per_problem_share=list(per_problem_same_share(pairs).values()),
         labels=[r["label"] for r in rows],
         scores={n: [r["scores"][n] for r in rows] for n in names},
-        folds=read_json(f"{judge_dir}/folds.json"),
-        prune=read_json(f"{prune_dir}/results.json"),
+        folds=read_json(paths.judge_folds(corpus)),
+        prune=read_json(paths.prune_results(corpus)),
         judge_lm=judge_lm,
-        sweep=optional(f"data/sweep/{corpus}/results.json"),
-        ablate=optional(f"data/ablate/{corpus}/results.json"),
-        online=({"metrics": read_json(f"reports/metrics/online_{corpus}.json"),
-                 "meta": read_json(f"data/online/{corpus}/meta.json")}
-                if os.path.exists(f"reports/metrics/online_{corpus}.json") and
-                os.path.exists(f"data/online/{corpus}/meta.json") else None))
+        sweep=optional(paths.sweep_results(corpus)),
+        ablate=optional(paths.ablate_results(corpus)),
+        online=({"metrics": read_json(paths.metrics("online", corpus)), "meta": read_json(paths.online_meta(corpus))}
+                if os.path.exists(paths.metrics("online", corpus)) and os.path.exists(paths.online_meta(corpus))
+                else None))
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)

@@ -54,8 +54,7 @@ def test_stage_flows_end_to_end(workspace):
     assert "Online pruning with real generation" in text and "deepprune_tau0.01" in text
     from tasks.report import load_corpus_results
 
-    res = load_corpus_results.fn("date", "data/labels/date", "data/judge/date", "data/prune/date",
-                                 ["encoder_focal_oversample", "sbert_cosine"])
+    res = load_corpus_results.fn("date", ["encoder_focal_oversample", "sbert_cosine"], 0.2, 0.5)
     for name in ("causal_lm", "causal_lm_zeroshot", "encoder_focal_oversample", "sbert_cosine"):
         assert res.judge_lm[f"judge_lm/{name}/n_pairs"] == 12  # every judge on the same held-out pairs
 
