@@ -15,7 +15,7 @@ from prefect import flow
 
 from deepprune import paths
 from deepprune.io import atomic_open, json_safe, write_json, write_jsonl
-from deepprune.sampling.live import make_engine, managed_server
+from deepprune.sampling.live import TRACE_SEED_RULE, make_engine, managed_server
 from deepprune.pruning.online import OnlineProblem, format_comparison, outcome_to_json
 from deepprune.sampling.problems import DATASETS, build_messages, load_problems
 from flows._stage import child_run, stage_params, stage_run
@@ -67,7 +67,7 @@ def online_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
                 "problems": [p.problem_id for p in problems], "judge": {**cfg.judge.model_dump(),
                                                                         "path": judge_model_path(params)},
                 "generation": params.sample.generation.model_dump(), "seed": params.seed,
-                "trace_seed": "sha256(f'{seed}:{problem_id}:{index}')[:4] & 0x7fffffff (as the sample stage)"}
+                "trace_seed": f"{TRACE_SEED_RULE} (as the sample stage)"}
         write_json(paths.online_meta(corpus), meta)
         table_md = format_comparison(comparison.table)
         with atomic_open(paths.online_comparison(corpus)) as fh:

@@ -10,7 +10,7 @@ from prefect import flow
 from deepprune import paths
 from deepprune.io import write_json
 from deepprune.sampling import SampleRequest
-from deepprune.sampling.live import managed_server
+from deepprune.sampling.live import TRACE_SEED_RULE, managed_server
 from deepprune.tokens import token_unit
 from flows._stage import stage_params, stage_run
 from tasks.sample import sample_traces, save_traces
@@ -39,8 +39,7 @@ def sample_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
                 # lengths, k and prefixes of this corpus are all in this tokenizer's tokens
                 "token_unit": token_unit(cfg.tokenizer, params.sample.backend, params.sample.model_path,
                                          params.sample.server.tokenizer_path),
-                "trace_seed": "sha256(f'{seed}:{problem_id}:{index}')[:4] & 0x7fffffff; trace_id = 's<seed>'" if live
-                else None}
+                "trace_seed": f"{TRACE_SEED_RULE}; trace_id = 's<seed>'" if live else None}
         write_json(paths.traces_meta(corpus), meta)
         run.log_params({"engine": meta["engine"]})
         run.log_artifact(paths.traces_meta(corpus))

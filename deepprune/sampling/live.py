@@ -27,6 +27,10 @@ from deepprune.sampling.problems import DATASETS, build_messages, load_problems
 from deepprune.services import service
 
 
+# trace_seed's rule in words, written into the meta files of the sample and online stages
+TRACE_SEED_RULE = "sha256(f'{seed}:{problem_id}:{index}')[:4] & 0x7fffffff"
+
+
 def trace_seed(seed: int, problem_id: str, index: int) -> int:
     """The seed of trace `index` of a problem: fixed by the run seed, independent of batching and order."""
     digest = hashlib.sha256(f"{seed}:{problem_id}:{index}".encode()).digest()
