@@ -287,24 +287,63 @@ def _fingerprint(cfg: JudgeLMConfig, seed: int, rows: Sequence[list[int]], label
 
 
 class Checkpoint:
-    """One resumable training state in a directory, written atomically (temp file + fsync + rename)."""
+    """One resumable training state in a directory: its tensors (weights, optimizer moments, torch's RNG state) as
+    safetensors and the rest (step, loss log, optimizer settings) as JSON in the file's metadata, so loading
+    unpickles nothing. Written atomically (temp file + fsync + rename)."""
 
     def __init__(self, directory: str | os.PathLike, fingerprint: str) -> None:
-        self.path = Path(directory) / f"checkpoint-{fingerprint}.pt"
+        self.path = Path(directory) / f"checkpoint-{fingerprint}.safetensors"
 
     def load(self) -> dict[str, Any] | None:
+        from safetensors import safe_open
+
         if not self.path.exists():
             return None
-        return torch.load(self.path, map_location="cpu", weights_only=False)
+        with safe_open(str(self.path), framework="pt") as handle:
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            meta = json.loads(handle.metadata()["state"])
+        return _unflatten_state(tensors, meta)
 
     def save(self, state: dict[str, Any]) -> None:
+        from safetensors.torch import save
+
+        tensors, meta = _flatten_state(state)
+        blob = save(tensors, metadata={"state": json.dumps(meta)})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")
         with open(tmp, "wb") as handle:
-            torch.save(state, handle)
+            handle.write(blob)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.path)
 
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
+
+def _flatten_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Training state as (named tensors, JSON-able rest): weights, optimizer per-parameter tensors, RNG state."""
+    tensors = {f"weights/{name}": value.contiguous() for name, value in state["weights"].items()}
+    moments: dict[str, dict[str, Any]] = {}
+    for index, slots in state["optimizer"]["state"].items():
+        for slot, value in slots.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer/{index}/{slot}"] = value.detach().cpu().contiguous()
+            else:
+                moments.setdefault(str(index), {})[slot] = value
+    tensors["torch_rng"] = state["torch_rng"]
+    meta = {"step": state["step"], "train_log": state["train_log"], "weights": list(state["weights"]),
+            "optimizer": {"param_groups": state["optimizer"]["param_groups"], "scalars": moments,
+                          "indices": [str(i) for i in state["optimizer"]["state"]]}}
+    return tensors, meta
+
+
+def _unflatten_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of _flatten_state: the dict fit_texts saved."""
+    opt_state: dict[int, dict[str, Any]] = {int(i): dict(meta["optimizer"]["scalars"].get(i, {}))
+                                            for i in meta["optimizer"]["indices"]}
+    for name, value in tensors.items():
+        if name.startswith("optimizer/"):
+            _, index, slot = name.split("/", 2)
+            opt_state[int(index)][slot] = value
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in group.items()} for group in meta["optimizer"]["param_groups"]]
+    return {"weights": {name: tensors[f"weights/{name}"] for name in meta["weights"]},
+            "optimizer": {"state": opt_state, "param_groups": groups}, "step": meta["step"],
+            "train_log": meta["train_log"], "torch_rng": tensors["torch_rng"]}

@@ -4,6 +4,7 @@ training, checkpoint resume and the errors a user can hit."""
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -93,6 +94,12 @@ def test_a_killed_fine_tune_resumes_from_its_checkpoint_and_ends_where_an_unbrok
     resumed = CausalLMJudge(cfg, 2, copy.deepcopy(model), tok).fit_texts(a, b, labels, tmp_path,
                                                                          on_step=lambda s, _: seen.append(s))
     assert seen == [3, 4]  # steps 1 and 2 came from the checkpoint
+    saved = list(tmp_path.iterdir())  # one checkpoint, safetensors with a JSON state: nothing unpickled on load
+    assert len(saved) == 1 and saved[0].suffix == ".safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(saved[0]), framework="pt") as handle:
+        assert json.loads(handle.metadata()["state"])["step"] == 4
     for name, value in whole.trainable_state().items():
         assert torch.allclose(value, resumed.trainable_state()[name], atol=1e-6), name
     assert resumed.train_log == pytest.approx(whole.train_log, abs=1e-6)
