@@ -15,7 +15,7 @@ export MLFLOW_TRACKING_URI := sqlite:///$(CURDIR)/.mlflow/mlflow.db
 export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup run test test-fast prefect-ui mlflow-ui serve bench
+.PHONY: setup run test test-fast prefect-ui mlflow-ui serve
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -58,16 +58,6 @@ class PairData:
     folds: np.ndarray
 
 
-def embed_pairs(pairs: Sequence[Pair], prefixes: Mapping[tuple[str, str], str], encoder: SentenceEncoder,
-                batch_size: int) -> PairData:
-    """Each distinct prefix encoded once; rows aligned with pairs."""
-    texts_a = [prefixes[(p.problem_id, p.trace_a)] for p in pairs]
-    texts_b = [prefixes[(p.problem_id, p.trace_b)] for p in pairs]
-    emb = encoder.embed(texts_a + texts_b, batch_size)
-    return PairData(texts_a, texts_b, emb[: len(pairs)], emb[len(pairs):],
-                    np.array([p.label for p in pairs], dtype=np.int64), np.array([p.fold for p in pairs]))
-
-
 def pair_data(pairs: Sequence[Pair], texts: Mapping[tuple[str, str], str],
               vectors: Mapping[tuple[str, str], np.ndarray] | None = None) -> PairData:
     """PairData from the pairs' prefix texts and, for the embedding judges, their precomputed embeddings (the

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from deepprune.sampling.base import Sampler, SampleRequest, get_sampler, register_sampler
+from deepprune.sampling.base import Sampler, SampleRequest, get_sampler
 
-__all__ = ["SampleRequest", "Sampler", "get_sampler", "register_sampler"]
+__all__ = ["SampleRequest", "Sampler", "get_sampler"]

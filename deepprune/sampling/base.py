@@ -44,11 +44,6 @@ _REGISTRY: dict[str, str] = {"replay": "deepprune.sampling.replay:ReplaySampler"
                              "live": "deepprune.sampling.live:LiveSampler"}
 
 
-def register_sampler(name: str, target: str) -> None:
-    """Register a backend as 'module:factory' (imported lazily)."""
-    _REGISTRY[name] = target
-
-
 def get_sampler(name: str) -> Sampler:
     """Instantiate a backend by name, or fail naming the known ones."""
     if name not in _REGISTRY:
