@@ -1,16 +1,23 @@
-"""Every stage flow for real, under prefect_test_harness, on a tiny workspace."""
+"""Every stage flow for real, under prefect_test_harness, on a tiny workspace: the recorded corpora through every
+stage that needs no model to generate or fine-tune (fast), and the live corpus, the causal-LM judge and the
+online stage (slow)."""
 
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 
 import pytest
+import yaml
 from prefect.testing.utilities import prefect_test_harness
 
+from deepprune import paths
 from deepprune.io import read_json
+from deepprune.metric_names import ablate_names
 from tests.conftest import mlflow_runs
 
 VARIANTS = ("sbert_cosine", "encoder_plain", "encoder_focal", "encoder_oversample", "encoder_focal_oversample")
+RECORDED = ("math", "date")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -19,73 +26,187 @@ def prefect_harness():
         yield
 
 
-def test_stage_flows_end_to_end(workspace):
+def _jsonl(path) -> list[dict]:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def _recorded_only(workspace, **sweep) -> None:
+    """The tiny params without the live corpus (and the stages that only run on it)."""
+    raw = yaml.safe_load((workspace / "params.yaml").read_text())
+    del raw["corpora"]["live"]
+    raw["online"]["corpora"], raw["judge_lm"]["corpora"] = [], []
+    raw["sweep"].update(sweep)
+    (workspace / "params.yaml").write_text(yaml.safe_dump(raw))
+
+
+def _sample_label_embed(workspace, corpus: str, problems: int) -> None:
+    """sample, label and embed one corpus, each checked against what the files it wrote say."""
     from flows.embed import embed_flow
-    from flows.judge import judge_flow
     from flows.label import label_flow
-    from flows.prune import prune_flow
-    from flows.report import report_flow
     from flows.sample import sample_flow
 
-    for corpus in ("math", "date", "live"):
-        sample_metrics = sample_flow(corpus)
-        assert sample_metrics["sample/problems"] == (3 if corpus == "live" else 8)
-        label_metrics = label_flow(corpus)
-        assert 0 < label_metrics["label/same_answer_share"] <= 1 or corpus == "live"  # random weights: no answers
-        assert embed_flow(corpus)["embed/prefix_sets"] == 3
+    sampled = sample_flow(corpus)
+    traces = _jsonl(workspace / paths.traces(corpus))
+    assert sampled["sample/problems"] == len({t["problem_id"] for t in traces}) == problems
+    assert sampled["sample/total_tokens"] == sum(t["n_tokens"] for t in traces)
+    labelled = label_flow(corpus)
+    _check_labels(workspace, corpus, traces, labelled)
+    assert embed_flow(corpus)["embed/prefix_sets"] == 3  # tokens_k [16, 32] and reasoning_words_k [5]
+
+
+def _counts(traces: list[dict]) -> dict[str, int]:
+    """Traces per problem."""
+    counts: dict[str, int] = defaultdict(int)
+    for t in traces:
+        counts[t["problem_id"]] += 1
+    return counts
+
+
+def _check_labels(workspace, corpus: str, traces: list[dict], metrics: dict) -> None:
+    """Every within-problem pair once; identical answers are 'same', a missing answer never is; for the regex
+    corpora (exact-match answers) the labels are exactly answer equality."""
+    answers = {(t["problem_id"], t["trace_id"]): t["answer"] for t in traces}
+    pairs = _jsonl(workspace / paths.pairs(corpus))
+    assert len(pairs) == metrics["label/n_pairs"] == sum(n * (n - 1) // 2 for n in _counts(traces).values())
+    assert metrics["label/same_answer_share"] == pytest.approx(sum(p["label"] for p in pairs) / len(pairs))
+    for p in pairs:
+        a, b = answers[(p["problem_id"], p["trace_a"])], answers[(p["problem_id"], p["trace_b"])]
+        if a is None or b is None:
+            assert p["label"] == 0
+        elif a == b or corpus != "math":  # math: equivalence goes beyond equal strings (math-verify)
+            assert p["label"] == int(a == b)
+
+
+def _check_prune(workspace, corpus: str, k: int) -> None:
+    """cons@N runs every trace to its end; DeepPrune pays at least every trace's prefix and at most cons@N."""
+    from flows.prune import prune_flow
+
+    metrics = prune_flow(corpus)
+    traces = _jsonl(workspace / paths.traces(corpus))
+    assert metrics["prune/n"] == min(_counts(traces).values())  # prune.n null: every draw takes all of them
+    assert metrics["prune/cons/tokens"] == sum(t["n_tokens"] for t in traces)
+    floor = sum(min(t["n_tokens"], k) for t in traces)
+    dp = metrics["prune/deepprune_tau0.5/tokens"]
+    assert floor <= dp <= metrics["prune/cons/tokens"]
+    assert metrics["prune/deepprune_tau0.5/token_reduction"] == pytest.approx(1 - dp / metrics["prune/cons/tokens"])
+    assert metrics["prune/deepprune_tau0.5/judge_calls"] > 0
+    assert read_json(workspace / paths.prune_results(corpus))["summary"]["deepconf_low_online"] == {
+        "skipped": "needs logprobs"}
+
+
+def test_recorded_corpora_through_every_fast_stage(workspace):
+    from flows.judge import judge_flow
+    from flows.report import report_flow
+
+    _recorded_only(workspace, metric="tnr_at_fnr_0.2")
+    for corpus in RECORDED:
+        _sample_label_embed(workspace, corpus, problems=8)
     judge_metrics = judge_flow("date")
     for variant in VARIANTS:
-        assert f"judge/{variant}/auroc" in judge_metrics
-        assert (workspace / "data/judge/date/models" / f"{variant}.safetensors").exists() == (variant != "sbert_cosine")
+        assert f"judge/{variant}/accuracy_at_0.5" in judge_metrics
+        assert (workspace / paths.judge_model("date", variant)).exists() == (variant != "sbert_cosine")
     judge_flow("math")
-    judge_flow("live")
-    _judge_lm_sweep_and_ablation(workspace)
-    for corpus in ("math", "date", "live"):
-        prune_metrics = prune_flow(corpus)
-        assert prune_metrics["prune/cons/token_reduction"] == 0
-        assert prune_metrics["prune/deepprune_tau0.5/tokens"] <= prune_metrics["prune/cons/tokens"]
-    _online(workspace)
-    results = read_json(workspace / "data/prune/date/results.json")
-    assert results["summary"]["deepconf_low_online"] == {"skipped": "needs logprobs"}
-    page = report_flow()
-    text = (workspace / page).read_text()
-    assert "Inter-trace redundancy" in text and "Online pruning" in text
-    assert "causal-LM judge" in text and "Focal-loss sweep" in text and "Table 1" in text
-    assert "Online pruning with real generation" in text and "deepprune_tau0.01" in text
-    from tasks.report import load_corpus_results
+    _sweep_by_tnr(workspace)
+    _ablation_keys(workspace)
+    for corpus in RECORDED:
+        _check_prune(workspace, corpus, k=32)
+    text = (workspace / report_flow()).read_text()
+    assert "Inter-trace redundancy" in text and "Online pruning" in text and "Table 1" in text
+    assert "Focal-loss sweep" in text and "causal-LM judge" not in text  # judge_lm ran on no corpus
+    _judge_runs_in_mlflow(workspace, {"judge@date", "judge@math"})
 
-    res = load_corpus_results.fn("date", ["encoder_focal_oversample", "sbert_cosine"], 0.2, 0.5)
-    for name in ("causal_lm", "causal_lm_zeroshot", "encoder_focal_oversample", "sbert_cosine"):
-        assert res.judge_lm[f"judge_lm/{name}/n_pairs"] == 12  # every judge on the same held-out pairs
 
-    live = [json.loads(line) for line in open(workspace / "data/traces/live.jsonl")]
-    assert len(live) == 12 and all(t["tokenizer"] == "engine" and 0 < t["n_tokens"] <= 24 for t in live)
-    assert {t["finish_reason"] for t in live} <= {"stop", "length"} and len({t["trace_id"] for t in live}) == 12
-    assert len(list((workspace / ".cache/sample/live").rglob("*.jsonl"))) == 3  # one checkpoint per problem, here
-    meta = read_json(workspace / "data/traces/live.meta.json")
-    assert meta["engine"]["engine"] == "transformers" and meta["generation"]["max_tokens"] == 24 and meta["n"] == 4
+def _sweep_by_tnr(workspace):
+    from mlflow.tracking import MlflowClient
 
-    traces = [json.loads(line) for line in open(workspace / "data/traces/date.jsonl")]
-    assert len(traces) == 80 and {t["dataset"] for t in traces} == {"date"}
-    pairs = [json.loads(line) for line in open(workspace / "data/labels/date/pairs.jsonl")]
-    assert len(pairs) == 8 * 45 and {p["fold"] for p in pairs} == {0, 1}
-    assert read_json(workspace / "reports/metrics/label_date.json")["label/n_pairs"] == 360
+    from flows.sweep import run_sweep
 
     uri = f"sqlite:///{workspace / 'mlflow.db'}"
-    runs = mlflow_runs(uri, "deepprune/judge")
+    sweep = run_sweep("date")
+    assert sweep["sweep/points"] == 2
+    results = read_json(workspace / paths.sweep_results("date"))
+    scores = {p["name"]: p["summary"]["tnr_at_fnr_0.2"] for p in results["points"]}
+    assert results["metric"] == "tnr_at_fnr_0.2" and scores[results["best"]] == max(scores.values())
+    assert sweep["sweep/best/tnr_at_fnr_0.2"] == max(scores.values())
+    points = [r for r in mlflow_runs(uri, "deepprune/sweep") if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(r.data.tags["variant"] for r in points) == ["ce", "focal_g2.0"]
+    assert len({frozenset(r.data.metrics) for r in points}) == 1 and "tnr_at_fnr_0.2" in points[0].data.metrics
+    versions = MlflowClient(tracking_uri=uri).search_model_versions("name='deepprune-judge-date'")
+    assert [str(v.version) for v in versions] == [results["registered"]["version"]] == ["1"]
+    assert versions[0].tags["point"] == results["best"]
+
+
+def _ablation_keys(workspace):
+    from flows.ablate import ablate_flow
+
+    ablation = ablate_flow("date")
+    truncations = ("tokens_16", "tokens_32", "reasoning_words_5")  # every prefix label built
+    assert set(ablation) == {f"ablate/{t}/{v}/{key}" for t in truncations for v in VARIANTS
+                             for key in ablate_names(0.2, 0.5)}
+    assert {"auroc", "tnr_at_fnr_0.2", "tnr_at_0.5", "accuracy_at_0.5"} <= set(ablate_names(0.2, 0.5))
+    rows = read_json(workspace / paths.ablate_results("date"))["rows"]
+    for row in rows:  # the metrics file holds what the results file holds
+        key = f"ablate/{row['strategy']}_{row['k']}/{row['variant']}/accuracy_at_0.5"
+        assert ablation[key] == row["summary"]["accuracy_at_0.5"] and 0 <= ablation[key] <= 1
+    children = [r for r in mlflow_runs(f"sqlite:///{workspace / 'mlflow.db'}", "deepprune/ablate")
+                if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == len(truncations)
+
+
+def _judge_runs_in_mlflow(workspace, stages: set[str]) -> None:
+    runs = mlflow_runs(f"sqlite:///{workspace / 'mlflow.db'}", "deepprune/judge")
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert {r.data.tags["dvc_stage"] for r in parents} == {"judge@date", "judge@math", "judge@live"}
+    assert {r.data.tags["dvc_stage"] for r in parents} == stages
     assert all(r.info.status == "FINISHED" for r in runs)
     assert all(r.data.tags["prefect_flow_run_id"] != "none" for r in parents)
-    assert len(children) == 15
+    assert len(children) == 5 * len(stages)
     date_children = [r for r in children if r.data.tags["corpus"] == "date"]
     assert {r.data.tags["variant"] for r in date_children} == set(VARIANTS)
     assert len({frozenset(r.data.metrics) for r in date_children}) == 1  # the compare view lines them up
-    assert "auroc" in date_children[0].data.metrics
     parent_date = next(r for r in parents if r.data.tags["dvc_stage"] == "judge@date")
     assert parent_date.data.params["judge.train.focal.gamma"] == "2.0"
     assert "judge/encoder_focal_oversample/auroc" in parent_date.data.metrics
+
+
+@pytest.mark.slow  # generates and fine-tunes with a (tiny random) model
+@pytest.mark.generation
+def test_live_generation_causal_lm_judge_and_online_stage(workspace):
+    from flows.judge import judge_flow
+    from flows.judge_lm import judge_lm_flow
+    from flows.report import report_flow
+    from tasks.report import load_corpus_results
+
+    for corpus, problems in (("math", 8), ("date", 8), ("live", 3)):
+        _sample_label_embed(workspace, corpus, problems)
+        judge_flow(corpus)
+    live = _jsonl(workspace / paths.traces("live"))
+    assert len(live) == 12 and all(t["tokenizer"] == "engine" and 0 < t["n_tokens"] <= 24 for t in live)
+    assert {t["finish_reason"] for t in live} <= {"stop", "length"} and len({t["trace_id"] for t in live}) == 12
+    assert len(list((workspace / paths.sample_cache("live")).rglob("*.jsonl"))) == 3  # one checkpoint a problem
+    meta = read_json(workspace / paths.traces_meta("live"))
+    assert meta["engine"]["engine"] == "transformers" and meta["generation"]["max_tokens"] == 24 and meta["n"] == 4
+
+    lm = judge_lm_flow("date")
+    for name in ("causal_lm", "causal_lm_zeroshot"):
+        assert lm[f"judge_lm/{name}/n_pairs"] == 12  # 2 folds x 3 pairs per class, the same pairs for both
+        assert lm[f"judge_lm/{name}/auroc_folds"] == 2
+    assert lm["judge_lm/score_pairs_per_second"] > 0 and lm["judge_lm/train_pairs_per_second"] > 0
+    assert (workspace / paths.judge_lm_model("date", 0)).exists()
+    uri = f"sqlite:///{workspace / 'mlflow.db'}"
+    children = [r for r in mlflow_runs(uri, "deepprune/judge_lm") if "mlflow.parentRunId" in r.data.tags]
+    assert {r.data.tags["variant"] for r in children} == {"causal_lm", "causal_lm_zeroshot"}
+    assert len({frozenset(r.data.metrics) for r in children}) == 1
+
+    for corpus in ("math", "date", "live"):
+        _check_prune(workspace, corpus, k=32)
+    _online(workspace)
+    text = (workspace / report_flow()).read_text()
+    assert "causal-LM judge" in text and "Online pruning with real generation" in text and "deepprune_tau0.01" in text
+    res = load_corpus_results.fn("date", ["encoder_focal_oversample", "sbert_cosine"], 0.2, 0.5)
+    for name in ("causal_lm", "causal_lm_zeroshot", "encoder_focal_oversample", "sbert_cosine"):
+        assert res.judge_lm[f"judge_lm/{name}/n_pairs"] == 12  # every judge on the same held-out pairs
 
 
 def _online(workspace):
@@ -96,59 +217,18 @@ def _online(workspace):
     assert metrics["online/cons/token_reduction"] == 0 and metrics["online/cons/stopped_pruned"] == 0
     assert metrics["online/deepprune_tau0.01/stopped_pruned"] > 0 and merged < cons  # real generation, stopped early
     assert metrics["online/deepprune_tau0.01/token_reduction"] == pytest.approx(1 - merged / cons)
-    rows = [json.loads(line) for line in open(workspace / "data/online/live/outcomes.jsonl")]
+    rows = _jsonl(workspace / paths.online_outcomes("live"))
     assert len(rows) == 4 * 2 and {len(r["traces"]) for r in rows} == {4}  # 4 methods x 2 problems, N = 4 each
     assert all(t["stop_reason"] in ("finished", "pruned", "confidence_stop", "length") for r in rows for t in r["traces"])
     assert all(t["n_tokens"] <= 24 for r in rows for t in r["traces"])
-    assert read_json(workspace / "data/online/live/meta.json")["engine"]["engine"] == "transformers"
-    shards = list((workspace / ".cache/online/live").rglob("*.json"))
-    assert len(shards) == 8
+    assert read_json(workspace / paths.online_meta("live"))["engine"]["engine"] == "transformers"
+    assert len(list((workspace / paths.online_cache("live")).rglob("*.json"))) == 8
     assert online_flow("live") == metrics  # a rerun reads every (method, problem) back from its shard
     runs = mlflow_runs(f"sqlite:///{workspace / 'mlflow.db'}", "deepprune/online")
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert {r.data.tags["variant"] for r in children} == {"cons", "deepprune_tau0.5", "deepprune_tau0.01",
                                                          "deepconf_eta90"}
     assert len({frozenset(r.data.metrics) for r in children}) == 1  # the compare view lines them up
-
-
-def _judge_lm_sweep_and_ablation(workspace):
-    from flows.ablate import ablate_flow
-    from flows.judge_lm import judge_lm_flow
-    from flows.sweep import run_sweep
-
-    uri = f"sqlite:///{workspace / 'mlflow.db'}"
-    lm = judge_lm_flow("date")
-    for name in ("causal_lm", "causal_lm_zeroshot"):
-        assert lm[f"judge_lm/{name}/n_pairs"] == 12  # 2 folds x 3 pairs per class, the same pairs for both
-        assert lm[f"judge_lm/{name}/auroc_folds"] == 2
-    assert lm["judge_lm/score_pairs_per_second"] > 0 and lm["judge_lm/train_pairs_per_second"] > 0
-    assert (workspace / "data/judge_lm/date/models/fold0.safetensors").exists()
-    children = [r for r in mlflow_runs(uri, "deepprune/judge_lm") if "mlflow.parentRunId" in r.data.tags]
-    assert {r.data.tags["variant"] for r in children} == {"causal_lm", "causal_lm_zeroshot"}
-    assert len({frozenset(r.data.metrics) for r in children}) == 1
-
-    sweep = run_sweep("date")
-    assert sweep["sweep/points"] == 2
-    runs = mlflow_runs(uri, "deepprune/sweep")
-    points = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert sorted(r.data.tags["variant"] for r in points) == ["ce", "focal_g2.0"]
-    assert len({frozenset(r.data.metrics) for r in points}) == 1 and "auroc" in points[0].data.metrics
-    assert all(r.info.status == "FINISHED" for r in runs)
-    results = read_json(workspace / "data/sweep/date/results.json")
-    from mlflow.tracking import MlflowClient
-
-    versions = MlflowClient(tracking_uri=uri).search_model_versions("name='deepprune-judge-date'")
-    assert [str(v.version) for v in versions] == [results["registered"]["version"]] == ["1"]
-    assert versions[0].tags["point"] == results["best"]
-
-    ablation = ablate_flow("date")
-    rows = read_json(workspace / "data/ablate/date/results.json")["rows"]
-    truncations = {(r["strategy"], r["k"]) for r in rows}
-    assert truncations == {("tokens", 16), ("tokens", 32), ("reasoning_words", 5)}  # what label built
-    assert len(rows) == len(truncations) * 5  # one result per (strategy, k) for each variant
-    assert "ablate/tokens_32/encoder_focal_oversample/auroc" in ablation
-    children = [r for r in mlflow_runs(uri, "deepprune/ablate") if "mlflow.parentRunId" in r.data.tags]
-    assert len(children) == len(truncations)
 
 
 def test_failed_stage_marks_the_mlflow_run_failed(workspace):

@@ -54,6 +54,7 @@ def test_render_prompt_uses_the_chat_template_and_ends_before_the_answer(tiny_lm
 
 
 @pytest.mark.parametrize("lora", [True, False])
+@pytest.mark.slow  # fine-tunes a model
 def test_fine_tuning_lowers_the_loss_and_separates_the_classes(tiny_lm, lm, lora):
     model, tok = lm
     cfg = _cfg(tiny_lm, steps=30, batch_size=8, lr=2e-2 if lora else 3e-3, loss="focal", oversample=True,
@@ -74,6 +75,7 @@ def test_fine_tuning_lowers_the_loss_and_separates_the_classes(tiny_lm, lm, lora
     assert judge.training.pairs == 30 * 8
 
 
+@pytest.mark.slow  # fine-tunes a model
 def test_a_killed_fine_tune_resumes_from_its_checkpoint_and_ends_where_an_unbroken_one_does(tiny_lm, lm, tmp_path):
     model, tok = lm
     cfg = _cfg(tiny_lm, steps=4, batch_size=2, checkpoint_every=1)
@@ -123,6 +125,7 @@ def test_clear_errors(tiny_lm, lm, tmp_path):
         JudgeLMConfig.model_validate(raw)
 
 
+@pytest.mark.slow  # fine-tunes a model
 def test_a_random_qwen3_built_from_a_config_serves_as_the_judge(tiny_lm):
     """The GPU check's path (no download: BPE trained here, Qwen3 from a config), run tiny on CPU."""
     from deepprune.models import random_qwen3, train_tokenizer

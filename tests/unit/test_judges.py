@@ -62,11 +62,25 @@ def test_registry():
     np.testing.assert_allclose(CosineJudge(None, None, "ce", False, 0).score(a, a), 1.0, rtol=1e-5)
 
 
-def test_time_judge_reports_positive_costs():
+def test_time_judge_divides_each_cost_by_what_it_timed():
+    """Per prefix: the encoder's time over the prefixes encoded; per pair: the judge's time over the n^2 pairs."""
+    import time
+
     from deepprune.judges.evaluate import time_judge
 
-    rng = np.random.default_rng(0)
-    encoder = SimpleNamespace(dim=16, path="stub", embed=lambda texts, batch: rng.normal(size=(len(texts), 16)).astype(np.float32))
-    judge = EncoderJudge(encoder, TrainConfig(epochs=1, hidden=8), "ce", False, seed=0)
-    cost = time_judge(encoder, judge, ["a", "b", "c"], repeats=2)
-    assert cost["encode_seconds_per_prefix"] > 0 and cost["score_seconds_per_pair"] > 0
+    seen: list[list[str]] = []
+
+    def embed(texts, batch):
+        seen.append(list(texts))
+        time.sleep(0.004 * len(texts))  # 4 ms a prefix
+        return np.ones((len(texts), 16), dtype=np.float32)
+
+    class Judge:
+        def score(self, a, b):
+            time.sleep(0.001 * len(a))  # 1 ms a pair
+            return np.zeros(len(a))
+
+    cost = time_judge(SimpleNamespace(embed=embed), Judge(), ["a", "b", "c", "d"], repeats=2)
+    assert 0.004 <= cost["encode_seconds_per_prefix"] < 0.012  # per batch would be 0.016
+    assert 0.001 <= cost["score_seconds_per_pair"] < 0.003  # 16 pairs scored; per prefix would be 0.004
+    assert seen == [["a ", "b ", "c ", "d "]] * 2  # fresh strings every repeat: no encoder cache helps

@@ -66,6 +66,7 @@ def test_problem_sets_load_with_gold_answers_and_prompts():
     assert messages[-1]["content"].startswith(gsm.question) and "\\boxed{}" in messages[-1]["content"]
 
 
+@pytest.mark.slow  # generates with a model
 def test_transformers_engine_is_seeded_per_trace_and_respects_budgets(engine, engine64):
     prompt = engine.render([{"role": "user", "content": "What is 2 + 2?"}])
     batch = engine.generate([GenJob(prompt, 10, seed) for seed in (1, 2, 3, 4)])
@@ -83,6 +84,7 @@ def test_transformers_engine_is_seeded_per_trace_and_respects_budgets(engine, en
         engine.generate([GenJob(prompt * 400, 10, 1)])
 
 
+@pytest.mark.slow  # generates with a model
 def test_openai_backend_streams_logprobs_cancels_and_resumes_against_a_real_server(engine64, server):
     url, _ = server
     client = OpenAIEngine(url, "tiny", GenerationSettings(0.8, 0.95, 4), max_concurrency=3)
@@ -163,6 +165,7 @@ def test_bad_servers_give_clear_errors_and_transient_ones_are_retried(fake, serv
         TransformersEngine("/no/such/model")
 
 
+@pytest.mark.slow  # generates with a model
 def test_a_resumed_trace_goes_on_exactly_where_it_stopped(engine64):
     prompt = engine64.render([{"role": "user", "content": "What is 5 + 8?"}])
     whole = engine64.generate([GenJob(prompt, 20, seed) for seed in (7, 8)])
@@ -173,6 +176,7 @@ def test_a_resumed_trace_goes_on_exactly_where_it_stopped(engine64):
         assert w.logprobs == h.logprobs + t.logprobs
 
 
+@pytest.mark.slow  # generates with a model
 def test_online_deepprune_spends_fewer_tokens_than_cons_on_the_same_seeds(engine64):
     engine = engine64
     prompt = engine.render([{"role": "user", "content": "What is 3 * 7?"}])
@@ -220,6 +224,7 @@ class _Counting:
         return self.inner.generate(jobs)
 
 
+@pytest.mark.slow  # generates with a model
 def test_the_live_sampler_checkpoints_each_problem_and_resumes_without_regenerating(engine, tmp_path):
     corpus = CorpusConfig(importer="live", dataset="gsm8k", limit=3, model="tiny")
     cfg = SampleConfig(backend="transformers", n=2, generation={"max_tokens": 8})
@@ -261,6 +266,7 @@ for problem in LiveSampler(engine).sample(SampleRequest("live", corpus, cfg, see
 """
 
 
+@pytest.mark.slow  # generates with a model
 def test_a_sigkilled_sampling_run_resumes_from_its_shards(tiny_lm, engine, tmp_path):
     import os
     import signal
@@ -286,6 +292,7 @@ def test_a_sigkilled_sampling_run_resumes_from_its_shards(tiny_lm, engine, tmp_p
     assert len(problems) == 3 and counting.calls == 2 and request.stats["resumed_problems"] == 1
 
 
+@pytest.mark.slow  # generates with a model
 def test_the_platform_starts_and_stops_a_server_from_params_and_samples_through_it(tiny_lm, tmp_path):
     """sample.server.start_command: the sample stage's way to bring up an OpenAI-compatible server for a run."""
     import socket
