@@ -30,7 +30,7 @@ def ablate_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
     cfg = params.ablate
     with stage_run("ablate", corpus, {"seed": params.seed, "ablate": cfg.model_dump(), "train": params.judge.train.model_dump(),
                                       "label.folds": params.label.folds}) as run:
-        pairs, prefixes = load_labels(paths.labels_dir(corpus))
+        pairs, prefixes = load_labels(corpus)
         encoder = load_encoder(params.judge.encoder_path, params.judge.max_length)
         rows = run_ablation(pairs, prefixes, load_embeddings(paths.embeddings(corpus)), params.judge, list(cfg.variants),
                             encoder, params.seed)

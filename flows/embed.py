@@ -20,7 +20,7 @@ def embed_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
     cfg = params.judge
     with stage_run("embed", corpus, {"encoder_path": cfg.encoder_path, "max_length": cfg.max_length,
                                      "batch_size": cfg.batch_size}) as run:
-        _, prefixes = load_labels(paths.labels_dir(corpus))
+        _, prefixes = load_labels(corpus)
         encoder = load_encoder(cfg.encoder_path, cfg.max_length)
         start = time.perf_counter()
         table = encode_prefixes(prefixes, encoder, cfg.batch_size)

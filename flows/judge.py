@@ -28,7 +28,7 @@ def judge_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
     cfg = params.judge
     prefix = prefix_name(cfg.truncation.strategy, cfg.truncation.k)
     with stage_run("judge", corpus, {"seed": params.seed, "judge": cfg.model_dump()}) as run:
-        pairs, prefixes = load_labels(paths.labels_dir(corpus))
+        pairs, prefixes = load_labels(corpus)
         encoder = load_encoder(cfg.encoder_path, cfg.max_length)
         data = make_pair_data(pairs, prefixes, load_embeddings(paths.embeddings(corpus)), prefix,
                               paths.prefixes(corpus))

@@ -27,7 +27,7 @@ def judge_lm_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, fl
     prefix = prefix_name(cfg.truncation.strategy, cfg.truncation.k)
     with stage_run("judge_lm", corpus, {"seed": params.seed, "judge_lm": cfg.model_dump(),
                                         "prompt_version": cfg.prompt.version}) as run:
-        pairs, prefixes = load_labels(paths.labels_dir(corpus))
+        pairs, prefixes = load_labels(corpus)
         data = pair_data(pairs, prefix_texts(prefixes, prefix, paths.prefixes(corpus)))
         model, tokenizer = load_lm(cfg.model_path, cfg.dtype, cfg.device)
         result = evaluate_lm_judge(data.texts_a, data.texts_b, data.labels, data.folds, cfg, params.seed,

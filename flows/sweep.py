@@ -50,7 +50,7 @@ def sweep_point_flow(point: SweepPoint, parent: Run, params: Params, corpus: str
 
 
 def _point_data(params: Params, corpus: str) -> tuple[PairData, Any, tuple[Any, Any] | None]:
-    pairs, prefixes = load_labels(paths.labels_dir(corpus))
+    pairs, prefixes = load_labels(corpus)
     path = paths.prefixes(corpus)
     if params.sweep.judge == "encoder":
         prefix = prefix_name(params.judge.truncation.strategy, params.judge.truncation.k)

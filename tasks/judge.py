@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import task
 
+from deepprune import paths
 from deepprune.config import JudgeConfig, VariantConfig
 from deepprune.judges.embeddings import EmbeddingTable, embed_table, load_table, save_table
 from deepprune.judges.encoder import EncoderJudge, SentenceEncoder
@@ -13,9 +14,9 @@ from tasks import IO_RETRIES, NO_CACHE
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
-def load_labels(labels_dir: str) -> tuple[list[Pair], dict[tuple[str, str], dict[str, str]]]:
+def load_labels(corpus: str) -> tuple[list[Pair], dict[tuple[str, str], dict[str, str]]]:
     """The labelled pairs and every prefix of every trace, as the label stage wrote them."""
-    return read_pairs(f"{labels_dir}/pairs.jsonl"), read_prefixes(f"{labels_dir}/prefixes.jsonl")
+    return read_pairs(paths.pairs(corpus)), read_prefixes(paths.prefixes(corpus))
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
