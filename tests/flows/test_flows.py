@@ -12,6 +12,7 @@ import yaml
 from prefect.testing.utilities import prefect_test_harness
 
 from deepprune import paths
+from deepprune.config import read_params
 from deepprune.io import read_json
 from deepprune.metric_names import ablate_names
 from tests.conftest import mlflow_runs
@@ -33,7 +34,7 @@ def _jsonl(path) -> list[dict]:
 
 def _recorded_only(workspace, **sweep) -> None:
     """The tiny params without the live corpus (and the stages that only run on it)."""
-    raw = yaml.safe_load((workspace / "params.yaml").read_text())
+    raw = read_params(workspace / "params.yaml")
     del raw["corpora"]["live"]
     raw["online"]["corpora"], raw["judge_lm"]["corpora"] = [], []
     raw["sweep"].update(sweep)

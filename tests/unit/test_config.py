@@ -95,7 +95,7 @@ def _defaults_differing_from(model_type, given: dict, where: str) -> list[str]:
 def test_the_schema_has_no_default_that_differs_from_params_yaml():
     from deepprune.config import Params
 
-    shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
+    shipped = read_params(ROOT / "params.yaml")
     load_params(ROOT / "params.yaml")  # every given value is valid
     assert _defaults_differing_from(Params, shipped, "") == []
     # the walk sees what it should: a wrong default anywhere in a section is reported

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from deepprune import paths
+from deepprune.config import read_params
 from tests.conftest import ROOT
 
 # stage -> (outs, metrics) for one foreach item (a corpus), as deepprune.paths names them
@@ -46,7 +47,7 @@ def _interpolate(text: str, params: dict[str, Any], key: str | None, item: Any) 
 
 def expanded_stages() -> dict[str, dict[str, Any]]:
     """dvc.yaml with every foreach expanded ('judge@math'), every interpolation resolved against params.yaml."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = read_params(ROOT / "params.yaml")
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     out = {}
     for name, stage in stages.items():
@@ -66,7 +67,7 @@ def _names(entries: list[Any]) -> list[str]:
 
 
 def test_every_stage_writes_where_deepprune_paths_says():
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = read_params(ROOT / "params.yaml")
     stages = expanded_stages()
     per_corpus = {"judge_lm": params["judge_lm"]["corpora"], "online": params["online"]["corpora"]}
     expected_names = {f"{s}@{c}" for s in EXPECTED if s != "report" for c in per_corpus.get(s, params["corpora"])}
@@ -89,4 +90,4 @@ def test_every_stage_reads_data_some_stage_writes_or_the_shipped_raw_data():
 
 def test_the_interpolation_resolves_online_judge_corpus():
     stage = expanded_stages()["online@live"]
-    assert paths.judge_dir(yaml.safe_load((ROOT / "params.yaml").read_text())["online"]["judge"]["corpus"]) in stage["deps"]
+    assert paths.judge_dir(read_params(ROOT / "params.yaml")["online"]["judge"]["corpus"]) in stage["deps"]
