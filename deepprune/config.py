@@ -302,8 +302,9 @@ class AblateConfig(_Strict):
 class DeepConfConfig(_Strict):
     """DeepConf (Fu et al. 2025), DESIGN.md section 4; runs only on traces that carry logprobs."""
 
-    window: int = Field(2048, ge=1, description="sliding window of token confidences (the paper: 2048)")
-    warmup: int = Field(16, ge=1, description="warm-up traces that run to completion and set the threshold")
+    window: int = Field(32, ge=1, description="sliding window of token confidences (the paper: 2048)")
+    warmup: int = Field(3, ge=1, description="warm-up traces that run to completion and set the threshold "
+                                             "(the paper: 16)")
     low_eta: float = Field(10, gt=0, le=100, description="DeepConf-low keeps the top eta%")
     high_eta: float = Field(90, gt=0, le=100, description="DeepConf-high keeps the top eta%")
     consensus: float | None = Field(None, gt=0, le=1, description="stop sampling once one answer holds this share "
