@@ -13,7 +13,7 @@ from deepprune.io import write_json
 from deepprune.judges.evaluate import AblationRow, truncation_ablation
 from deepprune.metric_names import ablate_names
 from deepprune.metrics import finite_or_none
-from flows._stage import child_run, stage_params, stage_run
+from flows._stage import child_run, run_stage, stage_params, stage_run
 from tasks import NO_CACHE
 from tasks.judge import load_embeddings, load_encoder, load_labels
 
@@ -24,7 +24,7 @@ def run_ablation(pairs, prefixes, table, cfg, variants, encoder, seed) -> list[A
     return truncation_ablation(pairs, prefixes, table, cfg, variants, encoder, seed)
 
 
-@flow(name="ablate", log_prints=True)
+@flow(name="ablate", flow_run_name="ablate@{corpus}", log_prints=True)
 def ablate_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float | None]:
     params = stage_params(params_path)
     cfg = params.ablate
@@ -58,7 +58,7 @@ def ablate_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
 
 
 def main() -> None:
-    ablate_flow(sys.argv[1])
+    run_stage("ablate", ablate_flow, sys.argv[1])
 
 
 if __name__ == "__main__":

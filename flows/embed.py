@@ -9,11 +9,11 @@ from prefect import flow
 
 from deepprune import paths
 from deepprune.io import write_json
-from flows._stage import stage_params, stage_run
+from flows._stage import run_stage, stage_params, stage_run
 from tasks.judge import encode_prefixes, load_encoder, load_labels, save_embeddings
 
 
-@flow(name="embed", log_prints=True)
+@flow(name="embed", flow_run_name="embed@{corpus}", log_prints=True)
 def embed_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float]:
     """Encode every prefix the label stage built (all strategies and k) with the sentence encoder."""
     params = stage_params(params_path)
@@ -37,7 +37,7 @@ def embed_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
 
 
 def main() -> None:
-    embed_flow(sys.argv[1])
+    run_stage("embed", embed_flow, sys.argv[1])
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from deepprune import paths
 from deepprune.io import write_json, write_jsonl
 from deepprune.metrics import finite_or_none, roc_points
 from deepprune.truncate import prefix_name
-from flows._stage import child_run, stage_params, stage_run
+from flows._stage import child_run, run_stage, stage_params, stage_run
 from tasks.judge import evaluate_judges, fit_final_judge, load_embeddings, load_encoder, load_labels, make_pair_data
 
 
@@ -21,7 +21,7 @@ def _metric_keys(name: str, summary: dict[str, float], pooled: dict[str, float])
     return out
 
 
-@flow(name="judge", log_prints=True)
+@flow(name="judge", flow_run_name="judge@{corpus}", log_prints=True)
 def judge_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float | None]:
     """Cross-validate every judge variant on one corpus, then fit and save the trained ones on all pairs."""
     params = stage_params(params_path)
@@ -67,7 +67,7 @@ def judge_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
 
 
 def main() -> None:
-    judge_flow(sys.argv[1])
+    run_stage("judge", judge_flow, sys.argv[1])
 
 
 if __name__ == "__main__":

@@ -14,12 +14,12 @@ from deepprune.metrics import finite_or_none
 from deepprune.judges.evaluate import pair_data
 from deepprune.pairs import prefix_texts
 from deepprune.truncate import prefix_name
-from flows._stage import child_run, stage_params, stage_run
+from flows._stage import child_run, run_stage, stage_params, stage_run
 from tasks.judge import load_labels
 from tasks.judge_lm import evaluate_lm_judge, load_lm
 
 
-@flow(name="judge_lm", log_prints=True)
+@flow(name="judge_lm", flow_run_name="judge_lm@{corpus}", log_prints=True)
 def judge_lm_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float | None]:
     """Fine-tune the causal-LM judge fold by fold; report it, its zero-shot self and the compared judges."""
     params = stage_params(params_path)
@@ -63,7 +63,7 @@ def judge_lm_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, fl
 
 
 def main() -> None:
-    judge_lm_flow(sys.argv[1])
+    run_stage("judge_lm", judge_lm_flow, sys.argv[1])
 
 
 if __name__ == "__main__":

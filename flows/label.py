@@ -10,11 +10,11 @@ from deepprune import paths
 from deepprune.io import write_json
 from deepprune.pairs import redundancy_stats
 from deepprune.tokens import token_unit
-from flows._stage import stage_params, stage_run
+from flows._stage import run_stage, stage_params, stage_run
 from tasks.label import label_pairs, load_traces, make_prefixes, save_rows
 
 
-@flow(name="label", log_prints=True)
+@flow(name="label", flow_run_name="label@{corpus}", log_prints=True)
 def label_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float]:
     """Label every within-problem pair of one corpus and build every configured prefix."""
     params = stage_params(params_path)
@@ -38,7 +38,7 @@ def label_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
 
 
 def main() -> None:
-    label_flow(sys.argv[1])
+    run_stage("label", label_flow, sys.argv[1])
 
 
 if __name__ == "__main__":

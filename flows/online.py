@@ -18,7 +18,7 @@ from deepprune.io import atomic_open, json_safe, write_json, write_jsonl
 from deepprune.sampling.live import TRACE_SEED_RULE, make_engine, managed_server
 from deepprune.pruning.online import OnlineProblem, format_comparison, outcome_to_json
 from deepprune.sampling.problems import DATASETS, build_messages, load_problems
-from flows._stage import child_run, stage_params, stage_run
+from flows._stage import child_run, run_stage, stage_params, stage_run
 from tasks.online import judge_model_path, load_online_judge, run_online
 
 FIGURES = ("tokens", "token_reduction", "accuracy", "wall_seconds", "tokens_per_second", "judge_seconds")
@@ -35,7 +35,7 @@ def _fingerprint(params, corpus: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-@flow(name="online", log_prints=True)
+@flow(name="online", flow_run_name="online@{corpus}", log_prints=True)
 def online_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float | None]:
     params = stage_params(params_path)
     cfg, corpus_cfg = params.online, params.corpus(corpus)
@@ -87,7 +87,7 @@ def online_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
 
 
 def main() -> None:
-    online_flow(sys.argv[1])
+    run_stage("online", online_flow, sys.argv[1])
 
 
 if __name__ == "__main__":

@@ -12,13 +12,13 @@ from deepprune import paths
 from deepprune.io import write_json
 from deepprune.metrics import finite_or_none
 from deepprune.pruning.simulate import add_judge_seconds, deepconf_warmup_error, method_specs, summarize
-from flows._stage import child_run, stage_params, stage_run
+from flows._stage import child_run, run_stage, stage_params, stage_run
 from tasks.label import load_traces
 from deepprune.truncate import prefix_name
 from tasks.prune import load_problems, measure_judge_cost, run_simulation
 
 
-@flow(name="prune", log_prints=True)
+@flow(name="prune", flow_run_name="prune@{corpus}", log_prints=True)
 def prune_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float | None]:
     """Online pruning on one recorded corpus, replayed: every method, same draws, same accounting."""
     params = stage_params(params_path)
@@ -68,7 +68,7 @@ def prune_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
 
 
 def main() -> None:
-    prune_flow(sys.argv[1])
+    run_stage("prune", prune_flow, sys.argv[1])
 
 
 if __name__ == "__main__":

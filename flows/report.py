@@ -8,11 +8,11 @@ from prefect import flow
 
 from deepprune import paths
 from deepprune.report import build_figures, render_index
-from flows._stage import git_commit, stage_params, stage_run
+from flows._stage import git_commit, run_stage, stage_params, stage_run
 from tasks.report import load_corpus_results, write_figure, write_page
 
 
-@flow(name="report", log_prints=True)
+@flow(name="report", flow_run_name="report", log_prints=True)
 def report_flow(params_path: str = "params.yaml") -> str:
     """Render the report for every corpus in params."""
     params = stage_params(params_path)
@@ -30,7 +30,7 @@ def report_flow(params_path: str = "params.yaml") -> str:
 
 
 def main() -> None:
-    report_flow()
+    run_stage("report", report_flow)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,11 @@ from deepprune.io import write_json
 from deepprune.sampling import SampleRequest
 from deepprune.sampling.live import TRACE_SEED_RULE, managed_server
 from deepprune.tokens import token_unit
-from flows._stage import stage_params, stage_run
+from flows._stage import run_stage, stage_params, stage_run
 from tasks.sample import sample_traces, save_traces
 
 
-@flow(name="sample", log_prints=True)
+@flow(name="sample", flow_run_name="sample@{corpus}", log_prints=True)
 def sample_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float]:
     """Sample (or replay) one corpus's traces and write them with their metrics."""
     params = stage_params(params_path)
@@ -65,7 +65,7 @@ def sample_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
 
 
 def main() -> None:
-    sample_flow(sys.argv[1])
+    run_stage("sample", sample_flow, sys.argv[1])
 
 
 if __name__ == "__main__":

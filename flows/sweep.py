@@ -18,7 +18,7 @@ from deepprune.metrics import finite_or_none
 from deepprune.pairs import prefix_texts
 from deepprune.tracking import Run, register_model
 from deepprune.truncate import prefix_name
-from flows._stage import child_run, stage_params, stage_run
+from flows._stage import child_run, run_stage, stage_params, stage_run
 from tasks.judge import load_embeddings, load_encoder, load_labels, make_pair_data
 from tasks.judge_lm import evaluate_lm_judge, load_lm
 from tasks.sweep import make_task_runner, run_point
@@ -61,7 +61,7 @@ def _point_data(params: Params, corpus: str) -> tuple[PairData, Any, tuple[Any, 
     return data, None, load_lm(cfg.model_path, cfg.dtype, cfg.device)
 
 
-@flow(name="sweep", log_prints=True)
+@flow(name="sweep", flow_run_name="sweep@{corpus}", log_prints=True)
 def sweep_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float | None]:
     """Every distinct grid point of params `sweep`, then the best point fitted and registered."""
     params = stage_params(params_path)
@@ -106,7 +106,7 @@ def run_sweep(corpus: str, params_path: str = "params.yaml") -> dict[str, float 
 
 
 def main() -> None:
-    run_sweep(sys.argv[1])
+    run_stage("sweep", run_sweep, sys.argv[1])
 
 
 if __name__ == "__main__":

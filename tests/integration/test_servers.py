@@ -10,7 +10,11 @@ import subprocess
 import time
 import urllib.request
 
+import pytest
+
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow  # `make prefect-ui` builds the venv first where there is none
 
 
 def _free_port() -> int:
