@@ -72,12 +72,21 @@ def sweep_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
         futures = [run_point.submit(sweep_point_flow, point=point, parent=run, params=params, corpus=corpus,
                                     data=data, encoder=encoder, lm=lm) for point in points]
         results = [(point, future.result()) for point, future in zip(points, futures)]
-        best, best_summary = best_point(results, sweep.metric)
-        metrics: dict[str, float | None] = {"sweep/points": len(points),
-                                            **{f"sweep/best/{k}": v for k, v in _clean(dict(best_summary)).items()}}
-        doc: dict[str, Any] = {"judge": sweep.judge, "metric": sweep.metric, "best": best.name,
+        ranked = best_point(results, sweep.metric)
+        doc: dict[str, Any] = {"judge": sweep.judge, "metric": sweep.metric, "best": ranked and ranked[0].name,
                                "points": [{"name": p.name, "settings": p.as_dict, "summary": _clean(dict(s))}
                                           for p, s in results]}
+        if ranked is None:  # one class of pairs: nothing to rank, fit or register
+            metrics: dict[str, float | None] = {"sweep/points": len(points), "sweep/ranked": 0}
+            write_json(paths.sweep_results(corpus), doc)
+            write_json(paths.metrics("sweep", corpus), metrics)
+            run.log_metrics(metrics)
+            print(f"sweep[{corpus}]: {sweep.metric} is undefined on every point (the pairs have one class): "
+                  f"no best point, nothing registered")
+            return metrics
+        best, best_summary = ranked
+        metrics = {"sweep/points": len(points), "sweep/ranked": 1,
+                   **{f"sweep/best/{k}": v for k, v in _clean(dict(best_summary)).items()}}
         if sweep.judge == "encoder":
             variant, cfg = encoder_recipe(best, params.judge)
             final = train_final(data, cfg, variant, encoder, params.seed)

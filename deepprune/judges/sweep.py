@@ -135,9 +135,13 @@ def lm_recipe(point: SweepPoint, judge_lm: JudgeLMConfig) -> JudgeLMConfig:
         raise ValueError(f"sweep point {point.name}: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
 
 
-def best_point(results: Sequence[tuple[SweepPoint, Mapping[str, float]]], metric: str) -> tuple[SweepPoint, Mapping[str, float]]:
-    """The point with the highest mean metric over folds (ties: the smaller spread, then grid order); an error when
-    no point has a finite value of the metric (an unknown name, or a metric undefined on every point)."""
+def best_point(results: Sequence[tuple[SweepPoint, Mapping[str, float]]],
+               metric: str) -> tuple[SweepPoint, Mapping[str, float]] | None:
+    """The point with the highest mean metric over folds (ties: the smaller spread, then grid order).
+
+    An unknown metric name is an error. None when the metric is undefined (NaN) on every point: the corpus's pairs
+    have one class only (every trace agrees, or none has an answer), so nothing ranks the points and no point is
+    "best"; the caller says so instead of crowning the first grid point."""
     import math
 
     values = [summary.get(metric) for _, summary in results]
@@ -145,7 +149,7 @@ def best_point(results: Sequence[tuple[SweepPoint, Mapping[str, float]]], metric
         known = sorted({k for _, summary in results for k in summary})
         raise ValueError(f"sweep.metric {metric!r} is in no sweep point's summary; they hold {', '.join(known)}")
     if not any(v is not None and math.isfinite(v) for v in values):
-        raise ValueError(f"sweep.metric {metric!r} is NaN on every sweep point: nothing to rank the points by")
+        return None
 
     def key(item: tuple[int, tuple[SweepPoint, Mapping[str, float]]]) -> tuple[float, float, int]:
         index, (_, summary) = item

@@ -79,8 +79,8 @@ def test_best_point_refuses_an_unknown_or_everywhere_nan_metric():
     a, b = SweepPoint("a", ()), SweepPoint("b", ())
     with pytest.raises(ValueError, match="'tnr_at_fnr' is in no sweep point's summary; they hold auroc"):
         best_point([(a, {"auroc": 0.7}), (b, {"auroc": 0.8})], "tnr_at_fnr")
-    with pytest.raises(ValueError, match="NaN on every sweep point"):
-        best_point([(a, {"auroc": float("nan")}), (b, {"auroc": float("nan")})], "auroc")
+    # undefined everywhere (one class of pairs): no point is best, rather than the first grid point
+    assert best_point([(a, {"auroc": float("nan")}), (b, {"auroc": float("nan")})], "auroc") is None
 
 
 def test_encoder_judges_trained_in_parallel_threads_are_reproducible():
