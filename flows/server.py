@@ -57,11 +57,22 @@ def prefect_server(startup_timeout_s: float = STARTUP_TIMEOUT_S) -> Iterator[str
     home = Path(os.environ.get("PREFECT_HOME", ROOT / ".prefect"))
     env = {**os.environ, "PREFECT_UI_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     cmd = [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     with service(cmd, lambda: _healthy(api_url), startup_timeout_s, "the Prefect server", home / "server.log", env,
                  grace_s=10.0):
+        # Prefect read its settings when it was imported: the environment (for child processes) is not enough,
+        # this process's settings must point at the server too, or its flows start a temporary server of their own
         os.environ[API_ENV] = api_url
         try:
-            yield api_url
+            with temporary_settings(updates={PREFECT_API_URL: api_url}):
+                try:
+                    yield api_url
+                finally:  # send the run's last log lines while the server still listens
+                    from prefect.logging.handlers import APILogWorker
+
+                    with contextlib.suppress(Exception):
+                        APILogWorker.drain_all(timeout=5)
         finally:
             os.environ.pop(API_ENV, None)
 

@@ -28,7 +28,9 @@ from flows._stage import run_stage, stage_run
 @flow(name="probe")
 def probe(corpus: str) -> None:
     with stage_run("probe", corpus, {}):
-        print("STARTED", os.environ["PREFECT_API_URL"], os.getpid(), flush=True)
+        from prefect.settings import get_current_settings  # where this flow run really reports
+        sys.stdout.write(f"STARTED {get_current_settings().api.url} {os.environ['PREFECT_API_URL']} {os.getpid()}\\n")
+        sys.stdout.flush()  # not print: flows route print() to the log (PREFECT_LOGGING_LOG_PRINTS)
         time.sleep(300)
 
 run_stage("probe", probe, "x")
@@ -56,7 +58,8 @@ def _start(env: dict[str, str], via_shell: bool = False) -> tuple[subprocess.Pop
     deadline = time.time() + 240
     for line in proc.stdout:
         if line.startswith("STARTED"):
-            _, url, pid = line.split()
+            _, url, exported, pid = line.split()
+            assert url == exported  # the flow reports to the server run_stage started, not to a temporary one
             return proc, url, int(pid)
         assert time.time() < deadline
     raise AssertionError(f"the probe stage never started (exit {proc.wait()})")
@@ -70,18 +73,28 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _gone(pid: int, url: str, seconds: float = 30) -> None:
-    """The stage process and the Prefect server it started are both gone within `seconds`."""
-    port = url.split(":")[-1].split("/")[0]
+def _left_behind(env: dict[str, str]) -> list[str]:
+    """Every live process that runs with this test's PREFECT_HOME: the stage and any server it started, ours or one
+    Prefect started on its own."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and \
+                    proc.environ().get("PREFECT_HOME") == env["PREFECT_HOME"]:
+                found.append(f"{proc.info['pid']}: {' '.join(proc.info['cmdline'] or [])[:120]}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def _gone(env: dict[str, str], url: str, seconds: float = 30) -> None:
+    """No process of the stage's is left (the stage, the server it started) and the server does not answer."""
     deadline = time.time() + seconds
     while time.time() < deadline:
-        servers = [p for p in psutil.process_iter(["cmdline"]) if port in (p.info["cmdline"] or [])]
-        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-            if not servers and not _answers(url):
-                return
+        if not _left_behind(env) and not _answers(url):
+            return
         time.sleep(0.5)
-    raise AssertionError(f"left behind after {seconds:.0f} s: stage alive={psutil.pid_exists(pid)}, "
-                         f"server on port {port} answers={_answers(url)}")
+    raise AssertionError(f"left behind after {seconds:.0f} s: {_left_behind(env)}; server answers: {_answers(url)}")
 
 
 def _statuses(env: dict[str, str]) -> list[str]:
@@ -94,7 +107,7 @@ def test_a_signalled_stage_closes_its_run_and_stops_its_server(env, sig, status)
     proc, url, pid = _start(env)
     os.kill(pid, sig)
     assert proc.wait(timeout=60) != 0
-    _gone(pid, url)
+    _gone(env, url)
     assert _statuses(env) == sorted([*before, status])
 
 
@@ -102,7 +115,7 @@ def test_a_sigkilled_stage_leaves_no_server_and_its_run_is_failed_by_the_next_ru
     proc, url, pid = _start(env)
     os.kill(pid, signal.SIGKILL)
     proc.wait(timeout=60)
-    _gone(pid, url)  # the kernel's parent-death signal stopped the server
+    _gone(env, url)  # the kernel's parent-death signal stopped the server
     running = [r for r in mlflow_runs(env["MLFLOW_TRACKING_URI"], "deepprune/probe") if r.info.status == "RUNNING"]
     assert len(running) == 1  # a SIGKILL gives a run no chance to end itself ...
     proc, url, pid = _start(env)  # ... so the next run of the same stage marks it FAILED
@@ -116,4 +129,4 @@ def test_a_stage_whose_parent_is_killed_stops_itself(env):
     proc, url, pid = _start(env, via_shell=True)
     os.kill(proc.pid, signal.SIGKILL)  # the parent (as `kill -9` of dvc), not the stage
     proc.wait(timeout=60)
-    _gone(pid, url, seconds=40)
+    _gone(env, url, seconds=40)
