@@ -6,17 +6,26 @@ default equal to the shipped params.yaml value (tests/unit/test_config.py walks 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from deepprune.answers import AnswerSpec
+from deepprune.compute import check_device
 from deepprune.metric_names import check_rate_name
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: YAML's `true` is not a count or a rate, and "3" is not a number (no silent coercion)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+Probability = Annotated[float, Field(ge=0, le=1)]
+Cosine = Annotated[float, Field(ge=-1, le=1)]
+Device = Annotated[str, AfterValidator(check_device)]
+PositiveInt = Annotated[int, Field(ge=1)]
 
 
 class AnswerConfig(_Strict):
@@ -30,6 +39,13 @@ class AnswerConfig(_Strict):
     def _regex_needs_pattern(self) -> "AnswerConfig":
         if self.extractor == "regex" and not self.pattern:
             raise ValueError("extractor 'regex' needs a pattern")
+        if self.pattern is not None:
+            try:
+                groups = re.compile(self.pattern).groups
+            except re.error as exc:
+                raise ValueError(f"pattern {self.pattern!r} is not a valid regex: {exc}") from None
+            if groups < 1:
+                raise ValueError(f"pattern {self.pattern!r} has no group: the answer is the last match's group 1")
         return self
 
     def spec(self) -> AnswerSpec:
@@ -127,7 +143,7 @@ class SampleConfig(_Strict):
     n: int = Field(6, ge=1, description="live corpora: traces per problem")
     model_path: str | None = Field(None, description="transformers backend: local model dir or .gguf (null: the "
                                                      "packaged SmolLM2-135M-Instruct)")
-    device: str = "auto"
+    device: Device = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     batch_size: int = Field(8, ge=1, description="transformers backend: traces generated together")
     generation: GenerationConfig = GenerationConfig()
@@ -139,6 +155,14 @@ class SampleConfig(_Strict):
         description="prompt template per problem kind ({question} is filled in)")
     server: ServerConfig = ServerConfig()
 
+    @field_validator("prompts")
+    @classmethod
+    def _prompts_take_the_question(cls, value: dict[str, str]) -> dict[str, str]:
+        for kind, template in value.items():
+            if "{question}" not in template:
+                raise ValueError(f"prompts.{kind} must contain {{question}} (the problem is filled in there)")
+        return value
+
 
 class TruncationConfig(_Strict):
     strategy: Literal["tokens", "reasoning_words"]
@@ -146,8 +170,8 @@ class TruncationConfig(_Strict):
 
 
 class LabelConfig(_Strict):
-    tokens_k: list[int] = Field(description="first-k-tokens prefixes to build (absolute counts)")
-    reasoning_words_k: list[int] = Field(description="first-k-reasoning-words prefixes to build")
+    tokens_k: list[PositiveInt] = Field(min_length=1, description="first-k-tokens prefixes to build (absolute counts)")
+    reasoning_words_k: list[PositiveInt] = Field(min_length=1, description="first-k-reasoning-words prefixes to build")
     reasoning_words: list[str] = Field(min_length=1, description="cue words (whole words, case-insensitive) that "
                                                                  "start a reasoning-word segment (DESIGN.md section 1)")
     folds: int = Field(5, ge=2, description="grouped K-fold over problems")
@@ -189,7 +213,7 @@ class JudgeConfig(_Strict):
     baseline: str = "sbert_cosine"
     train: TrainConfig = TrainConfig()
     fnr: float = Field(0.2, gt=0, lt=1, description="TNR is reported at this FNR")
-    threshold: float = Field(0.5, description="decision threshold for TNR/TPR")
+    threshold: float = Field(0.5, ge=0, le=1, description="decision threshold for TNR/TPR")
 
     @model_validator(mode="after")
     def _named_variants_exist(self) -> "JudgeConfig":
@@ -253,7 +277,7 @@ class JudgeLMConfig(_Strict):
                                                      "packaged SmolLM2-135M-Instruct)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: bfloat16 on a GPU, float32 on CPU")
-    device: str = Field("auto", description="auto: cuda when available, else cpu")
+    device: Device = Field("auto", description="auto: cuda when available, else cpu")
     max_length: int = Field(512, ge=16, description="prompt tokens at most (longer prompts are an error)")
     truncation: TruncationConfig
     prompt: PromptConfig
@@ -317,14 +341,16 @@ class PruneConfig(_Strict):
     judge: str = Field(description="the judge variant whose out-of-fold scores drive DeepPrune")
     n: int | None = Field(None, ge=1, description="traces per problem per draw (null: all that are available)")
     repetitions: int = Field(50, ge=1, description="seeded draws (arrival orders) per method; 95% intervals over them")
-    taus: list[float] = Field(description="DeepPrune thresholds, one method each (the paper's Table 3 grid)")
-    tau: float = Field(0.5, description="the headline DeepPrune threshold (its budget is what random pruning matches)")
+    taus: list[Probability] = Field(min_length=1, description="DeepPrune thresholds, one method each (the paper's "
+                                                              "Table 3 grid)")
+    tau: float = Field(0.5, ge=0, le=1, description="the headline DeepPrune threshold (its budget is what random "
+                                                     "pruning matches)")
     r: int = Field(1, ge=1, description="cluster members a new trace is compared with")
     q: int = Field(2, ge=0, description="members of the largest cluster resumed to completion for the vote")
     max_clusters: int | None = Field(None, ge=1, description="cap on clusters (null: none)")
     vote: Literal["all_completed", "largest_cluster"] = Field(
         "all_completed", description="vote over every completed trace, or the largest cluster's completed members")
-    sbert_taus: list[float] = Field(description="cosine thresholds for SBERT clustering, one method each")
+    sbert_taus: list[Cosine] = Field(description="cosine thresholds for SBERT clustering, one method each")
     esc_window: int = Field(4, ge=1, description="ESC: traces per window")
     deepconf: DeepConfConfig = DeepConfConfig()
 
@@ -362,7 +388,7 @@ class OnlineConfig(_Strict):
     max_tokens: int | None = Field(128, ge=2, description="token budget per trace (null: sample.generation.max_tokens)")
     k: int = Field(ge=1, description="tokens every trace generates before the judge sees the prefixes")
     judge: OnlineJudgeConfig
-    taus: list[float] = Field(min_length=1, description="DeepPrune thresholds, one online run each")
+    taus: list[Probability] = Field(min_length=1, description="DeepPrune thresholds, one online run each")
     r: int = Field(1, ge=1, description="cluster members a new trace is compared with")
     q: int = Field(2, ge=0, description="members of the largest cluster resumed to completion for the vote")
     max_clusters: int | None = Field(None, ge=1, description="cap on clusters (null: none)")
@@ -377,6 +403,7 @@ class ReportConfig(_Strict):
 
 class Params(_Strict):
     seed: int
+    threads: int = Field(ge=1, description="CPU threads of every torch computation (deepprune.compute.fix_threads)")
     corpora: dict[str, CorpusConfig]
     sample: SampleConfig
     label: LabelConfig

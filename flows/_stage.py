@@ -13,7 +13,8 @@ from typing import Any
 from prefect import tags as prefect_tags
 from prefect.runtime import flow_run
 
-from deepprune.config import Params, load_params
+from deepprune.compute import fix_threads
+from deepprune.config import ConfigError, Params, load_params
 from deepprune.tracking import Run, fail_abandoned_runs, process_tags, start_run
 from flows import ROOT
 from flows.server import prefect_server, stop_with_parent, terminate_as_interrupt
@@ -40,6 +41,11 @@ def run_stage(stage: str, run: Callable[..., Any], *args: str) -> None:
     its flow run with the stage, the corpus and the pipeline run."""
     terminate_as_interrupt()
     stop_with_parent()
+    try:
+        stage_params()  # refuse bad params before a server starts or an input is read
+    except ConfigError as exc:
+        print(f"{stage}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     tags = ["deepprune", f"stage:{stage}", *(f"corpus:{a}" for a in args[:1])]
     if os.environ.get(PIPELINE_FLOW_RUN_ENV):
         tags.append(f"pipeline:{os.environ[PIPELINE_FLOW_RUN_ENV]}")
@@ -52,8 +58,10 @@ def run_stage(stage: str, run: Callable[..., Any], *args: str) -> None:
 
 
 def stage_params(path: str | os.PathLike = "params.yaml") -> Params:
-    """The validated params of this run."""
-    return load_params(path)
+    """The validated params of this run; torch in this process computes with `threads` threads from here on."""
+    params = load_params(path)
+    fix_threads(params.threads)
+    return params
 
 
 @contextlib.contextmanager

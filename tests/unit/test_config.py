@@ -31,6 +31,28 @@ def test_shipped_params_are_valid():
     (lambda p: p["sweep"].update(metric="tnr_at_fnr_0.2") or p["judge"].update(fnr=0.1),
      r"sweep.metric: 'tnr_at_fnr_0.2' .*valid names: auroc, tnr_at_fnr_0.1,"),
     (lambda p: p["label"].pop("reasoning_words"), "label.reasoning_words: Field required"),
+    # issue 12's bad-params table: every range, regex, placeholder, device and type is refused, naming the key
+    (lambda p: p["label"].update(tokens_k=[-5]), r"label.tokens_k.0: Input should be greater than or equal to 1"),
+    (lambda p: p["label"].update(tokens_k=[0]), r"label.tokens_k.0: Input should be greater than or equal to 1"),
+    (lambda p: p["label"].update(reasoning_words_k=[]), r"label.reasoning_words_k: List should have at least 1"),
+    (lambda p: p["prune"].update(taus=[0.5, 1.5]), r"prune.taus.1: Input should be less than or equal to 1"),
+    (lambda p: p["prune"].update(tau=-0.1), r"prune.tau: Input should be greater than or equal to 0"),
+    (lambda p: p["online"].update(taus=[2]), r"online.taus.0: Input should be less than or equal to 1"),
+    (lambda p: p["judge"].update(threshold=7), r"judge.threshold: Input should be less than or equal to 1"),
+    (lambda p: p["prune"].update(sbert_taus=[1.2]), r"prune.sbert_taus.0: Input should be less than or equal to 1"),
+    (lambda p: p["corpora"]["date"]["answer"].update(pattern="(unclosed"),
+     r"corpora.date.answer: Value error, pattern '\(unclosed' is not a valid regex"),
+    (lambda p: p["corpora"]["date"]["answer"].update(pattern=r"\d+/\d+"),
+     r"corpora.date.answer: Value error, pattern .* has no group"),
+    (lambda p: p["sample"]["prompts"].update(math="Solve it."),
+     r"sample.prompts: Value error, prompts.math must contain \{question\}"),
+    (lambda p: p["sample"].update(device="tpu9"), r"sample.device: Value error, unknown device 'tpu9'"),
+    (lambda p: p["judge_lm"].update(device="cuda:x"), r"judge_lm.device: Value error, unknown device 'cuda:x'"),
+    (lambda p: p.update(seed=True), r"seed: Input should be a valid integer"),
+    (lambda p: p.update(threads=0), r"threads: Input should be greater than or equal to 1"),
+    (lambda p: p["prune"].update(repetitions="50"), r"prune.repetitions: Input should be a valid integer"),
+    (lambda p: p["judge"]["train"].update(lr=True), r"judge.train.lr: Input should be a valid number"),
+    (lambda p: p.update(sede=1), r"sede: Extra inputs are not permitted"),
 ])
 def test_bad_params_name_the_key(tmp_path, edit, message):
     raw = read_params(ROOT / "params.yaml")
