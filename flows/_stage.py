@@ -15,6 +15,7 @@ from prefect.runtime import flow_run
 
 from deepprune.compute import fix_threads
 from deepprune.config import ConfigError, Params, load_params
+from deepprune.paths import staged_outputs
 from deepprune.tracking import Run, fail_abandoned_runs, process_tags, start_run
 from flows import ROOT
 from flows.server import prefect_server, stop_with_parent, terminate_as_interrupt
@@ -37,8 +38,9 @@ def git_commit(cwd: Path | None = None) -> str:
 
 def run_stage(stage: str, run: Callable[..., Any], *args: str) -> None:
     """A stage process's entry point (the `main()` its DVC cmd calls): it reports to the pipeline's Prefect server
-    (or starts one for itself, stopped with it), handles SIGTERM as Ctrl-C, stops when its parent dies, and tags
-    its flow run with the stage, the corpus and the pipeline run."""
+    (or starts one for itself, stopped with it), handles SIGTERM as Ctrl-C, stops when its parent dies, tags its
+    flow run with the stage, the corpus and the pipeline run, and writes its folder outputs aside until it has
+    finished (deepprune.paths.staged_outputs)."""
     terminate_as_interrupt()
     stop_with_parent()
     try:
@@ -50,7 +52,7 @@ def run_stage(stage: str, run: Callable[..., Any], *args: str) -> None:
     if os.environ.get(PIPELINE_FLOW_RUN_ENV):
         tags.append(f"pipeline:{os.environ[PIPELINE_FLOW_RUN_ENV]}")
     try:
-        with prefect_server(), prefect_tags(*tags):
+        with prefect_server(), prefect_tags(*tags), staged_outputs(stage, args[0] if args else None):
             run(*args)
     except KeyboardInterrupt:
         print(f"{stage}: interrupted; finished work is kept and a rerun resumes", file=sys.stderr)

@@ -1,7 +1,8 @@
 """Stage processes end cleanly whatever ends them: SIGKILL, SIGTERM, SIGINT, or their parent (dvc) killed.
 
 Each case starts a real stage process (`run_stage`, as every DVC cmd does) that starts its own Prefect server on
-127.0.0.1 and opens its MLflow run, then ends it from outside and checks what is left."""
+127.0.0.1, opens its MLflow run and writes part of a folder output, then ends it from outside and checks what is
+left: processes, runs, and files."""
 
 from __future__ import annotations
 
@@ -22,18 +23,21 @@ pytestmark = pytest.mark.slow
 
 PROBE = """
 import os, sys, time
+from pathlib import Path
 from prefect import flow
+from deepprune import paths
 from flows._stage import run_stage, stage_run
 
 @flow(name="probe")
 def probe(corpus: str) -> None:
     with stage_run("probe", corpus, {}):
+        Path(paths.judge_dir(corpus), "scores.jsonl").write_text("half")  # half of a folder output
         from prefect.settings import get_current_settings  # where this flow run really reports
         sys.stdout.write(f"STARTED {get_current_settings().api.url} {os.environ['PREFECT_API_URL']} {os.getpid()}\\n")
         sys.stdout.flush()  # not print: flows route print() to the log (PREFECT_LOGGING_LOG_PRINTS)
         time.sleep(300)
 
-run_stage("probe", probe, "x")
+run_stage("judge", probe, "x")  # a real stage's name: run_stage stages its folder output data/judge/x
 """
 
 
@@ -46,6 +50,9 @@ def env(tmp_path_factory) -> dict[str, str]:
         env.pop(key, None)
     subprocess.run([str(Path(sys.executable).parent / "prefect"), "server", "database", "upgrade", "-y"], env=env,
                    check=True, capture_output=True, timeout=300)
+    (home / "workspace").mkdir()
+    (home / "workspace" / "params.yaml").write_text((ROOT / "params.yaml").read_text())  # validated by run_stage
+    env["WORKSPACE"] = str(home / "workspace")
     return env
 
 
@@ -53,7 +60,7 @@ def _start(env: dict[str, str], via_shell: bool = False) -> tuple[subprocess.Pop
     cmd = [sys.executable, "-c", PROBE]
     if via_shell:  # a parent that can be killed on its own, as dvc is to a stage
         cmd = ["bash", "-c", f'"{sys.executable}" -c "$PROBE" & wait']
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**env, "PROBE": PROBE}, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=env["WORKSPACE"], env={**env, "PROBE": PROBE}, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     deadline = time.time() + 240
     for line in proc.stdout:
@@ -97,6 +104,12 @@ def _gone(env: dict[str, str], url: str, seconds: float = 30) -> None:
     raise AssertionError(f"left behind after {seconds:.0f} s: {_left_behind(env)}; server answers: {_answers(url)}")
 
 
+def _judge_outputs(env: dict[str, str]) -> list[str]:
+    """What is under the workspace's data/judge: the probe never finishes, so no folder may appear there."""
+    folder = Path(env["WORKSPACE"], "data", "judge")
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
 def _statuses(env: dict[str, str]) -> list[str]:
     return sorted(r.info.status for r in mlflow_runs(env["MLFLOW_TRACKING_URI"], "deepprune/probe"))
 
@@ -109,6 +122,7 @@ def test_a_signalled_stage_closes_its_run_and_stops_its_server(env, sig, status)
     assert proc.wait(timeout=60) != 0
     _gone(env, url)
     assert _statuses(env) == sorted([*before, status])
+    assert _judge_outputs(env) == []  # the half-written folder went with the stage
 
 
 def test_a_sigkilled_stage_leaves_no_server_and_its_run_is_failed_by_the_next_run(env):
@@ -116,6 +130,7 @@ def test_a_sigkilled_stage_leaves_no_server_and_its_run_is_failed_by_the_next_ru
     os.kill(pid, signal.SIGKILL)
     proc.wait(timeout=60)
     _gone(env, url)  # the kernel's parent-death signal stopped the server
+    assert _judge_outputs(env) == [".x.partial"]  # no cleanup runs on SIGKILL, but nothing under the real name
     running = [r for r in mlflow_runs(env["MLFLOW_TRACKING_URI"], "deepprune/probe") if r.info.status == "RUNNING"]
     assert len(running) == 1  # a SIGKILL gives a run no chance to end itself ...
     proc, url, pid = _start(env)  # ... so the next run of the same stage marks it FAILED
@@ -123,6 +138,7 @@ def test_a_sigkilled_stage_leaves_no_server_and_its_run_is_failed_by_the_next_ru
     proc.wait(timeout=60)
     runs = {r.info.run_id: r.info.status for r in mlflow_runs(env["MLFLOW_TRACKING_URI"], "deepprune/probe")}
     assert runs[running[0].info.run_id] == "FAILED" and "RUNNING" not in runs.values()
+    assert _judge_outputs(env) == []  # the next run deleted the killed run's staging folder
 
 
 def test_a_stage_whose_parent_is_killed_stops_itself(env):
