@@ -3,11 +3,10 @@ and the prompts built from them. Each loader maps its file's own fields onto one
 
 from __future__ import annotations
 
-import gzip
-import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from deepprune.data.schema import TraceFormatError, iter_records
 
 # dataset -> (default file, answer extractor)
 DATASETS: dict[str, tuple[str, str]] = {
@@ -28,24 +27,8 @@ class ProblemItem:
     kind: str  # "math" (boxed answer) or "choice" (a letter)
 
 
-class ProblemFormatError(ValueError):
-    def __init__(self, path: str | Path, line: int, field: str, problem: str) -> None:
-        super().__init__(f"{path}:{line}: field {field!r}: {problem}")
-
-
-def _records(path: Path) -> Iterator[tuple[int, dict]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        if path.name.endswith((".json", ".json.gz")):
-            for i, record in enumerate(json.load(handle), start=1):
-                yield i, record
-            return
-        for i, line in enumerate(handle, start=1):
-            if line.strip():
-                try:
-                    yield i, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ProblemFormatError(path, i, "<record>", f"not valid JSON ({exc.msg})") from None
+class ProblemFormatError(TraceFormatError):
+    """A problem-set record that cannot be used; the message names file, line and field, as for traces."""
 
 
 def _field(record: dict, name: str, path: Path, line: int) -> object:
@@ -62,9 +45,11 @@ def load_problems(dataset: str, path: str | Path | None = None, limit: int | Non
     if not path.exists():
         raise FileNotFoundError(f"problem set {dataset!r}: {path} does not exist")
     out: list[ProblemItem] = []
-    for line, rec in _records(path):
+    for line, rec in iter_records(path, "json" if path.name.endswith((".json", ".json.gz")) else "jsonl"):
         if limit is not None and len(out) >= limit:
             break
+        if isinstance(rec, TraceFormatError):
+            raise rec
         if dataset == "gsm8k":
             answer = str(_field(rec, "answer", path, line))
             if "####" not in answer:
