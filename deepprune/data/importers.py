@@ -75,20 +75,24 @@ def import_generic(path: str | os.PathLike, fmt: str, fields: FieldMap, model: s
                    skipped: list[str] | None = None) -> Iterator[RawTrace]:
     """Raw traces from any JSON/JSONL file, read through a field mapping.
 
-    A bad record raises TraceFormatError naming file, line and field; when `skipped` is a list, the record is
-    skipped instead and its error appended there (so the caller can count it).
+    A bad record (a problem read twice included) raises TraceFormatError naming file, line and field; when
+    `skipped` is a list, the record is skipped instead and its error appended there (so the caller can count it).
     A file without records, or with every record skipped, raises: it would import as an empty corpus.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"corpus file {path} does not exist")
+    unit = "line" if fmt == "jsonl" else "record"
     running: dict[str, int] = {}
+    problem_at: dict[str, int] = {}
+    trace_at: dict[tuple[str, str], int] = {}
     imported = False
     for line, record in iter_records(path, fmt):
         try:
             if isinstance(record, TraceFormatError):
                 raise record
             batch = list(_record_traces(record, path, line, fields, model, running))
+            _refuse_repeats(batch, path, line, unit, fields, problem_at, trace_at)
         except TraceFormatError as err:
             if skipped is None:
                 raise
@@ -99,6 +103,24 @@ def import_generic(path: str | os.PathLike, fmt: str, fields: FieldMap, model: s
     if not imported:
         assert skipped  # without skipping, the first bad record raised
         raise no_valid_records(path, skipped)
+
+
+def _refuse_repeats(batch: list[RawTrace], path: Path, line: int, unit: str, fields: FieldMap,
+                    problem_at: dict[str, int], trace_at: dict[tuple[str, str], int]) -> None:
+    """Refuse a problem or trace the file already gave, naming both places: imported, it would be a trace file
+    with duplicate ids that a later stage refuses, naming only that generated file. With one trace per record,
+    a problem's records must be consecutive; `problem_at` and `trace_at` remember where each was first read."""
+    for trace in batch:
+        pid = trace.problem_id
+        first = problem_at.setdefault(pid, line)
+        # the newest problem in problem_at is the one whose records are being read
+        if first != line and (fields.texts is not None or pid != next(reversed(problem_at))):
+            raise TraceFormatError(path, line, fields.problem_id, f"problem {pid!r} already read at {unit} {first}")
+        if fields.trace_id is not None:
+            first = trace_at.setdefault((pid, trace.trace_id), line)
+            if first != line:
+                raise TraceFormatError(path, line, fields.trace_id,
+                                       f"trace {trace.trace_id!r} of problem {pid!r} already read at {unit} {first}")
 
 
 def _record_traces(record: Any, path: Path, line: int, fields: FieldMap, model: str,

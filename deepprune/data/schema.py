@@ -196,16 +196,16 @@ def iter_traces(path: str | os.PathLike, skip_invalid: bool = False,
     """Yield validated traces from a JSONL file; bad lines raise, or are skipped and counted when allowed. A file
     without a valid trace raises too, naming itself, rather than reaching a stage as zero problems."""
     report = report if report is not None else ReadReport()
-    seen: set[tuple[str, str]] = set()
+    first_line: dict[tuple[str, str], int] = {}
     for line_no, record in iter_records(path):
         try:
             if isinstance(record, TraceFormatError):
                 raise record
             trace = validate_trace_record(record, path, line_no)
             key = (trace.problem_id, trace.trace_id)
-            if key in seen:
-                raise TraceFormatError(path, line_no, "trace_id", f"duplicate trace {key}")
-            seen.add(key)
+            first = first_line.setdefault(key, line_no)
+            if first != line_no:
+                raise TraceFormatError(path, line_no, "trace_id", f"duplicate trace {key} (first at line {first})")
         except TraceFormatError as err:
             if not skip_invalid:
                 raise

@@ -137,6 +137,7 @@ def _lines(*lines: str, encoding: str = "utf-8") -> bytes:
 
 QWEN = {"importer": "qwen25_math_eval"}
 DATE = {"importer": "generic", "format": "json", "fields": FieldMap(problem_id="example_idx", texts="outs")}
+PER_TRACE = {"importer": "generic", "fields": FieldMap(problem_id="pid", text="out", trace_id="tid")}
 # "é" written as Latin-1 (the single byte 0xe9) is not UTF-8
 LATIN1_LINE = _lines(_qwen(2, "café"), encoding="latin-1")
 LATIN1_JSON = json.dumps([{"example_idx": 1, "outs": ["so 1"]}, {"example_idx": 2, "outs": ["café"]}], indent=1,
@@ -150,6 +151,17 @@ BAD_CORPORA = {
     "empty JSON list": (DATE, "c.json", b"[]", False, ": no records", []),
     "every record skipped": (QWEN, "c.jsonl", _lines("{broken", '{"idx": 2}'), True, ": no valid records",
                              ["all 2", ":1: field '<json>'"]),
+    "problem twice, adjacent": (QWEN, "c.jsonl", _lines(_qwen(1), _qwen(1)), False, ":2: field 'idx'",
+                                ["problem '1'", "line 1"]),
+    "problem twice, apart": (QWEN, "c.jsonl", _lines(_qwen(1), _qwen(2), _qwen(1)), False, ":3: field 'idx'",
+                             ["problem '1'", "line 1"]),
+    "problem twice in a JSON list": (DATE, "c.json", json.dumps([{"example_idx": i, "outs": ["x"]} for i in (4, 5, 4)])
+                                     .encode(), False, ":3: field 'example_idx'", ["problem '4'", "record 1"]),
+    "a problem's records apart": (PER_TRACE, "c.jsonl", _lines(*(json.dumps({"pid": p, "tid": t, "out": "x"})
+                                                                for p, t in (("a", "0"), ("b", "0"), ("a", "1")))),
+                                  False, ":3: field 'pid'", ["problem 'a'", "line 1"]),
+    "trace twice": (PER_TRACE, "c.jsonl", _lines(*[json.dumps({"pid": "a", "tid": "0", "out": "x"})] * 2), False,
+                    ":2: field 'tid'", ["trace '0' of problem 'a'", "line 1"]),
     "no traces in a record": (DATE, "c.json", b'[{"example_idx": 1, "outs": []}]', False, ":1: field 'outs'", []),
     "not UTF-8, JSONL": (QWEN, "c.jsonl", _lines(_qwen(1)) + LATIN1_LINE, False, ":2: field '<encoding>'",
                          [f"byte 0xe9 at byte offset {len(_lines(_qwen(1))) + LATIN1_LINE.index(0xE9)}"]),
@@ -188,6 +200,10 @@ def _gsm8k(question: str) -> str:
 # (problem set, content, what the message says after the file's name, and what else it names)
 BAD_PROBLEM_SETS = {
     "empty": ("gsm8k", b"", ": no records", []),
+    "question twice": ("gsm8k", _lines(_gsm8k("a?"), _gsm8k("b?"), _gsm8k("a?")), ":3: field 'question'",
+                       ["line 1"]),
+    "id twice": ("math500", _lines(*(json.dumps({"unique_id": "u1", "problem": q, "answer": "1"}) for q in "ab")),
+                 ":2: field 'unique_id'", ["problem 'math500-u1'", "line 1"]),
     "not UTF-8": ("gsm8k", _lines(_gsm8k("a?"), _gsm8k("é?"), encoding="latin-1"), ":2: field '<encoding>'",
                   [f"byte offset {len(_lines(_gsm8k('a?'))) + _gsm8k('é?').index('é')}"]),
 }
@@ -222,6 +238,21 @@ def test_bad_trace_file_is_refused_by_label_naming_it_before_any_output(tmp_path
         save_rows.fn(str(out), [p.__dict__ for p in label_pairs.fn(problems, AnswerSpec("boxed_math"), 2, 0)])
     _assert_names(err.value, src, where, also)
     assert not out.exists()
+
+
+def test_skip_invalid_skips_and_counts_repeated_problems_and_bad_bytes(tmp_path):
+    src = tmp_path / "c.jsonl"
+    src.write_bytes(_lines(_qwen(1), _qwen(2)) + LATIN1_LINE + _lines(_qwen(3), _qwen(1)))
+    cfg = CorpusConfig(importer="qwen25_math_eval", path=str(src), model="m")
+    request = SampleRequest("d", cfg, SampleConfig(skip_invalid=True), 0)
+    groups = list(get_sampler("replay").sample(request))
+    assert [g[0].problem_id for g in groups] == ["1", "2", "3"] and request.stats["skipped"] == 2
+    traces = tmp_path / "t.jsonl"
+    traces.write_bytes(_lines(*(json.dumps(_trace(t).to_dict()) for t in "010"))
+                       + _lines(json.dumps(_trace("2", text="é").to_dict(), ensure_ascii=False), encoding="latin-1"))
+    back, report = read_traces(traces, skip_invalid=True)
+    assert [t.trace_id for t in back] == ["0", "1"] and report.skipped == 2
+    assert "(first at line 1)" in report.errors[0] and "field '<encoding>'" in report.errors[1]
 
 
 def test_shipped_data_matches_sources():
