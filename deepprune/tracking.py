@@ -140,6 +140,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def abandoned(owner: Mapping[str, str]) -> bool:
+    """Whether the process that `owner` (a run's process_tags) names is gone: it ran on this host and its pid is
+    free. A run on another host, or with no such tags, is never taken for abandoned."""
+    pid = owner.get("pid", "")
+    return owner.get("host") == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+
+
 def fail_abandoned_runs(experiment: str, tags: Mapping[str, str]) -> list[str]:
     """Mark FAILED every RUNNING run of the experiment with these tags whose process (process_tags) is gone on this
     host: a SIGKILL gives a run no chance to end itself. Returns the ids it marked."""
@@ -152,13 +159,9 @@ def fail_abandoned_runs(experiment: str, tags: Mapping[str, str]) -> list[str]:
             return []
         where = " and ".join([*(f"tags.{k} = '{v}'" for k, v in tags.items()), "attributes.status = 'RUNNING'"])
         runs = client.search_runs([found.experiment_id], filter_string=where, max_results=1000)
-        host, marked = socket.gethostname(), []
-        for run in runs:
-            owner = run.data.tags
-            if owner.get("host") != host or not owner.get("pid", "").isdigit() or _alive(int(owner["pid"])):
-                continue
-            client.set_terminated(run.info.run_id, status="FAILED")
-            marked.append(run.info.run_id)
+        marked = [run.info.run_id for run in runs if abandoned(run.data.tags)]
+        for run_id in marked:
+            client.set_terminated(run_id, status="FAILED")
     return marked
 
 
