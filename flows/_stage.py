@@ -15,7 +15,8 @@ from prefect.runtime import flow_run
 
 from deepprune.compute import fix_threads
 from deepprune.config import ConfigError, Params, load_params
-from deepprune.tracking import Run, fail_abandoned_runs, process_tags, start_run
+from deepprune.services import Unreachable
+from deepprune.tracking import Run, fail_abandoned_runs, process_tags, require_store, start_run
 from flows import ROOT
 from flows.server import prefect_server, stop_with_parent, terminate_as_interrupt
 
@@ -38,20 +39,21 @@ def git_commit(cwd: Path | None = None) -> str:
 def run_stage(stage: str, run: Callable[..., Any], *args: str) -> None:
     """A stage process's entry point (the `main()` its DVC cmd calls): it reports to the pipeline's Prefect server
     (or starts one for itself, stopped with it), handles SIGTERM as Ctrl-C, stops when its parent dies, and tags
-    its flow run with the stage, the corpus and the pipeline run."""
+    its flow run with the stage, the corpus and the pipeline run. Bad params and a tracking store that does not
+    answer end it before any work, with a one-line error."""
     terminate_as_interrupt()
     stop_with_parent()
-    try:
-        stage_params()  # refuse bad params before a server starts or an input is read
-    except ConfigError as exc:
-        print(f"{stage}: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
     tags = ["deepprune", f"stage:{stage}", *(f"corpus:{a}" for a in args[:1])]
     if os.environ.get(PIPELINE_FLOW_RUN_ENV):
         tags.append(f"pipeline:{os.environ[PIPELINE_FLOW_RUN_ENV]}")
     try:
-        with prefect_server(), prefect_tags(*tags):
+        tracking = stage_params().tracking  # refuse bad params before a server starts or an input is read
+        require_store(tracking)
+        with prefect_server(tracking), prefect_tags(*tags):
             run(*args)
+    except (ConfigError, Unreachable) as exc:
+        print(f"{stage}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     except KeyboardInterrupt:
         print(f"{stage}: interrupted; finished work is kept and a rerun resumes", file=sys.stderr)
         raise SystemExit(130) from None
