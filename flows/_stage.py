@@ -18,7 +18,8 @@ from deepprune.config import ConfigError, Params, load_params
 from deepprune.services import Unreachable
 from deepprune.tracking import Run, fail_abandoned_runs, process_tags, require_store, start_run
 from flows import ROOT
-from flows.server import prefect_server, stop_with_parent, terminate_as_interrupt
+from flows.server import (crash_abandoned_flow_runs, owner_tags, prefect_server, stop_with_parent,
+                          terminate_as_interrupt)
 
 PARENT_RUN_ENV = "DEEPPRUNE_PARENT_RUN_ID"  # set by flows/pipeline.py around `dvc repro`
 PIPELINE_FLOW_RUN_ENV = "DEEPPRUNE_PIPELINE_FLOW_RUN"  # the pipeline's Prefect flow-run name, a tag of its stages
@@ -38,18 +39,24 @@ def git_commit(cwd: Path | None = None) -> str:
 
 def run_stage(stage: str, run: Callable[..., Any], *args: str) -> None:
     """A stage process's entry point (the `main()` its DVC cmd calls): it reports to the pipeline's Prefect server
-    (or starts one for itself, stopped with it), handles SIGTERM as Ctrl-C, stops when its parent dies, and tags
-    its flow run with the stage, the corpus and the pipeline run. Bad params and a tracking store that does not
-    answer end it before any work, with a one-line error."""
+    (or starts one for itself, stopped with it), handles SIGTERM as Ctrl-C, stops when its parent dies, tags its
+    flow run with the stage, the corpus, the pipeline run and this process, and marks CRASHED the flow runs of the
+    same stage that a hard kill left RUNNING. Bad params and a tracking store that does not answer end it before
+    any work, with a one-line error."""
     terminate_as_interrupt()
     stop_with_parent()
-    tags = ["deepprune", f"stage:{stage}", *(f"corpus:{a}" for a in args[:1])]
+    same_stage = [f"stage:{stage}", *(f"corpus:{a}" for a in args[:1])]
+    tags = ["deepprune", *same_stage, *owner_tags()]
     if os.environ.get(PIPELINE_FLOW_RUN_ENV):
         tags.append(f"pipeline:{os.environ[PIPELINE_FLOW_RUN_ENV]}")
     try:
         tracking = stage_params().tracking  # refuse bad params before a server starts or an input is read
         require_store(tracking)
         with prefect_server(tracking), prefect_tags(*tags):
+            crashed = crash_abandoned_flow_runs(same_stage)
+            if crashed:
+                print(f"{stage}: marked {len(crashed)} flow run(s) CRASHED that a hard kill had left RUNNING "
+                      f"({', '.join(crashed)})")
             run(*args)
     except (ConfigError, Unreachable) as exc:
         print(f"{stage}: {exc}", file=sys.stderr)

@@ -8,6 +8,10 @@ then retries a dead API for minutes. This module starts the server itself instea
 - with the kernel's parent-death signal (Linux PR_SET_PDEATHSIG), so it dies with the process that started it,
   however that process ends;
 - stopped on exit, and reused by every stage a pipeline starts (they inherit PREFECT_API_URL).
+
+Every server, ours or the user's, keeps its flow runs in a database that outlives it (ours: the project's, under
+PREFECT_HOME, `.prefect/`), so a flow run whose process a `kill -9` ended stays RUNNING there for good unless a
+later run marks it (crash_abandoned_flow_runs).
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deepprune.services import http_status, require_answer, service
+from deepprune.tracking import abandoned, process_tags
 from flows import ROOT
 
 if TYPE_CHECKING:
@@ -93,6 +98,31 @@ def prefect_server(tracking: TrackingConfig, startup_timeout_s: float = STARTUP_
                         APILogWorker.drain_all(timeout=5)
         finally:
             os.environ.pop(API_ENV, None)
+
+
+def owner_tags() -> list[str]:
+    """This process as flow-run tags (`host:`, `pid:`), as MLflow runs carry it (process_tags)."""
+    return [f"{key}:{value}" for key, value in process_tags().items()]
+
+
+def crash_abandoned_flow_runs(tags: Sequence[str]) -> list[str]:
+    """Mark CRASHED every RUNNING flow run that carries all `tags` and whose process (its owner_tags) is gone from
+    this host: a `kill -9` gives a flow run no chance to report its end. Returns the names it marked."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType,
+                                                FlowRunFilterTags)
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    running = FlowRunFilter(tags=FlowRunFilterTags(all_=list(tags)),
+                            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])))
+    with get_client(sync_client=True) as client:
+        runs = [run for run in client.read_flow_runs(flow_run_filter=running)
+                if abandoned(dict(tag.split(":", 1) for tag in run.tags if ":" in tag))]
+        for run in runs:
+            client.set_flow_run_state(run.id, Crashed(message="its process is gone (killed hard); marked by the next "
+                                                              "run of the same stage"), force=True)
+    return [run.name for run in runs]
 
 
 def stop_with_parent(poll_s: float = 0.5, grace_s: float = 10.0) -> None:

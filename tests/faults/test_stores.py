@@ -1,9 +1,9 @@
 """Tracking stores that are down (issue 12): a stage whose MLflow tracking server or Prefect API does not answer
 fails before it computes, within 30 s, naming the store and the local default; MLflow gives up on a server lost
-later within params `tracking`'s bound.
+later within params `tracking`'s bound; a flow run a hard kill left RUNNING is marked CRASHED by the next run.
 
 Every server here is real and on 127.0.0.1: a closed port (refused), a listening socket that never answers
-(silent), a stub HTTP server."""
+(silent), a stub HTTP server, a Prefect server."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from deepprune.config import load_params
-from flows.server import free_port
+from flows.server import crash_abandoned_flow_runs, free_port, owner_tags, prefect_server
 from tests.conftest import ROOT
 
 BOUND_S = 30  # the requirement: a stage reporting to a store that does not answer fails within this
@@ -127,3 +127,42 @@ def test_a_user_set_mlflow_variable_wins_over_params(monkeypatch):
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "7"
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "5"
 
+
+@pytest.mark.slow
+def test_a_flow_run_a_hard_kill_left_running_is_marked_crashed(tmp_path, monkeypatch):
+    """Only a run of the same stage and corpus, on this host, whose process is gone, is marked."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.settings import PREFECT_API_REQUEST_TIMEOUT, PREFECT_CLIENT_MAX_RETRIES
+    from prefect.states import Running
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect"))
+    for name in ("PREFECT_API_URL", "PREFECT_CLIENT_MAX_RETRIES", "PREFECT_API_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    tracking = load_params(ROOT / "params.yaml").tracking
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid now names no process
+    dead_here = [f"host:{socket.gethostname()}", f"pid:{gone.pid}"]
+    stage = ["stage:probe", "corpus:x"]
+
+    @flow(name="probe")
+    def probe() -> None:
+        pass
+
+    with prefect_server(tracking), get_client(sync_client=True) as client:
+        # this process's Prefect client is bounded by params too, not only the processes it starts
+        assert (PREFECT_CLIENT_MAX_RETRIES.value(), PREFECT_API_REQUEST_TIMEOUT.value()) == (2, 5)
+        runs = {name: client.create_flow_run(probe, name=name, tags=tags, state=Running()).id for name, tags in {
+            "killed": [*stage, *dead_here],
+            "alive": [*stage, *owner_tags()],
+            "other-corpus": ["stage:probe", "corpus:y", *dead_here],
+            "other-host": [*stage, "host:elsewhere", f"pid:{gone.pid}"],
+            "untagged": stage,
+        }.items()}
+        marked = crash_abandoned_flow_runs(stage)
+        states = {name: client.read_flow_run(run_id).state for name, run_id in runs.items()}
+    assert marked == ["killed"]
+    assert states["killed"].type == StateType.CRASHED and "process is gone" in states["killed"].message
+    assert {name: state.type for name, state in states.items() if name != "killed"} == {
+        name: StateType.RUNNING for name in runs if name != "killed"}
