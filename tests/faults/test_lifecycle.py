@@ -28,7 +28,7 @@ from prefect import flow
 from deepprune import paths
 from flows._stage import run_stage, stage_run
 
-@flow(name="probe")
+@flow(name="probe", flow_run_name="probe@{corpus}")  # as every stage flow is named
 def probe(corpus: str) -> None:
     with stage_run("probe", corpus, {}):
         Path(paths.judge_dir(corpus), "scores.jsonl").write_text("half")  # half of a folder output
@@ -56,18 +56,21 @@ def env(tmp_path_factory) -> dict[str, str]:
     return env
 
 
-def _start(env: dict[str, str], via_shell: bool = False) -> tuple[subprocess.Popen, str, int]:
+def _start(env: dict[str, str], via_shell: bool = False) -> tuple[subprocess.Popen, str, int, str]:
+    """The stage process, its Prefect API URL, its pid, and what it printed before its flow started."""
     cmd = [sys.executable, "-c", PROBE]
     if via_shell:  # a parent that can be killed on its own, as dvc is to a stage
         cmd = ["bash", "-c", f'"{sys.executable}" -c "$PROBE" & wait']
     proc = subprocess.Popen(cmd, cwd=env["WORKSPACE"], env={**env, "PROBE": PROBE}, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     deadline = time.time() + 240
+    said = ""
     for line in proc.stdout:
         if line.startswith("STARTED"):
             _, url, exported, pid = line.split()
             assert url == exported  # the flow reports to the server run_stage started, not to a temporary one
-            return proc, url, int(pid)
+            return proc, url, int(pid), said
+        said += line
         assert time.time() < deadline
     raise AssertionError(f"the probe stage never started (exit {proc.wait()})")
 
@@ -117,7 +120,7 @@ def _statuses(env: dict[str, str]) -> list[str]:
 @pytest.mark.parametrize("sig, status", [(signal.SIGTERM, "KILLED"), (signal.SIGINT, "KILLED")])
 def test_a_signalled_stage_closes_its_run_and_stops_its_server(env, sig, status):
     before = _statuses(env)
-    proc, url, pid = _start(env)
+    proc, url, pid, _ = _start(env)
     os.kill(pid, sig)
     assert proc.wait(timeout=60) != 0
     _gone(env, url)
@@ -125,15 +128,17 @@ def test_a_signalled_stage_closes_its_run_and_stops_its_server(env, sig, status)
     assert _judge_outputs(env) == []  # the half-written folder went with the stage
 
 
-def test_a_sigkilled_stage_leaves_no_server_and_its_run_is_failed_by_the_next_run(env):
-    proc, url, pid = _start(env)
+def test_a_sigkilled_stage_leaves_no_server_and_its_runs_are_ended_by_the_next_run(env):
+    proc, url, pid, _ = _start(env)
     os.kill(pid, signal.SIGKILL)
     proc.wait(timeout=60)
     _gone(env, url)  # the kernel's parent-death signal stopped the server
     assert _judge_outputs(env) == [".x.partial"]  # no cleanup runs on SIGKILL, but nothing under the real name
     running = [r for r in mlflow_runs(env["MLFLOW_TRACKING_URI"], "deepprune/probe") if r.info.status == "RUNNING"]
     assert len(running) == 1  # a SIGKILL gives a run no chance to end itself ...
-    proc, url, pid = _start(env)  # ... so the next run of the same stage marks it FAILED
+    proc, url, pid, said = _start(env)  # ... so the next run of the same stage marks it FAILED
+    # and its Prefect flow run, RUNNING in the project's database, CRASHED
+    assert "probe: marked 1 flow run(s) CRASHED that a hard kill had left RUNNING (probe@x)" in said
     os.kill(pid, signal.SIGTERM)
     proc.wait(timeout=60)
     runs = {r.info.run_id: r.info.status for r in mlflow_runs(env["MLFLOW_TRACKING_URI"], "deepprune/probe")}
@@ -142,7 +147,7 @@ def test_a_sigkilled_stage_leaves_no_server_and_its_run_is_failed_by_the_next_ru
 
 
 def test_a_stage_whose_parent_is_killed_stops_itself(env):
-    proc, url, pid = _start(env, via_shell=True)
+    proc, url, pid, _ = _start(env, via_shell=True)
     os.kill(proc.pid, signal.SIGKILL)  # the parent (as `kill -9` of dvc), not the stage
     proc.wait(timeout=60)
     _gone(env, url, seconds=40)
