@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -23,18 +22,11 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from deepprune.services import service
+from deepprune.services import free_port, service
 from flows import ROOT
 
 API_ENV = "PREFECT_API_URL"
 STARTUP_TIMEOUT_S = 120.0
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _healthy(api_url: str) -> bool:
