@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -27,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deepprune.services import http_status, require_answer, service
+from deepprune.services import free_port, http_status, require_answer, service
 from deepprune.tracking import abandoned, process_tags
 from flows import ROOT
 
@@ -36,13 +35,6 @@ if TYPE_CHECKING:
 
 API_ENV = "PREFECT_API_URL"
 STARTUP_TIMEOUT_S = 120.0
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _healthy(api_url: str) -> bool:
