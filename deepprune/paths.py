@@ -1,8 +1,33 @@
 """Every output path of the pipeline, relative to the project root (each stage's working directory). Flows, tasks,
 the report and the tests take paths from here; `dvc.yaml` spells the same paths, and tests/unit/test_paths.py
-checks that every stage's outs and metrics there equal these."""
+checks that every stage's outs and metrics there equal these (`stage_outputs`).
+
+A stage's folder outputs appear whole or not at all: while the stage runs (`staged_outputs`, entered by every
+stage process), the folder functions below name a hidden sibling (`data/judge/.math.partial`), which replaces the
+folder only when the stage has finished. A stage killed midway leaves no half-written folder under the real name,
+and its next run deletes the leftover sibling first. Single files are written atomically by deepprune.io."""
 
 from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+_STAGING: dict[str, str] = {}  # folder output -> the sibling its running stage writes instead
+_STAGING_LOCK = threading.Lock()
+
+
+def _written(folder: str) -> str:
+    """folder, or the hidden sibling its stage is writing while that stage runs in this process."""
+    return _STAGING.get(folder, folder)
+
+
+def _sibling(path: str, tag: str) -> Path:
+    path_ = Path(path)
+    return path_.with_name(f".{path_.name}.{tag}")
 
 # ---- sample ---------------------------------------------------------------------------------------------------
 
@@ -31,7 +56,7 @@ def server_log() -> str:
 
 
 def labels_dir(corpus: str) -> str:
-    return f"data/labels/{corpus}"
+    return _written(f"data/labels/{corpus}")
 
 
 def pairs(corpus: str) -> str:
@@ -53,7 +78,7 @@ def embeddings(corpus: str) -> str:
 
 
 def judge_dir(corpus: str) -> str:
-    return f"data/judge/{corpus}"
+    return _written(f"data/judge/{corpus}")
 
 
 def judge_scores(corpus: str) -> str:
@@ -72,7 +97,7 @@ def judge_model(corpus: str, variant: str) -> str:
 
 
 def judge_lm_dir(corpus: str) -> str:
-    return f"data/judge_lm/{corpus}"
+    return _written(f"data/judge_lm/{corpus}")
 
 
 def judge_lm_scores(corpus: str) -> str:
@@ -98,7 +123,7 @@ def judge_lm_checkpoints(corpus: str) -> str:
 
 
 def sweep_dir(corpus: str) -> str:
-    return f"data/sweep/{corpus}"
+    return _written(f"data/sweep/{corpus}")
 
 
 def sweep_results(corpus: str) -> str:
@@ -111,7 +136,7 @@ def sweep_best(corpus: str) -> str:
 
 
 def ablate_dir(corpus: str) -> str:
-    return f"data/ablate/{corpus}"
+    return _written(f"data/ablate/{corpus}")
 
 
 def ablate_results(corpus: str) -> str:
@@ -122,7 +147,7 @@ def ablate_results(corpus: str) -> str:
 
 
 def prune_dir(corpus: str) -> str:
-    return f"data/prune/{corpus}"
+    return _written(f"data/prune/{corpus}")
 
 
 def prune_results(corpus: str) -> str:
@@ -130,7 +155,7 @@ def prune_results(corpus: str) -> str:
 
 
 def online_dir(corpus: str) -> str:
-    return f"data/online/{corpus}"
+    return _written(f"data/online/{corpus}")
 
 
 def online_outcomes(corpus: str) -> str:
@@ -168,9 +193,86 @@ def report_index() -> str:
 
 
 def figures_dir() -> str:
-    return "reports/figures"
+    return _written("reports/figures")
 
 
 def figure(name: str) -> str:
     """One report figure as self-contained HTML."""
     return f"{figures_dir()}/{name}.html"
+
+
+# ---- what each stage writes, and how ---------------------------------------------------------------------------
+
+
+def stage_outputs(stage: str, corpus: str | None) -> tuple[list[str], list[str]]:
+    """A stage's DVC outs and metrics for one corpus (the report: for all), as dvc.yaml lists them."""
+    c = corpus or ""
+    table = {
+        "sample": lambda: ([traces(c), traces_meta(c)], [metrics("sample", c)]),
+        "label": lambda: ([labels_dir(c)], [metrics("label", c)]),
+        "embed": lambda: ([embeddings(c)], [metrics("embed", c)]),
+        "judge": lambda: ([judge_dir(c)], [metrics("judge", c)]),
+        "judge_lm": lambda: ([judge_lm_dir(c)], [metrics("judge_lm", c)]),
+        "sweep": lambda: ([sweep_dir(c)], [metrics("sweep", c)]),
+        "ablate": lambda: ([ablate_dir(c)], [metrics("ablate", c)]),
+        "prune": lambda: ([prune_dir(c)], [metrics("prune", c)]),
+        "online": lambda: ([online_dir(c)], [metrics("online", c)]),
+        "report": lambda: ([report_index(), figures_dir()], []),
+    }
+    if stage not in table:
+        raise KeyError(f"unknown stage {stage!r}; known: {sorted(table)}")
+    return table[stage]()
+
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _clear_leftovers(output: str) -> None:
+    """Delete what a killed run of this output's stage left beside it: its staging folder, a folder it was about to
+    replace, and the temporary files of an atomic write (`.<name>.<random>.tmp`, deepprune.io.atomic_open)."""
+    out = Path(output)
+    if not out.parent.is_dir():
+        return
+    for leftover in out.parent.glob(f".{out.name}.*"):
+        if leftover.name.endswith((".partial", ".replaced", ".tmp")):
+            _remove(leftover)
+
+
+@contextlib.contextmanager
+def staged_outputs(stage: str, corpus: str | None) -> Iterator[None]:
+    """Run a stage so that its outputs appear whole or not at all (the module docstring says how).
+
+    On entry the leftovers of a killed earlier run are deleted. On success each folder output is swapped in (the
+    old folder, if any, is renamed aside and then deleted); on any exception, Ctrl-C included, the staging folders
+    are deleted and the previous outputs stay as they were."""
+    outs, metric_files = stage_outputs(stage, corpus)
+    with _STAGING_LOCK:
+        folders = [o for o in outs if not Path(o).suffix]  # files end in .jsonl, .json, .npz, .html
+        for output in [*outs, *metric_files]:
+            _clear_leftovers(output)
+        staging = {folder: _sibling(folder, "partial") for folder in folders}
+        for folder, tmp in staging.items():
+            tmp.mkdir(parents=True)
+            _STAGING[folder] = str(tmp)
+    try:
+        yield
+    except BaseException:
+        for tmp in staging.values():
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        with _STAGING_LOCK:
+            for folder in staging:
+                _STAGING.pop(folder, None)
+    for folder, tmp in staging.items():
+        final, aside = Path(folder), _sibling(folder, "replaced")
+        if final.exists():
+            os.replace(final, aside)
+        os.replace(tmp, final)
+        _remove(aside)

@@ -1,5 +1,5 @@
 """Processes the platform starts for a run (a Prefect server, an inference server): ready before use, stopped
-after, and never outliving the process that started them."""
+after, and never outliving the process that started them; and servers a run reports to, checked before use."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -19,6 +22,13 @@ def _die_with_parent() -> None:
     """Runs in the child before exec: the kernel sends it SIGTERM when the parent that started it dies."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def stop_process(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
@@ -62,3 +72,27 @@ def service(cmd: Sequence[str], ready: Callable[[], bool], timeout_s: float, nam
     finally:
         if log is not subprocess.DEVNULL:
             log.close()
+
+
+class Unreachable(ConnectionError):
+    """A server the run reports to does not answer; the message names it and the local alternative."""
+
+
+def http_status(url: str, timeout_s: float) -> int:
+    """The HTTP status `url` answers with, an error status too; OSError when nothing answers within timeout_s
+    (refused, silent, unknown host)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+            return reply.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def require_answer(url: str, timeout_s: float, server: str, instead: str) -> None:
+    """Raise Unreachable naming `server` and `instead` (what to do without it) unless some HTTP answer, any status,
+    comes from `url` within timeout_s: a run that cannot report finds out before it computes, not after it."""
+    try:
+        http_status(url, timeout_s)
+    except (OSError, ValueError) as exc:  # ValueError: a malformed URL
+        reason = getattr(exc, "reason", None) or exc
+        raise Unreachable(f"{server} does not answer within {timeout_s:g} s ({reason}); {instead}") from None

@@ -8,9 +8,15 @@ import os
 import signal
 import socket
 import threading
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from deepprune.services import require_answer
+
+if TYPE_CHECKING:
+    from deepprune.config import TrackingConfig
 
 
 # Sweep points log from worker threads; SQLite stores reject concurrent writers ("database is locked"), so every
@@ -23,6 +29,21 @@ def _mlflow():
     import mlflow
 
     return mlflow
+
+
+def require_store(tracking: TrackingConfig) -> None:
+    """Bound MLflow's HTTP retries by params `tracking`, a variable the environment sets winning (MLflow's own
+    default gives up on a closed port after 4 min 21 s), and fail now, naming the server, when MLFLOW_TRACKING_URI
+    is an HTTP server that does not answer: a stage finds out before it computes, not after. Call it before the
+    process's first MLflow call; it reads the URI from the environment, as MLflow does, without importing MLflow."""
+    bounds = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": tracking.retries, "MLFLOW_HTTP_REQUEST_TIMEOUT": tracking.timeout_s,
+              "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": tracking.backoff_factor}
+    for name, value in bounds.items():
+        os.environ.setdefault(name, str(value))
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if urllib.parse.urlsplit(uri).scheme in ("http", "https"):
+        require_answer(uri, float(os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"]), f"the MLflow tracking server at {uri}",
+                       "unset MLFLOW_TRACKING_URI to log to the project's own SQLite store (.mlflow/mlflow.db)")
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
@@ -140,6 +161,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def abandoned(owner: Mapping[str, str]) -> bool:
+    """Whether the process that `owner` (a run's process_tags) names is gone: it ran on this host and its pid is
+    free. A run on another host, or with no such tags, is never taken for abandoned."""
+    pid = owner.get("pid", "")
+    return owner.get("host") == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+
+
 def fail_abandoned_runs(experiment: str, tags: Mapping[str, str]) -> list[str]:
     """Mark FAILED every RUNNING run of the experiment with these tags whose process (process_tags) is gone on this
     host: a SIGKILL gives a run no chance to end itself. Returns the ids it marked."""
@@ -152,13 +180,9 @@ def fail_abandoned_runs(experiment: str, tags: Mapping[str, str]) -> list[str]:
             return []
         where = " and ".join([*(f"tags.{k} = '{v}'" for k, v in tags.items()), "attributes.status = 'RUNNING'"])
         runs = client.search_runs([found.experiment_id], filter_string=where, max_results=1000)
-        host, marked = socket.gethostname(), []
-        for run in runs:
-            owner = run.data.tags
-            if owner.get("host") != host or not owner.get("pid", "").isdigit() or _alive(int(owner["pid"])):
-                continue
-            client.set_terminated(run.info.run_id, status="FAILED")
-            marked.append(run.info.run_id)
+        marked = [run.info.run_id for run in runs if abandoned(run.data.tags)]
+        for run_id in marked:
+            client.set_terminated(run_id, status="FAILED")
     return marked
 
 

@@ -15,9 +15,12 @@ from prefect.runtime import flow_run
 
 from deepprune.compute import fix_threads
 from deepprune.config import ConfigError, Params, load_params
-from deepprune.tracking import Run, fail_abandoned_runs, process_tags, start_run
+from deepprune.paths import staged_outputs
+from deepprune.services import Unreachable
+from deepprune.tracking import Run, fail_abandoned_runs, process_tags, require_store, start_run
 from flows import ROOT
-from flows.server import prefect_server, stop_with_parent, terminate_as_interrupt
+from flows.server import (crash_abandoned_flow_runs, owner_tags, prefect_server, stop_with_parent,
+                          terminate_as_interrupt)
 
 PARENT_RUN_ENV = "DEEPPRUNE_PARENT_RUN_ID"  # set by flows/pipeline.py around `dvc repro`
 PIPELINE_FLOW_RUN_ENV = "DEEPPRUNE_PIPELINE_FLOW_RUN"  # the pipeline's Prefect flow-run name, a tag of its stages
@@ -37,21 +40,30 @@ def git_commit(cwd: Path | None = None) -> str:
 
 def run_stage(stage: str, run: Callable[..., Any], *args: str) -> None:
     """A stage process's entry point (the `main()` its DVC cmd calls): it reports to the pipeline's Prefect server
-    (or starts one for itself, stopped with it), handles SIGTERM as Ctrl-C, stops when its parent dies, and tags
-    its flow run with the stage, the corpus and the pipeline run."""
+    (or starts one for itself, stopped with it), handles SIGTERM as Ctrl-C, stops when its parent dies, tags its
+    flow run with the stage, the corpus, the pipeline run and this process, marks CRASHED the flow runs of the
+    same stage that a hard kill left RUNNING, and writes its folder outputs aside until it has finished
+    (deepprune.paths.staged_outputs). Bad params and a tracking store that does not answer end it before any work,
+    with a one-line error."""
     terminate_as_interrupt()
     stop_with_parent()
-    try:
-        stage_params()  # refuse bad params before a server starts or an input is read
-    except ConfigError as exc:
-        print(f"{stage}: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    tags = ["deepprune", f"stage:{stage}", *(f"corpus:{a}" for a in args[:1])]
+    same_stage = [f"stage:{stage}", *(f"corpus:{a}" for a in args[:1])]
+    tags = ["deepprune", *same_stage, *owner_tags()]
     if os.environ.get(PIPELINE_FLOW_RUN_ENV):
         tags.append(f"pipeline:{os.environ[PIPELINE_FLOW_RUN_ENV]}")
     try:
-        with prefect_server(), prefect_tags(*tags):
-            run(*args)
+        tracking = stage_params().tracking  # refuse bad params before a server starts or an input is read
+        require_store(tracking)
+        with prefect_server(tracking), prefect_tags(*tags):
+            crashed = crash_abandoned_flow_runs(same_stage)
+            if crashed:
+                print(f"{stage}: marked {len(crashed)} flow run(s) CRASHED that a hard kill had left RUNNING "
+                      f"({', '.join(crashed)})")
+            with staged_outputs(stage, args[0] if args else None):
+                run(*args)
+    except (ConfigError, Unreachable) as exc:
+        print(f"{stage}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     except KeyboardInterrupt:
         print(f"{stage}: interrupted; finished work is kept and a rerun resumes", file=sys.stderr)
         raise SystemExit(130) from None

@@ -24,8 +24,8 @@ from flows import ROOT
 from flows._stage import PARENT_RUN_ENV, PIPELINE_FLOW_RUN_ENV, git_commit
 from flows.server import prefect_server, terminate_as_interrupt
 from deepprune.config import ConfigError, Params, load_params
-from deepprune.services import stop_process
-from deepprune.tracking import fail_abandoned_runs, process_tags, start_run
+from deepprune.services import Unreachable, stop_process
+from deepprune.tracking import fail_abandoned_runs, process_tags, require_store, start_run
 
 
 def _dvc(*args: str) -> None:
@@ -97,15 +97,21 @@ def pipeline_flow(targets: list[str] | None = None, force: bool = False, set_par
 
 def main(argv: list[str] | None = None) -> None:
     """One Prefect server for the whole run (PREFECT_API_URL's, or one started here and stopped at the end):
-    every stage DVC starts reports to it instead of starting a temporary server of its own."""
+    every stage DVC starts reports to it instead of starting a temporary server of its own. Bad params and a
+    tracking store that does not answer end it before any stage runs, with a one-line error."""
     argv = sys.argv[1:] if argv is None else argv
     terminate_as_interrupt()
     try:
-        with prefect_server():
+        tracking = load_params(ROOT / "params.yaml").tracking
+        require_store(tracking)
+        with prefect_server(tracking):
             if "--serve" in argv:
                 pipeline_flow.serve(name="deepprune-pipeline", tags=["deepprune"])
             else:
                 pipeline_flow(targets=[a for a in argv if not a.startswith("--")] or None, force="--force" in argv)
+    except (ConfigError, Unreachable) as exc:
+        print(f"pipeline: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     except KeyboardInterrupt:
         print("pipeline: interrupted; finished stages are kept and `make run` resumes", file=sys.stderr)
         raise SystemExit(130) from None

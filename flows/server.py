@@ -8,6 +8,10 @@ then retries a dead API for minutes. This module starts the server itself instea
 - with the kernel's parent-death signal (Linux PR_SET_PDEATHSIG), so it dies with the process that started it,
   however that process ends;
 - stopped on exit, and reused by every stage a pipeline starts (they inherit PREFECT_API_URL).
+
+Every server, ours or the user's, keeps its flow runs in a database that outlives it (ours: the project's, under
+PREFECT_HOME, `.prefect/`), so a flow run whose process a `kill -9` ended stays RUNNING there for good unless a
+later run marks it (crash_abandoned_flow_runs).
 """
 
 from __future__ import annotations
@@ -15,57 +19,68 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import sys
 import threading
 import time
-import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from deepprune.services import service
+from deepprune.services import free_port, http_status, require_answer, service
+from deepprune.tracking import abandoned, process_tags
 from flows import ROOT
+
+if TYPE_CHECKING:
+    from deepprune.config import TrackingConfig
 
 API_ENV = "PREFECT_API_URL"
 STARTUP_TIMEOUT_S = 120.0
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _healthy(api_url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as reply:
-            return reply.status == 200
+        return http_status(f"{api_url}/health", 2) == 200
     except OSError:
         return False
 
 
+def _client_bounds(tracking: TrackingConfig) -> dict[Any, str]:
+    """Prefect's client settings that params `tracking` bounds (Prefect's own default retries a silent API for
+    minutes), a variable the environment sets winning. Exported for the processes this one starts; this process
+    read its settings when it imported Prefect, so they also have to be applied as settings."""
+    from prefect.settings import PREFECT_API_REQUEST_TIMEOUT, PREFECT_CLIENT_MAX_RETRIES
+
+    bounds = {PREFECT_CLIENT_MAX_RETRIES: tracking.retries, PREFECT_API_REQUEST_TIMEOUT: tracking.timeout_s}
+    return {setting: os.environ.setdefault(setting.name, str(value)) for setting, value in bounds.items()}
+
+
 @contextlib.contextmanager
-def prefect_server(startup_timeout_s: float = STARTUP_TIMEOUT_S) -> Iterator[str]:
-    """The API URL to report to: PREFECT_API_URL when set (a pipeline's server, or the user's), else a server
-    started here for the duration of the block and stopped after it, whatever ends the block."""
+def prefect_server(tracking: TrackingConfig, startup_timeout_s: float = STARTUP_TIMEOUT_S) -> Iterator[str]:
+    """The API URL to report to: PREFECT_API_URL when set (a pipeline's server, or the user's) and it answers, else
+    a server started here for the duration of the block and stopped after it, whatever ends the block. An API that
+    does not answer is an error naming it at once; one lost later fails a request after params `tracking` retries."""
+    from prefect.settings import PREFECT_API_REQUEST_TIMEOUT, PREFECT_API_URL, temporary_settings
+
+    bounds = _client_bounds(tracking)
     if os.environ.get(API_ENV):
-        yield os.environ[API_ENV]
+        api_url = os.environ[API_ENV]
+        require_answer(f"{api_url}/health", float(bounds[PREFECT_API_REQUEST_TIMEOUT]), f"the Prefect API at {api_url}",
+                       "unset PREFECT_API_URL to report to a local Prefect server that the run starts and stops")
+        with temporary_settings(updates=bounds):
+            yield api_url
         return
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     home = Path(os.environ.get("PREFECT_HOME", ROOT / ".prefect"))
     env = {**os.environ, "PREFECT_UI_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     cmd = [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     with service(cmd, lambda: _healthy(api_url), startup_timeout_s, "the Prefect server", home / "server.log", env,
                  grace_s=10.0):
         # Prefect read its settings when it was imported: the environment (for child processes) is not enough,
         # this process's settings must point at the server too, or its flows start a temporary server of their own
         os.environ[API_ENV] = api_url
         try:
-            with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            with temporary_settings(updates={**bounds, PREFECT_API_URL: api_url}):
                 try:
                     yield api_url
                 finally:  # send the run's last log lines while the server still listens
@@ -75,6 +90,31 @@ def prefect_server(startup_timeout_s: float = STARTUP_TIMEOUT_S) -> Iterator[str
                         APILogWorker.drain_all(timeout=5)
         finally:
             os.environ.pop(API_ENV, None)
+
+
+def owner_tags() -> list[str]:
+    """This process as flow-run tags (`host:`, `pid:`), as MLflow runs carry it (process_tags)."""
+    return [f"{key}:{value}" for key, value in process_tags().items()]
+
+
+def crash_abandoned_flow_runs(tags: Sequence[str]) -> list[str]:
+    """Mark CRASHED every RUNNING flow run that carries all `tags` and whose process (its owner_tags) is gone from
+    this host: a `kill -9` gives a flow run no chance to report its end. Returns the names it marked."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType,
+                                                FlowRunFilterTags)
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    running = FlowRunFilter(tags=FlowRunFilterTags(all_=list(tags)),
+                            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING])))
+    with get_client(sync_client=True) as client:
+        runs = [run for run in client.read_flow_runs(flow_run_filter=running)
+                if abandoned(dict(tag.split(":", 1) for tag in run.tags if ":" in tag))]
+        for run in runs:
+            client.set_flow_run_state(run.id, Crashed(message="its process is gone (killed hard); marked by the next "
+                                                              "run of the same stage"), force=True)
+    return [run.name for run in runs]
 
 
 def stop_with_parent(poll_s: float = 0.5, grace_s: float = 10.0) -> None:

@@ -7,8 +7,6 @@ release, their own vLLM dumps, or the shipped date-understanding corpus.
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from deepprune.config import CorpusConfig, FieldMap
-from deepprune.data.schema import FINISH_REASONS, TraceFormatError
+from deepprune.data.schema import FINISH_REASONS, TraceFormatError, iter_records, no_valid_records
 
 
 @dataclass(frozen=True)
@@ -32,40 +30,6 @@ class RawTrace:
     n_tokens: int | None = None
     finish_reason: str = "unknown"
     logprobs: list[list[float]] | None = None
-
-
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
-
-
-def iter_source_records(path: str | os.PathLike, fmt: str) -> Iterator[tuple[int, Any]]:
-    """(line or record number, decoded record) for a JSONL file or a JSON list.
-
-    A JSONL line that is not JSON is yielded as a TraceFormatError (naming the line), so the caller decides
-    whether to raise or skip it; a JSON list that does not parse is an error at once.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"corpus file {path} does not exist")
-    with _open_text(path) as handle:
-        if fmt == "jsonl":
-            for line_no, raw in enumerate(handle, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    record = json.loads(raw)
-                except json.JSONDecodeError as exc:
-                    record = TraceFormatError(path, line_no, "<json>", f"not valid JSON ({exc.msg})")
-                yield line_no, record
-        else:
-            try:
-                data = json.load(handle)
-            except json.JSONDecodeError as exc:
-                raise TraceFormatError(path, exc.lineno, "<json>", f"not valid JSON ({exc.msg})") from None
-            if not isinstance(data, list):
-                raise TraceFormatError(path, 1, "<json>", "expected a JSON list of records")
-            # JSON lists have no useful line numbers: report the record's 1-based position instead
-            yield from enumerate(data, start=1)
 
 
 def _get(record: Any, dotted: str, path: Path, line: int, required: bool = True) -> Any:
@@ -111,22 +75,52 @@ def import_generic(path: str | os.PathLike, fmt: str, fields: FieldMap, model: s
                    skipped: list[str] | None = None) -> Iterator[RawTrace]:
     """Raw traces from any JSON/JSONL file, read through a field mapping.
 
-    A bad record raises TraceFormatError naming file, line and field; when `skipped` is a list, the record is
-    skipped instead and its error appended there (so the caller can count it).
+    A bad record (a problem read twice included) raises TraceFormatError naming file, line and field; when
+    `skipped` is a list, the record is skipped instead and its error appended there (so the caller can count it).
+    A file without records, or with every record skipped, raises: it would import as an empty corpus.
     """
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"corpus file {path} does not exist")
+    unit = "line" if fmt == "jsonl" else "record"
     running: dict[str, int] = {}
-    for line, record in iter_source_records(path, fmt):
+    problem_at: dict[str, int] = {}
+    trace_at: dict[tuple[str, str], int] = {}
+    imported = False
+    for line, record in iter_records(path, fmt):
         try:
             if isinstance(record, TraceFormatError):
                 raise record
             batch = list(_record_traces(record, path, line, fields, model, running))
+            _refuse_repeats(batch, path, line, unit, fields, problem_at, trace_at)
         except TraceFormatError as err:
             if skipped is None:
                 raise
             skipped.append(str(err))
             continue
+        imported = True
         yield from batch
+    if not imported:
+        assert skipped  # without skipping, the first bad record raised
+        raise no_valid_records(path, skipped)
+
+
+def _refuse_repeats(batch: list[RawTrace], path: Path, line: int, unit: str, fields: FieldMap,
+                    problem_at: dict[str, int], trace_at: dict[tuple[str, str], int]) -> None:
+    """Refuse a problem or trace the file already gave, naming both places: imported, it would be a trace file
+    with duplicate ids that a later stage refuses, naming only that generated file. With one trace per record,
+    a problem's records must be consecutive; `problem_at` and `trace_at` remember where each was first read."""
+    for trace in batch:
+        pid = trace.problem_id
+        first = problem_at.setdefault(pid, line)
+        # the newest problem in problem_at is the one whose records are being read
+        if first != line and (fields.texts is not None or pid != next(reversed(problem_at))):
+            raise TraceFormatError(path, line, fields.problem_id, f"problem {pid!r} already read at {unit} {first}")
+        if fields.trace_id is not None:
+            first = trace_at.setdefault((pid, trace.trace_id), line)
+            if first != line:
+                raise TraceFormatError(path, line, fields.trace_id,
+                                       f"trace {trace.trace_id!r} of problem {pid!r} already read at {unit} {first}")
 
 
 def _record_traces(record: Any, path: Path, line: int, fields: FieldMap, model: str,
@@ -139,6 +133,8 @@ def _record_traces(record: Any, path: Path, line: int, fields: FieldMap, model: 
     rec_model = _as_str(_get(record, fields.model, path, line), path, line, fields.model) if fields.model else model
     if fields.texts is not None:
         texts = _as_list(_get(record, fields.texts, path, line), path, line, fields.texts)
+        if not texts:
+            raise TraceFormatError(path, line, fields.texts, "an empty list: a problem needs traces")
         answers = (_as_list(_get(record, fields.source_answers, path, line), path, line,
                             fields.source_answers, len(texts)) if fields.source_answers else [None] * len(texts))
         counts = (_as_list(_get(record, fields.n_tokens, path, line), path, line, fields.n_tokens, len(texts))

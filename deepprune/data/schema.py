@@ -18,12 +18,13 @@ Fields (docs/trace_schema.md has the long form):
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from deepprune.io import write_jsonl
 
@@ -31,11 +32,80 @@ FINISH_REASONS = ("stop", "length", "pruned", "confidence_stop", "unknown")
 
 
 class TraceFormatError(ValueError):
-    """A trace record that does not follow the schema; the message names file, line and field."""
+    """A trace record that does not follow the schema; the message names file, line and field (a problem of the
+    whole file, such as having no records, names only the file)."""
 
-    def __init__(self, path: str | os.PathLike, line: int, field: str, problem: str):
+    def __init__(self, path: str | os.PathLike, line: int | None, field: str | None, problem: str):
         self.path, self.line, self.field = str(path), line, field
-        super().__init__(f"{path}:{line}: field {field!r}: {problem}")
+        where = f"{path}:{line}: field {field!r}" if line is not None else str(path)
+        super().__init__(f"{where}: {problem}")
+
+
+def iter_records(path: str | os.PathLike, fmt: Literal["jsonl", "json"] = "jsonl") -> Iterator[tuple[int, Any]]:
+    """(line, decoded record) of a JSONL file, or (1-based position, record) of a JSON list; gzipped if *.gz.
+
+    Every reader of trace, corpus and problem files goes through here, so all refuse bad input alike: a JSONL line
+    that is not UTF-8 or not JSON is yielded as a TraceFormatError naming its line (the caller raises or skips it);
+    a JSON file that is not UTF-8, not JSON or not a list raises at once; so does a file without records, which
+    would otherwise become an empty output that a later stage trips over.
+    """
+    path = Path(path)
+    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as handle:
+        if fmt == "json":
+            yield from _json_records(path, handle.read())
+            return
+        offset, found = 0, False
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                found = True
+                yield line_no, _not_utf8(path, line_no, offset + exc.start, raw[exc.start])
+            else:
+                if text.strip():
+                    found = True
+                    try:
+                        yield line_no, json.loads(text)
+                    except json.JSONDecodeError as exc:
+                        yield line_no, _not_json(path, line_no, exc)
+            offset += len(raw)
+    if not found:
+        raise TraceFormatError(path, None, None, "no records: the file is empty")
+
+
+def _json_records(path: Path, data: bytes) -> Iterator[tuple[int, Any]]:
+    """The records of a whole JSON file: a list is decoded at once, so any fault in it is an error at once."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(path, data.count(b"\n", 0, exc.start) + 1, exc.start, data[exc.start]) from None
+    if not text.strip():
+        raise TraceFormatError(path, None, None, "no records: the file is empty")
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _not_json(path, exc.lineno, exc) from None
+    if not isinstance(records, list):
+        raise TraceFormatError(path, 1, "<json>", "expected a JSON list of records")
+    if not records:
+        raise TraceFormatError(path, None, None, "no records: the list is empty")
+    # JSON lists have no useful line numbers: report the record's 1-based position instead
+    yield from enumerate(records, start=1)
+
+
+def _not_json(path: Path, line: int, exc: json.JSONDecodeError) -> TraceFormatError:
+    return TraceFormatError(path, line, "<json>", f"not valid JSON ({exc.msg} at column {exc.colno})")
+
+
+def _not_utf8(path: Path, line: int, offset: int, byte: int) -> TraceFormatError:
+    """Names the line and the file offset of the bad byte, where Python's error gives only an offset in a buffer."""
+    return TraceFormatError(path, line, "<encoding>", f"not UTF-8: byte 0x{byte:02x} at byte offset {offset}")
+
+
+def no_valid_records(path: str | os.PathLike, skipped: list[str]) -> TraceFormatError:
+    """The error for a file whose every record was skipped as invalid: an empty output would hide it."""
+    return TraceFormatError(path, None, None,
+                            f"no valid records: all {len(skipped)} were skipped (the first: {skipped[0]})")
 
 
 @dataclass(frozen=True)
@@ -123,31 +193,29 @@ class ReadReport:
 
 def iter_traces(path: str | os.PathLike, skip_invalid: bool = False,
                 report: ReadReport | None = None) -> Iterator[Trace]:
-    """Yield validated traces from a JSONL file; bad lines raise, or are skipped and counted when allowed."""
+    """Yield validated traces from a JSONL file; bad lines raise, or are skipped and counted when allowed. A file
+    without a valid trace raises too, naming itself, rather than reaching a stage as zero problems."""
     report = report if report is not None else ReadReport()
-    seen: set[tuple[str, str]] = set()
-    with open(path, encoding="utf-8") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                try:
-                    record = json.loads(raw)
-                except json.JSONDecodeError as exc:
-                    raise TraceFormatError(path, line_no, "<json>", f"not valid JSON ({exc.msg} at column {exc.colno})") from None
-                trace = validate_trace_record(record, path, line_no)
-                key = (trace.problem_id, trace.trace_id)
-                if key in seen:
-                    raise TraceFormatError(path, line_no, "trace_id", f"duplicate trace {key}")
-                seen.add(key)
-            except TraceFormatError as err:
-                if not skip_invalid:
-                    raise
-                report.skipped += 1
-                report.errors.append(str(err))
-                continue
-            report.read += 1
-            yield trace
+    first_line: dict[tuple[str, str], int] = {}
+    for line_no, record in iter_records(path):
+        try:
+            if isinstance(record, TraceFormatError):
+                raise record
+            trace = validate_trace_record(record, path, line_no)
+            key = (trace.problem_id, trace.trace_id)
+            first = first_line.setdefault(key, line_no)
+            if first != line_no:
+                raise TraceFormatError(path, line_no, "trace_id", f"duplicate trace {key} (first at line {first})")
+        except TraceFormatError as err:
+            if not skip_invalid:
+                raise
+            report.skipped += 1
+            report.errors.append(str(err))
+            continue
+        report.read += 1
+        yield trace
+    if not report.read:
+        raise no_valid_records(path, report.errors)
 
 
 def read_traces(path: str | os.PathLike, skip_invalid: bool = False) -> tuple[list[Trace], ReadReport]:

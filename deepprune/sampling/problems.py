@@ -3,11 +3,10 @@ and the prompts built from them. Each loader maps its file's own fields onto one
 
 from __future__ import annotations
 
-import gzip
-import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from deepprune.data.schema import TraceFormatError, iter_records
 
 # dataset -> (default file, answer extractor)
 DATASETS: dict[str, tuple[str, str]] = {
@@ -28,24 +27,8 @@ class ProblemItem:
     kind: str  # "math" (boxed answer) or "choice" (a letter)
 
 
-class ProblemFormatError(ValueError):
-    def __init__(self, path: str | Path, line: int, field: str, problem: str) -> None:
-        super().__init__(f"{path}:{line}: field {field!r}: {problem}")
-
-
-def _records(path: Path) -> Iterator[tuple[int, dict]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        if path.name.endswith((".json", ".json.gz")):
-            for i, record in enumerate(json.load(handle), start=1):
-                yield i, record
-            return
-        for i, line in enumerate(handle, start=1):
-            if line.strip():
-                try:
-                    yield i, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ProblemFormatError(path, i, "<record>", f"not valid JSON ({exc.msg})") from None
+class ProblemFormatError(TraceFormatError):
+    """A problem-set record that cannot be used; the message names file, line and field, as for traces."""
 
 
 def _field(record: dict, name: str, path: Path, line: int) -> object:
@@ -62,29 +45,46 @@ def load_problems(dataset: str, path: str | Path | None = None, limit: int | Non
     if not path.exists():
         raise FileNotFoundError(f"problem set {dataset!r}: {path} does not exist")
     out: list[ProblemItem] = []
-    for line, rec in _records(path):
+    fmt = "json" if path.name.endswith((".json", ".json.gz")) else "jsonl"
+    unit = "line" if fmt == "jsonl" else "record"
+    first_line: dict[tuple[str, str], int] = {}  # (field, value) -> the line (record) that first gave it
+    for line, rec in iter_records(path, fmt):
         if limit is not None and len(out) >= limit:
             break
+        if isinstance(rec, TraceFormatError):
+            raise rec
+        keys: list[tuple[str, str]] = []  # what makes this problem itself: its question, and its id if it has one
         if dataset == "gsm8k":
             answer = str(_field(rec, "answer", path, line))
             if "####" not in answer:
                 raise ProblemFormatError(path, line, "answer", "no '#### <number>' at its end")
             item = ProblemItem(f"gsm8k-{line - 1}", str(_field(rec, "question", path, line)),
                                answer.rsplit("####", 1)[1].strip().replace(",", ""), "math")
+            keys.append(("question", item.question))
         elif dataset == "gpqa":
             turns = _field(rec, "prompt", path, line)
             if not isinstance(turns, list) or not turns or "value" not in turns[0]:
                 raise ProblemFormatError(path, line, "prompt", "expected a list of {from, value} turns")
             item = ProblemItem(f"gpqa-{line - 1}", str(turns[0]["value"]), str(_field(rec, "final_answer", path, line)),
                                "choice")
+            keys.append(("prompt", item.question))
         elif dataset == "aime25":
             question = str(_field(rec, "prompt", path, line))
             question = question[: -len(_AIME25_SUFFIX)] if question.endswith(_AIME25_SUFFIX) else question
             item = ProblemItem(f"aime25-{line - 1}", question, str(_field(rec, "answer", path, line)), "math")
+            keys.append(("prompt", item.question))
         else:  # aime24, math500
-            pid = rec.get("unique_id") or rec.get("id") or line - 1
+            id_field = "unique_id" if rec.get("unique_id") else "id" if rec.get("id") else None
+            pid = rec[id_field] if id_field else line - 1
             item = ProblemItem(f"{dataset}-{pid}", str(_field(rec, "problem", path, line)),
                                str(_field(rec, "answer", path, line)), "math")
+            keys.append(("problem", item.question))
+            if id_field:
+                keys.append((id_field, item.problem_id))
+        for name, value in keys:
+            first = first_line.setdefault((name, value), line)
+            if first != line:  # a problem read twice would be sampled twice, under one id or two
+                raise ProblemFormatError(path, line, name, f"problem {item.problem_id!r} repeats {unit} {first}")
         out.append(item)
     return out
 

@@ -1,7 +1,8 @@
 """Stage processes end cleanly whatever ends them: SIGKILL, SIGTERM, SIGINT, or their parent (dvc) killed.
 
 Each case starts a real stage process (`run_stage`, as every DVC cmd does) that starts its own Prefect server on
-127.0.0.1 and opens its MLflow run, then ends it from outside and checks what is left."""
+127.0.0.1, opens its MLflow run and writes part of a folder output, then ends it from outside and checks what is
+left: processes, runs, and files."""
 
 from __future__ import annotations
 
@@ -22,18 +23,21 @@ pytestmark = pytest.mark.slow
 
 PROBE = """
 import os, sys, time
+from pathlib import Path
 from prefect import flow
+from deepprune import paths
 from flows._stage import run_stage, stage_run
 
-@flow(name="probe")
+@flow(name="probe", flow_run_name="probe@{corpus}")  # as every stage flow is named
 def probe(corpus: str) -> None:
     with stage_run("probe", corpus, {}):
+        Path(paths.judge_dir(corpus), "scores.jsonl").write_text("half")  # half of a folder output
         from prefect.settings import get_current_settings  # where this flow run really reports
         sys.stdout.write(f"STARTED {get_current_settings().api.url} {os.environ['PREFECT_API_URL']} {os.getpid()}\\n")
         sys.stdout.flush()  # not print: flows route print() to the log (PREFECT_LOGGING_LOG_PRINTS)
         time.sleep(300)
 
-run_stage("probe", probe, "x")
+run_stage("judge", probe, "x")  # a real stage's name: run_stage stages its folder output data/judge/x
 """
 
 
@@ -46,21 +50,27 @@ def env(tmp_path_factory) -> dict[str, str]:
         env.pop(key, None)
     subprocess.run([str(Path(sys.executable).parent / "prefect"), "server", "database", "upgrade", "-y"], env=env,
                    check=True, capture_output=True, timeout=300)
+    (home / "workspace").mkdir()
+    (home / "workspace" / "params.yaml").write_text((ROOT / "params.yaml").read_text())  # validated by run_stage
+    env["WORKSPACE"] = str(home / "workspace")
     return env
 
 
-def _start(env: dict[str, str], via_shell: bool = False) -> tuple[subprocess.Popen, str, int]:
+def _start(env: dict[str, str], via_shell: bool = False) -> tuple[subprocess.Popen, str, int, str]:
+    """The stage process, its Prefect API URL, its pid, and what it printed before its flow started."""
     cmd = [sys.executable, "-c", PROBE]
     if via_shell:  # a parent that can be killed on its own, as dvc is to a stage
         cmd = ["bash", "-c", f'"{sys.executable}" -c "$PROBE" & wait']
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**env, "PROBE": PROBE}, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=env["WORKSPACE"], env={**env, "PROBE": PROBE}, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     deadline = time.time() + 240
+    said = ""
     for line in proc.stdout:
         if line.startswith("STARTED"):
             _, url, exported, pid = line.split()
             assert url == exported  # the flow reports to the server run_stage started, not to a temporary one
-            return proc, url, int(pid)
+            return proc, url, int(pid), said
+        said += line
         assert time.time() < deadline
     raise AssertionError(f"the probe stage never started (exit {proc.wait()})")
 
@@ -97,6 +107,12 @@ def _gone(env: dict[str, str], url: str, seconds: float = 30) -> None:
     raise AssertionError(f"left behind after {seconds:.0f} s: {_left_behind(env)}; server answers: {_answers(url)}")
 
 
+def _judge_outputs(env: dict[str, str]) -> list[str]:
+    """What is under the workspace's data/judge: the probe never finishes, so no folder may appear there."""
+    folder = Path(env["WORKSPACE"], "data", "judge")
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
 def _statuses(env: dict[str, str]) -> list[str]:
     return sorted(r.info.status for r in mlflow_runs(env["MLFLOW_TRACKING_URI"], "deepprune/probe"))
 
@@ -104,29 +120,34 @@ def _statuses(env: dict[str, str]) -> list[str]:
 @pytest.mark.parametrize("sig, status", [(signal.SIGTERM, "KILLED"), (signal.SIGINT, "KILLED")])
 def test_a_signalled_stage_closes_its_run_and_stops_its_server(env, sig, status):
     before = _statuses(env)
-    proc, url, pid = _start(env)
+    proc, url, pid, _ = _start(env)
     os.kill(pid, sig)
     assert proc.wait(timeout=60) != 0
     _gone(env, url)
     assert _statuses(env) == sorted([*before, status])
+    assert _judge_outputs(env) == []  # the half-written folder went with the stage
 
 
-def test_a_sigkilled_stage_leaves_no_server_and_its_run_is_failed_by_the_next_run(env):
-    proc, url, pid = _start(env)
+def test_a_sigkilled_stage_leaves_no_server_and_its_runs_are_ended_by_the_next_run(env):
+    proc, url, pid, _ = _start(env)
     os.kill(pid, signal.SIGKILL)
     proc.wait(timeout=60)
     _gone(env, url)  # the kernel's parent-death signal stopped the server
+    assert _judge_outputs(env) == [".x.partial"]  # no cleanup runs on SIGKILL, but nothing under the real name
     running = [r for r in mlflow_runs(env["MLFLOW_TRACKING_URI"], "deepprune/probe") if r.info.status == "RUNNING"]
     assert len(running) == 1  # a SIGKILL gives a run no chance to end itself ...
-    proc, url, pid = _start(env)  # ... so the next run of the same stage marks it FAILED
+    proc, url, pid, said = _start(env)  # ... so the next run of the same stage marks it FAILED
+    # and its Prefect flow run, RUNNING in the project's database, CRASHED
+    assert "probe: marked 1 flow run(s) CRASHED that a hard kill had left RUNNING (probe@x)" in said
     os.kill(pid, signal.SIGTERM)
     proc.wait(timeout=60)
     runs = {r.info.run_id: r.info.status for r in mlflow_runs(env["MLFLOW_TRACKING_URI"], "deepprune/probe")}
     assert runs[running[0].info.run_id] == "FAILED" and "RUNNING" not in runs.values()
+    assert _judge_outputs(env) == []  # the next run deleted the killed run's staging folder
 
 
 def test_a_stage_whose_parent_is_killed_stops_itself(env):
-    proc, url, pid = _start(env, via_shell=True)
+    proc, url, pid, _ = _start(env, via_shell=True)
     os.kill(proc.pid, signal.SIGKILL)  # the parent (as `kill -9` of dvc), not the stage
     proc.wait(timeout=60)
     _gone(env, url, seconds=40)

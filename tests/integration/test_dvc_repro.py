@@ -14,6 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from deepprune.config import load_params, read_params
+from deepprune.services import free_port
 from tests.conftest import ROOT, mlflow_runs, tiny_params
 
 pytestmark = pytest.mark.slow
@@ -52,7 +53,7 @@ def repo_copy(tmp_path_factory, tiny_lm):
     _run([*git, "commit", "-qm", "copy"], dest, env)
     # One Prefect server for the module on 127.0.0.1 (as `make prefect-ui` runs one): every stage's flow reports
     # to it, instead of each process starting a temporary server of its own (about 10 s each).
-    port = _free_port()
+    port = free_port()
     env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
     log = open(dest / "prefect-server.log", "w")
     server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
@@ -182,14 +183,6 @@ def test_dvc_exp_run_with_a_param_override_keeps_params_yaml_valid_and_untouched
                           "prune@math"], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "prune.repetitions" in bad.stdout + bad.stderr
     assert (repo / "params.yaml").read_text() == before  # a failed experiment leaves the workspace as it was
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_pipeline_deployment_runs_from_a_prefect_server(repo_copy):

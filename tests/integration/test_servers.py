@@ -5,22 +5,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
 
 import pytest
 
+from deepprune.services import free_port
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow  # `make prefect-ui` builds the venv first where there is none
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _get_json(url: str, seconds: float = 120) -> dict:
@@ -35,7 +29,7 @@ def _get_json(url: str, seconds: float = 120) -> dict:
 
 def test_make_prefect_ui_on_another_port_serves_a_ui_that_calls_that_port():
     """`make prefect-ui PREFECT_PORT=N`: the UI must call the API on N (Prefect builds it from 4200 otherwise)."""
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ)
     env.pop("PREFECT_API_URL", None)
     env.pop("PREFECT_UI_API_URL", None)

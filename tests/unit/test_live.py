@@ -295,15 +295,13 @@ def test_a_sigkilled_sampling_run_resumes_from_its_shards(tiny_lm, engine, tmp_p
 @pytest.mark.slow  # generates with a model
 def test_the_platform_starts_and_stops_a_server_from_params_and_samples_through_it(tiny_lm, tmp_path):
     """sample.server.start_command: the sample stage's way to bring up an OpenAI-compatible server for a run."""
-    import socket
     import sys
 
     from deepprune.config import ServerConfig
     from deepprune.sampling.live import _server_up, make_engine, managed_server
+    from deepprune.services import free_port
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
     server = ServerConfig(url=url, model="tiny", start_command=[sys.executable, "-m", "deepprune.sampling.server",
                                                                  "--model", str(tiny_lm), "--port", str(port)],

@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from deepprune import paths
 from deepprune.config import read_params
 from tests.conftest import ROOT
-
-# stage -> (outs, metrics) for one foreach item (a corpus), as deepprune.paths names them
-EXPECTED = {
-    "sample": lambda c: ([paths.traces(c), paths.traces_meta(c)], [paths.metrics("sample", c)]),
-    "label": lambda c: ([paths.labels_dir(c)], [paths.metrics("label", c)]),
-    "embed": lambda c: ([paths.embeddings(c)], [paths.metrics("embed", c)]),
-    "judge": lambda c: ([paths.judge_dir(c)], [paths.metrics("judge", c)]),
-    "judge_lm": lambda c: ([paths.judge_lm_dir(c)], [paths.metrics("judge_lm", c)]),
-    "sweep": lambda c: ([paths.sweep_dir(c)], [paths.metrics("sweep", c)]),
-    "ablate": lambda c: ([paths.ablate_dir(c)], [paths.metrics("ablate", c)]),
-    "prune": lambda c: ([paths.prune_dir(c)], [paths.metrics("prune", c)]),
-    "online": lambda c: ([paths.online_dir(c)], [paths.metrics("online", c)]),
-    "report": lambda _: ([paths.report_index(), paths.figures_dir()], []),
-}
 
 
 def _lookup(params: dict[str, Any], dotted: str) -> Any:
@@ -70,10 +58,11 @@ def test_every_stage_writes_where_deepprune_paths_says():
     params = read_params(ROOT / "params.yaml")
     stages = expanded_stages()
     per_corpus = {"judge_lm": params["judge_lm"]["corpora"], "online": params["online"]["corpora"]}
-    expected_names = {f"{s}@{c}" for s in EXPECTED if s != "report" for c in per_corpus.get(s, params["corpora"])}
+    per_corpus_stages = {name.split("@")[0] for name in stages} - {"report"}
+    expected_names = {f"{s}@{c}" for s in per_corpus_stages for c in per_corpus.get(s, params["corpora"])}
     assert set(stages) == expected_names | {"report"}
     for name, stage in stages.items():
-        outs, metrics = EXPECTED[name.split("@")[0]](name.partition("@")[2])
+        outs, metrics = paths.stage_outputs(name.split("@")[0], name.partition("@")[2] or None)
         assert _names(stage.get("outs", [])) == outs, name
         assert _names(stage.get("metrics", [])) == metrics, name
 
@@ -91,3 +80,59 @@ def test_every_stage_reads_data_some_stage_writes_or_the_shipped_raw_data():
 def test_the_interpolation_resolves_online_judge_corpus():
     stage = expanded_stages()["online@live"]
     assert paths.judge_dir(read_params(ROOT / "params.yaml")["online"]["judge"]["corpus"]) in stage["deps"]
+
+
+def _write_judge_output(marker: str) -> None:
+    folder = Path(paths.judge_dir("math"))
+    (folder / "models").mkdir(parents=True, exist_ok=True)
+    (folder / "scores.jsonl").write_text(marker)
+    (folder / "models" / "a.safetensors").write_text(marker)
+
+
+def test_a_folder_output_appears_only_when_its_stage_has_finished(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write_judge_output("old")
+    with paths.staged_outputs("judge", "math"):
+        _write_judge_output("new")
+        assert paths.judge_dir("math") == "data/judge/.math.partial"
+        assert Path("data/judge/math/scores.jsonl").read_text() == "old"  # readers still see the last good output
+    assert paths.judge_dir("math") == "data/judge/math"
+    assert Path("data/judge/math/scores.jsonl").read_text() == "new"
+    assert Path("data/judge/math/models/a.safetensors").read_text() == "new"
+    assert sorted(p.name for p in Path("data/judge").iterdir()) == ["math"]
+
+
+def test_a_failed_stage_leaves_the_last_good_folder_and_no_staging(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write_judge_output("old")
+    with pytest.raises(KeyboardInterrupt), paths.staged_outputs("judge", "math"):
+        _write_judge_output("half")
+        raise KeyboardInterrupt
+    assert Path("data/judge/math/scores.jsonl").read_text() == "old"
+    assert sorted(p.name for p in Path("data/judge").iterdir()) == ["math"]
+
+
+def test_the_next_run_deletes_what_a_killed_run_left(tmp_path, monkeypatch):
+    """A SIGKILL runs no cleanup: the staging folder, a half-swapped folder and an atomic write's temp file stay
+    until the stage's next run starts."""
+    monkeypatch.chdir(tmp_path)
+    for leftover in ("data/judge/.math.partial/scores.jsonl", "data/judge/.math.replaced/scores.jsonl"):
+        Path(leftover).parent.mkdir(parents=True, exist_ok=True)
+        Path(leftover).write_text("killed")
+    Path("reports/metrics").mkdir(parents=True)
+    Path("reports/metrics/.judge_math.json.k2j4.tmp").write_text("{")
+    Path("reports/metrics/.judge_date.json.x9.tmp").write_text("{")  # another corpus's: not this run's to delete
+    with paths.staged_outputs("judge", "math"):
+        _write_judge_output("new")
+    assert sorted(p.name for p in Path("data/judge").iterdir()) == ["math"]
+    assert sorted(p.name for p in Path("reports/metrics").iterdir()) == [".judge_date.json.x9.tmp"]
+
+
+def test_file_outputs_are_not_staged(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with paths.staged_outputs("sample", "math"):
+        assert paths.traces("math") == "data/traces/math.jsonl"
+    with paths.staged_outputs("report", None):
+        assert paths.report_index() == "reports/index.html"
+        assert paths.figures_dir() == "reports/.figures.partial"
+    assert Path("reports/figures").is_dir()
