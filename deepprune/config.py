@@ -405,8 +405,8 @@ class TrackingConfig(_Strict):
     """How long a run waits on an unreachable MLflow tracking server or Prefect API before it fails: their own
     defaults retry for minutes. Applied through MLflow's and Prefect's settings; a variable the environment sets wins."""
 
-    retries: int = Field(1, ge=0, le=10, description="retries of a failed request (MLflow refuses more than 10)")
-    timeout_s: int = Field(10, ge=1, description="seconds a request, and the reachability check a run starts with, "
+    retries: int = Field(2, ge=0, le=10, description="retries of a failed request (MLflow refuses more than 10)")
+    timeout_s: int = Field(5, ge=1, description="seconds a request, and the reachability check a run starts with, "
                                                 "waits for an answer")
     backoff_factor: int = Field(1, ge=0, le=120, description="MLflow waits backoff_factor * 2**(n - 1) s before its "
                                                              "n-th retry (MLflow refuses more than 120); Prefect "

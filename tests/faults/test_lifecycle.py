@@ -138,7 +138,7 @@ def test_a_sigkilled_stage_leaves_no_server_and_its_runs_are_ended_by_the_next_r
     assert len(running) == 1  # a SIGKILL gives a run no chance to end itself ...
     proc, url, pid, said = _start(env)  # ... so the next run of the same stage marks it FAILED
     # and its Prefect flow run, RUNNING in the project's database, CRASHED
-    assert "probe: marked 1 flow run(s) CRASHED that a hard kill had left RUNNING (probe@x)" in said
+    assert "judge: marked 1 flow run(s) CRASHED that a hard kill had left RUNNING (probe@x)" in said
     os.kill(pid, signal.SIGTERM)
     proc.wait(timeout=60)
     runs = {r.info.run_id: r.info.status for r in mlflow_runs(env["MLFLOW_TRACKING_URI"], "deepprune/probe")}

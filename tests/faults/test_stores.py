@@ -153,7 +153,7 @@ def test_a_flow_run_a_hard_kill_left_running_is_marked_crashed(tmp_path, monkeyp
 
     with prefect_server(tracking), get_client(sync_client=True) as client:
         # this process's Prefect client is bounded by params too, not only the processes it starts
-        assert (PREFECT_CLIENT_MAX_RETRIES.value(), PREFECT_API_REQUEST_TIMEOUT.value()) == (2, 5)
+        assert (PREFECT_CLIENT_MAX_RETRIES.value(), PREFECT_API_REQUEST_TIMEOUT.value()) == (tracking.retries, tracking.timeout_s)
         runs = {name: client.create_flow_run(probe, name=name, tags=tags, state=Running()).id for name, tags in {
             "killed": [*stage, *dead_here],
             "alive": [*stage, *owner_tags()],
