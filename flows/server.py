@@ -37,9 +37,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _healthy(api_url: str) -> bool:
+def healthy(base_url: str) -> bool:
+    """Whether `{base_url}/health` answers 200 now (the Prefect API and the MLflow server both serve it)."""
     try:
-        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as reply:
+        with urllib.request.urlopen(f"{base_url}/health", timeout=2) as reply:
             return reply.status == 200
     except OSError:
         return False
@@ -59,7 +60,7 @@ def prefect_server(startup_timeout_s: float = STARTUP_TIMEOUT_S) -> Iterator[str
     cmd = [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with service(cmd, lambda: _healthy(api_url), startup_timeout_s, "the Prefect server", home / "server.log", env,
+    with service(cmd, lambda: healthy(api_url), startup_timeout_s, "the Prefect server", home / "server.log", env,
                  grace_s=10.0):
         # Prefect read its settings when it was imported: the environment (for child processes) is not enough,
         # this process's settings must point at the server too, or its flows start a temporary server of their own
