@@ -15,7 +15,7 @@ export MLFLOW_TRACKING_URI := sqlite:///$(CURDIR)/.mlflow/mlflow.db
 export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup run test test-fast prefect-ui mlflow-ui serve
+.PHONY: setup run test test-fast screenshot prefect-ui mlflow-ui serve
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ test: setup  ## every test, the slow integration test included
 
 test-fast: setup  ## unit and flow tests only
 	$(BIN)/python -m pytest -m "not slow"
+
+screenshot: setup  ## reports/screenshot.png: the report as chromium draws it offline (Debian's /usr/bin/chromium)
+	$(BIN)/python -m scripts.browser reports/index.html reports/screenshot.png
 
 # The UI calls the API at PREFECT_UI_API_URL, which Prefect otherwise builds from its default port (4200), not --port.
 prefect-ui: setup  ## Prefect server and UI on http://127.0.0.1:$(PREFECT_PORT)

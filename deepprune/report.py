@@ -315,7 +315,8 @@ def render_index(params: Params, results: Mapping[str, CorpusResults], figures: 
             "needs per-token logprobs, which the recorded corpora do not carry (the live corpus does).</p>",
             _prune_verdicts(results), _leaderboard(results),
             *[embed(f"pareto_{c}") for c, r in results.items() if r.prune is not None],
-            f"<h3>The paper's online results (theirs, on long traces at N = 512)</h3><table>{paper}</table>"]
+            f"<h3>The paper's online results (theirs, on long traces at N = 512)</h3>"
+            f"<table><tr><th>result</th><th class='theirs'>paper</th></tr>{paper}</table>"]
     if any(r.judge_lm is not None for r in results.values()):
         sections += ["<h2>5. The causal-LM judge, fine-tuned and zero-shot</h2>",
                      "<p>The paper's judge design: a causal LM reads both prefixes and answers yes or no; the score is "

@@ -37,9 +37,10 @@ API_ENV = "PREFECT_API_URL"
 STARTUP_TIMEOUT_S = 120.0
 
 
-def _healthy(api_url: str) -> bool:
+def healthy(base_url: str) -> bool:
+    """Whether `{base_url}/health` answers 200 now (the Prefect API and the MLflow server both serve it)."""
     try:
-        return http_status(f"{api_url}/health", 2) == 200
+        return http_status(f"{base_url}/health", 2) == 200
     except OSError:
         return False
 
@@ -74,7 +75,7 @@ def prefect_server(tracking: TrackingConfig, startup_timeout_s: float = STARTUP_
     home = Path(os.environ.get("PREFECT_HOME", ROOT / ".prefect"))
     env = {**os.environ, "PREFECT_UI_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     cmd = [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    with service(cmd, lambda: _healthy(api_url), startup_timeout_s, "the Prefect server", home / "server.log", env,
+    with service(cmd, lambda: healthy(api_url), startup_timeout_s, "the Prefect server", home / "server.log", env,
                  grace_s=10.0):
         # Prefect read its settings when it was imported: the environment (for child processes) is not enough,
         # this process's settings must point at the server too, or its flows start a temporary server of their own

@@ -68,21 +68,34 @@ def tiny_lm(tmp_path_factory) -> Path:
     return make_tiny_lm(tmp_path_factory.getbasetemp() / "tiny-lm")
 
 
+def make_workspace(path: Path, monkeypatch: pytest.MonkeyPatch, model: Path) -> Path:
+    """A directory laid out like the project (shipped data linked in, tiny params, `model` as every model),
+    made the cwd, with MLflow writing to a store of its own."""
+    (path / "data").mkdir()
+    (path / "data" / "raw").symlink_to(ROOT / "data" / "raw")
+    params = tiny_params()
+    params["judge_lm"]["model_path"] = str(model)
+    params["sample"]["model_path"] = str(model)
+    (path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{path / 'mlflow.db'}")
+    monkeypatch.setenv("DEEPPRUNE_MLFLOW_ARTIFACTS", str(path / "mlartifacts"))
+    monkeypatch.delenv("DEEPPRUNE_PARENT_RUN_ID", raising=False)
+    return path
+
+
 @pytest.fixture
 def workspace(tmp_path, monkeypatch, tiny_lm):
-    """A directory laid out like the project (shipped data linked in, tiny params), made the cwd,
-    with MLflow writing to a store of its own."""
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "raw").symlink_to(ROOT / "data" / "raw")
-    params = tiny_params()
-    params["judge_lm"]["model_path"] = str(tiny_lm)
-    params["sample"]["model_path"] = str(tiny_lm)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("DEEPPRUNE_MLFLOW_ARTIFACTS", str(tmp_path / "mlartifacts"))
-    monkeypatch.delenv("DEEPPRUNE_PARENT_RUN_ID", raising=False)
-    return tmp_path
+    return make_workspace(tmp_path, monkeypatch, tiny_lm)
+
+
+def recorded_only(workspace: Path, **sweep) -> None:
+    """The tiny params without the live corpus (and the stages that only run on it)."""
+    raw = read_params(workspace / "params.yaml")
+    del raw["corpora"]["live"]
+    raw["online"]["corpora"], raw["judge_lm"]["corpora"] = [], []
+    raw["sweep"].update(sweep)
+    (workspace / "params.yaml").write_text(yaml.safe_dump(raw))
 
 
 def mlflow_runs(tracking_uri: str, experiment: str) -> list:

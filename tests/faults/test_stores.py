@@ -20,7 +20,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from deepprune.config import load_params
-from flows.server import crash_abandoned_flow_runs, free_port, owner_tags, prefect_server
+from deepprune.services import free_port
+from flows.server import crash_abandoned_flow_runs, owner_tags, prefect_server
 from tests.conftest import ROOT
 
 BOUND_S = 30  # the requirement: a stage reporting to a store that does not answer fails within this

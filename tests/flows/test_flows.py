@@ -8,14 +8,12 @@ import json
 from collections import defaultdict
 
 import pytest
-import yaml
 from prefect.testing.utilities import prefect_test_harness
 
 from deepprune import paths
-from deepprune.config import read_params
 from deepprune.io import read_json
 from deepprune.metric_names import ablate_names
-from tests.conftest import mlflow_runs
+from tests.conftest import mlflow_runs, recorded_only
 
 VARIANTS = ("sbert_cosine", "encoder_plain", "encoder_focal", "encoder_oversample", "encoder_focal_oversample")
 RECORDED = ("math", "date")
@@ -30,15 +28,6 @@ def prefect_harness():
 def _jsonl(path) -> list[dict]:
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle]
-
-
-def _recorded_only(workspace, **sweep) -> None:
-    """The tiny params without the live corpus (and the stages that only run on it)."""
-    raw = read_params(workspace / "params.yaml")
-    del raw["corpora"]["live"]
-    raw["online"]["corpora"], raw["judge_lm"]["corpora"] = [], []
-    raw["sweep"].update(sweep)
-    (workspace / "params.yaml").write_text(yaml.safe_dump(raw))
 
 
 def _sample_label_embed(workspace, corpus: str, problems: int) -> None:
@@ -100,7 +89,7 @@ def test_recorded_corpora_through_every_fast_stage(workspace):
     from flows.judge import judge_flow
     from flows.report import report_flow
 
-    _recorded_only(workspace, metric="tnr_at_fnr_0.2")
+    recorded_only(workspace, metric="tnr_at_fnr_0.2")
     for corpus in RECORDED:
         _sample_label_embed(workspace, corpus, problems=8)
     judge_metrics = judge_flow("date")
