@@ -58,8 +58,11 @@ class SentenceEncoder(nn.Module):
 
     @torch.inference_mode()
     def embed(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Embeddings of texts as a float32 array, computed once per distinct text, longest first."""
-        unique = sorted(set(texts), key=len, reverse=True)  # similar lengths per batch: less padding
+        """Embeddings of texts as a float32 array, computed once per distinct text, longest first.
+
+        Batches are cut from a fixed order (length, then the text): a text's padding, and so its embedding's last
+        bits, depends on its batch companions, and a set's order changes with the process's hash seed."""
+        unique = sorted(set(texts), key=lambda t: (-len(t), t))  # similar lengths per batch: less padding
         vectors: dict[str, np.ndarray] = {}
         for start in range(0, len(unique), batch_size):
             chunk = unique[start:start + batch_size]

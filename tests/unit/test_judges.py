@@ -84,3 +84,23 @@ def test_time_judge_divides_each_cost_by_what_it_timed():
     assert 0.004 <= cost["encode_seconds_per_prefix"] < 0.012  # per batch would be 0.016
     assert 0.001 <= cost["score_seconds_per_pair"] < 0.003  # 16 pairs scored; per prefix would be 0.004
     assert seen == [["a ", "b ", "c ", "d "]] * 2  # fresh strings every repeat: no encoder cache helps
+
+
+_EMBED = """
+import hashlib, sys
+from deepprune.judges.encoder import SentenceEncoder
+texts = [w * 3 for w in ("ab cd ef ", "abcdefgh ", "a1 b2 c3 ", "12345678 ", "x y z w v", "wait, 7! ")]
+sys.stdout.write(hashlib.md5(SentenceEncoder(None, 64).embed(texts * 2, batch_size=2).tobytes()).hexdigest())
+"""
+
+
+def test_embeddings_do_not_depend_on_the_process_hash_seed():
+    """Texts of one length are batched in a fixed order, not in a set's order (which PYTHONHASHSEED changes): other
+    batch companions pad a text differently and move its embedding in the last bits (make run's embeddings did)."""
+    import os
+    import subprocess
+    import sys
+
+    digests = {subprocess.run([sys.executable, "-c", _EMBED], env={**os.environ, "PYTHONHASHSEED": seed}, check=True,
+                              capture_output=True, text=True, timeout=300).stdout for seed in ("1", "2", "3")}
+    assert len(digests) == 1, digests
