@@ -11,12 +11,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
 
+from flows.server import healthy
 from tests.conftest import ROOT, mlflow_runs
 
 pytestmark = pytest.mark.slow
@@ -75,14 +75,6 @@ def _start(env: dict[str, str], via_shell: bool = False) -> tuple[subprocess.Pop
     raise AssertionError(f"the probe stage never started (exit {proc.wait()})")
 
 
-def _answers(url: str) -> bool:
-    try:
-        urllib.request.urlopen(f"{url}/health", timeout=2)
-        return True
-    except OSError:
-        return False
-
-
 def _left_behind(env: dict[str, str]) -> list[str]:
     """Every live process that runs with this test's PREFECT_HOME: the stage and any server it started, ours or one
     Prefect started on its own."""
@@ -101,10 +93,10 @@ def _gone(env: dict[str, str], url: str, seconds: float = 30) -> None:
     """No process of the stage's is left (the stage, the server it started) and the server does not answer."""
     deadline = time.time() + seconds
     while time.time() < deadline:
-        if not _left_behind(env) and not _answers(url):
+        if not _left_behind(env) and not healthy(url):
             return
         time.sleep(0.5)
-    raise AssertionError(f"left behind after {seconds:.0f} s: {_left_behind(env)}; server answers: {_answers(url)}")
+    raise AssertionError(f"left behind after {seconds:.0f} s: {_left_behind(env)}; server answers: {healthy(url)}")
 
 
 def _judge_outputs(env: dict[str, str]) -> list[str]:
