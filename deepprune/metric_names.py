@@ -57,3 +57,40 @@ def check_rate_name(where: str, name: str, fnr: float, threshold: float) -> None
     if name not in valid:
         raise ValueError(f"{where}: {name!r} is not a metric the judges report with judge.fnr={fnr:g} and "
                          f"judge.threshold={threshold:g}; valid names: {', '.join(valid)}")
+
+
+# ---- timings ---------------------------------------------------------------------------------------------------
+
+
+def is_timing(key: str) -> bool:
+    """A key that holds a measurement of this run on this machine, not a function of the inputs: its last part
+    (after the last '/') contains 'seconds' or ends in '_per_second' (`embed/seconds`, `wall_seconds`,
+    `sample/tokens_per_second`, `prune/judge_cost/score_seconds_per_pair`). docs/DECISIONS.md states the rule."""
+    last = key.rsplit("/", 1)[-1]
+    return "seconds" in last or last.endswith("_per_second")
+
+
+def split_timings(doc: object) -> tuple[object, object]:
+    """(doc without its timing keys, the timing keys alone in doc's shape), through nested dicts and lists. The
+    second part is None when doc holds no timing key; a list keeps its length (an empty dict where an item has
+    none), so a row's timings stay beside its index."""
+    if isinstance(doc, dict):
+        kept: dict = {}
+        timed: dict = {}
+        for key, value in doc.items():
+            if isinstance(key, str) and is_timing(key):
+                timed[key] = value
+                continue
+            kept[key], inner = split_timings(value)
+            if inner is not None:
+                timed[key] = inner
+        return kept, (timed or None)
+    if isinstance(doc, (list, tuple)):
+        parts = [split_timings(item) for item in doc]
+        timed_items = [t for _, t in parts]
+        kept_items = [k for k, _ in parts]
+        kept_doc = kept_items if isinstance(doc, list) else tuple(kept_items)
+        if all(t is None for t in timed_items):
+            return kept_doc, None
+        return kept_doc, [t if t is not None else {} for t in timed_items]
+    return doc, None

@@ -187,6 +187,18 @@ def metrics_dir() -> str:
     return "reports/metrics"
 
 
+def timings(stage: str, corpus: str | None) -> str:
+    """What one stage run measured: its wall time, its own work, the overhead around it, and every timing key its
+    outputs would otherwise carry (deepprune.metric_names.is_timing). Not a DVC output and not in git: timings
+    change from run to run, results do not."""
+    return f"reports/timings/{stage}_{corpus}.json" if corpus else f"reports/timings/{stage}.json"
+
+
+def timings_table() -> str:
+    """The per-stage table `make run` prints at its end (markdown; not in git)."""
+    return "reports/timings.md"
+
+
 def report_index() -> str:
     """The report page (self-contained, opens offline)."""
     return "reports/index.html"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
@@ -75,9 +76,10 @@ def plot_judge_comparison(table: Mapping[str, Mapping[str, tuple[float, float]]]
 
 
 def save_figure(fig: go.Figure, path: str | os.PathLike) -> None:
-    """Write a self-contained HTML file (plotly.js inlined: opens offline)."""
+    """Write a self-contained HTML file (plotly.js inlined: opens offline). The plot's element id is the file's
+    name, not plotly's default random one, so the same figure is written as the same bytes."""
     with atomic_open(path) as handle:
-        handle.write(fig.to_html(include_plotlyjs=True, full_html=True))
+        handle.write(fig.to_html(include_plotlyjs=True, full_html=True, div_id=f"fig-{Path(path).stem}"))
 
 
 def plot_pareto(summary: Mapping[str, Mapping[str, float | str | None]], corpus: str, n: int) -> go.Figure:

@@ -148,9 +148,8 @@ def _judge_lm_table(params: Params, res: CorpusResults) -> str:
                     f"[{_fmt(get('auroc_min'))}, {_fmt(get('auroc_max'))}]</td><td>{_fmt(get(fnr_key))} ± "
                     f"{_fmt(get(fnr_key + '_std'))}</td><td>{_fmt(get('n_pairs'))}</td>"
                     f"<td class='theirs'>{paper.get(name, '')}</td></tr>")
-    tp = (f"<p>Scoring {_fmt(m.get('judge_lm/score_pairs_per_second'))} pairs/s "
-          f"({_fmt(m.get('judge_lm/score_tokens_per_pair'))} prompt tokens a pair), training "
-          f"{_fmt(m.get('judge_lm/train_pairs_per_second'))} pairs/s, {cfg.train.steps} steps of "
+    tp = (f"<p>{_fmt(m.get('judge_lm/score_tokens_per_pair'))} prompt tokens a pair; training "
+          f"{cfg.train.steps} steps of "
           f"{cfg.train.batch_size * cfg.train.grad_accum} pairs per fold; model "
           f"<code>{html.escape(cfg.model_path or 'SmolLM2-135M-Instruct (packaged)')}</code>, prompt "
           f"{html.escape(cfg.prompt.version)}, {cfg.train.loss} loss, LoRA {'on' if cfg.train.lora.enabled else 'off'}.</p>")
@@ -214,7 +213,7 @@ def _leaderboard(results: Mapping[str, CorpusResults]) -> str:
         return "<p>No prune results.</p>"
     methods = [m["name"] for m in next(iter(pruned.values()))["methods"]]  # the stage's order, not sorted
     columns = ("<th>accuracy</th><th>tokens</th><th>token reduction vs cons@N</th><th>accuracy change (points)</th>"
-               "<th>judge calls / judge seconds</th>")
+               "<th>judge calls</th>")
     head = ("<tr><th rowspan=2>method</th>"
             + "".join(f"<th colspan=5>{html.escape(c)} (N = {p['n']}, k = {p['k']})</th>" for c, p in pruned.items())
             + "</tr><tr>" + columns * len(pruned) + "</tr>")
@@ -228,7 +227,7 @@ def _leaderboard(results: Mapping[str, CorpusResults]) -> str:
                 continue
             cells.append(f"<td>{_ci(row, 'accuracy', pct=True)}</td><td>{_ci(row, 'tokens')}</td>"
                          f"<td>{_ci(row, 'token_reduction', pct=True)}</td><td>{_ci(row, 'accuracy_change_pts')}</td>"
-                         f"<td>{row.get('judge_calls', 0):,.0f} / {_fmt(row.get('judge_seconds'))}</td>")
+                         f"<td>{row.get('judge_calls', 0):,.0f}</td>")
         headline = any(p["headline"] == name for p in pruned.values())
         rows.append(f"<tr><td>{'<b>' if headline else ''}{html.escape(name)}{'</b>' if headline else ''}</td>{''.join(cells)}</tr>")
     return f"<table>{head}{''.join(rows)}</table>"
@@ -255,8 +254,7 @@ def _online_table(res: CorpusResults) -> str:
     metrics, meta = res.online["metrics"], res.online["meta"]
     methods = list(dict.fromkeys(k.split("/")[1] for k in metrics if k.startswith("online/")))
     reasons = ("finished", "pruned", "confidence_stop", "length")
-    head = ("<tr><th>method</th><th>tokens</th><th>token reduction</th><th>accuracy</th><th>wall s</th>"
-            "<th>tokens/s</th><th>judge s</th>" + "".join(f"<th>{r}</th>" for r in reasons) + "</tr>")
+    head = ("<tr><th>method</th><th>tokens</th><th>token reduction</th><th>accuracy</th>" + "".join(f"<th>{r}</th>" for r in reasons) + "</tr>")
     num = lambda v, spec: "n/a" if v is None else format(v, spec)
     order = lambda m: (0 if m == "cons" else 1 if m.startswith("deepprune") else 2, m)
     rows = []
@@ -264,23 +262,20 @@ def _online_table(res: CorpusResults) -> str:
         get = lambda key: metrics.get(f"online/{m}/{key}")
         rows.append(f"<tr><td>{html.escape(m)}</td><td>{num(get('tokens'), ',.0f')}</td>"
                     f"<td>{_fmt(get('token_reduction'), True)}</td><td>{_fmt(get('accuracy'), True)}</td>"
-                    f"<td>{num(get('wall_seconds'), '.1f')}</td><td>{num(get('tokens_per_second'), '.1f')}</td>"
-                    f"<td>{num(get('judge_seconds'), '.2f')}</td>"
                     + "".join(f"<td>{num(get(f'stopped_{r}'), '.0f')}</td>" for r in reasons) + "</tr>")
     engine = meta.get("engine", {})
     what = (f"<p>{len(meta.get('problems', []))} problems x N = {meta.get('n')}, at most {meta.get('max_tokens')} tokens "
             f"per trace, judge after k = {meta.get('k')} tokens ({html.escape(str(meta.get('judge', {}).get('variant')))} "
             f"of corpus {html.escape(str(meta.get('judge', {}).get('corpus')))}); engine "
             f"<code>{html.escape(str(engine.get('engine')))}</code> <code>{html.escape(str(engine.get('model')))}</code>"
-            f" on {html.escape(str(engine.get('device')))}. Columns after judge s count traces by why they stopped.</p>")
+            f" on {html.escape(str(engine.get('device')))}. Columns after accuracy count traces by why they stopped.</p>")
     return what + f"<table>{head}{''.join(rows)}</table>"
 
 
-def render_index(params: Params, results: Mapping[str, CorpusResults], figures: Mapping[str, go.Figure],
-                 commit: str) -> str:
+def render_index(params: Params, results: Mapping[str, CorpusResults], figures: Mapping[str, go.Figure]) -> str:
     """The whole report page: tables, embedded figures, plotly.js inlined once (opens offline)."""
     def embed(name: str) -> str:
-        return (f"<div class='fig'>{figures[name].to_html(include_plotlyjs=False, full_html=False)}"
+        return (f"<div class='fig'>{figures[name].to_html(include_plotlyjs=False, full_html=False, div_id=f'fig-{name}')}"
                 f"<p class='link'><a href='figures/{name}.html'>open {name} alone</a></p></div>")
 
     trunc = params.judge.truncation
@@ -310,8 +305,7 @@ def render_index(params: Params, results: Mapping[str, CorpusResults], figures: 
             "prefix costs min(length, k) tokens, a completed trace its full length, and a trace that ends within "
             "its prefix has completed and votes; DeepPrune's judge scores are "
             "out-of-fold (the judge never saw the problem). Intervals are 2.5th to 97.5th percentiles over the "
-            "draws. Judge seconds are what judging online would cost on this machine: every arriving prefix encoded "
-            "once, every call scored, at the per-prefix and per-pair cost measured on the saved judge. DeepConf "
+            "draws. Judge calls count the pairs greedy clustering scored. DeepConf "
             "needs per-token logprobs, which the recorded corpora do not carry (the live corpus does).</p>",
             _prune_verdicts(results), _leaderboard(results),
             *[embed(f"pareto_{c}") for c, r in results.items() if r.prune is not None],
@@ -359,5 +353,8 @@ def render_index(params: Params, results: Mapping[str, CorpusResults], figures: 
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(params.report.title)}</title>"
             f"<style>{style}</style><script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
             f"<h1>{html.escape(params.report.title)}</h1><p>Corpora: {', '.join(map(html.escape, results))}. "
-            f"Seed {params.seed}. Code at commit <code>{html.escape(commit)}</code>.</p>"
+            f"Seed {params.seed}. The page is a function of the inputs (code, data, params): two runs write the "
+            f"same bytes. The commit of each run is a tag of its MLflow run; wall times, tokens/s and judge seconds "
+            f"are measurements of one run on one machine, in <code>reports/timings.md</code> after "
+            f"<code>make run</code>.</p>"
             + "".join(sections) + "</body></html>")

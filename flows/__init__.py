@@ -12,9 +12,10 @@ import os
 from pathlib import Path
 
 
-def project_root() -> Path:
-    """The repository that owns the stores (the real one, also from inside a DVC experiment copy)."""
-    here = Path(__file__).resolve().parent.parent
+def project_root(here: Path | None = None) -> Path:
+    """The repository that owns the stores (the real one, also from inside a DVC experiment copy): of this code,
+    or of the folder `here`."""
+    here = (here or Path(__file__).parent.parent).resolve()
     parts = here.parts
     for idx in range(len(parts) - 3):
         if parts[idx:idx + 3] == (".dvc", "tmp", "exps"):

@@ -6,24 +6,70 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from prefect import tags as prefect_tags
 from prefect.runtime import flow_run
 
+import psutil
+
+from deepprune import paths
 from deepprune.compute import fix_threads
 from deepprune.config import ConfigError, Params, load_params
+from deepprune.io import write_json, write_jsonl
+from deepprune.metric_names import split_timings
 from deepprune.paths import staged_outputs
 from deepprune.services import Unreachable
 from deepprune.tracking import Run, fail_abandoned_runs, process_tags, require_store, start_run
-from flows import ROOT
+from flows import ROOT, project_root
 from flows.server import (crash_abandoned_flow_runs, owner_tags, prefect_server, stop_with_parent,
                           terminate_as_interrupt)
 
 PARENT_RUN_ENV = "DEEPPRUNE_PARENT_RUN_ID"  # set by flows/pipeline.py around `dvc repro`
 PIPELINE_FLOW_RUN_ENV = "DEEPPRUNE_PIPELINE_FLOW_RUN"  # the pipeline's Prefect flow-run name, a tag of its stages
+
+# What this stage process measures (written to paths.timings at its end, never into a DVC output): when its own work
+# began and ended (stage_run), and the timing keys its outputs would otherwise carry (write_output).
+_CLOCK: dict[str, float] = {}
+_MEASURED: dict[str, object] = {}
+
+
+def write_output(path: str, doc: object) -> None:
+    """Write a stage's JSON output without its timing keys (deepprune.metric_names.is_timing): outputs are a
+    function of the inputs, so two runs write the same bytes; the timings go to this run's timings file."""
+    kept, timed = split_timings(doc)
+    write_json(path, kept)
+    if timed is not None:
+        _MEASURED[str(path)] = timed
+
+
+def write_output_rows(path: str, rows: Iterable[dict]) -> int:
+    """write_output for a JSONL output: each row's timing keys go to the timings file, at the row's index."""
+    kept, timed = split_timings(list(rows))
+    if timed is not None:
+        _MEASURED[str(path)] = timed
+    return write_jsonl(path, kept)
+
+
+def _write_timings(stage: str, corpus: str | None) -> None:
+    """This process's timings file: wall time from process start (imports included), the stage's own work, the
+    overhead around it (start-up, imports, Prefect and MLflow set-up and teardown), and what its outputs measured.
+    The file lands in the working directory's repository (the real one, also from a DVC experiment's temporary
+    copy), where `make run` reads it for its closing table."""
+    end = time.time()
+    start = psutil.Process().create_time()
+    clock = {"process_start": start, **_CLOCK, "end": end}
+    work = clock.get("work_end", end) - clock.get("work_start", end)
+    marks = [m for m in ("process_start", "stage_start", "flow_start", "work_start", "work_end", "flow_end", "end")
+             if m in clock]
+    phases = {f"{a}__{b}_seconds": clock[b] - clock[a] for a, b in zip(marks, marks[1:])}
+    write_json(project_root(Path.cwd()) / paths.timings(stage, corpus), {
+        "stage": f"{stage}@{corpus}" if corpus else stage, "pid": os.getpid(), "clock": clock,
+        "wall_seconds": end - start, "work_seconds": work, "overhead_seconds": end - start - work,
+        "phases": phases, "measured": _MEASURED})
 
 
 def git_commit(cwd: Path | None = None) -> str:
@@ -45,6 +91,7 @@ def run_stage(stage: str, run: Callable[..., Any], *args: str) -> None:
     same stage that a hard kill left RUNNING, and writes its folder outputs aside until it has finished
     (deepprune.paths.staged_outputs). Bad params and a tracking store that does not answer end it before any work,
     with a one-line error."""
+    _CLOCK["stage_start"] = time.time()  # interpreter start-up and imports are behind us
     terminate_as_interrupt()
     stop_with_parent()
     same_stage = [f"stage:{stage}", *(f"corpus:{a}" for a in args[:1])]
@@ -61,6 +108,7 @@ def run_stage(stage: str, run: Callable[..., Any], *args: str) -> None:
                       f"({', '.join(crashed)})")
             with staged_outputs(stage, args[0] if args else None):
                 run(*args)
+        _write_timings(stage, args[0] if args else None)
     except (ConfigError, Unreachable) as exc:
         print(f"{stage}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -91,13 +139,17 @@ def stage_run(stage: str, corpus: str | None, params: dict[str, Any]) -> Iterato
     if parent:
         tags["pipeline_run_id"] = parent
     tags.update(process_tags())
+    _CLOCK["flow_start"] = time.time()  # the flow run exists; the MLflow run does not yet
     abandoned = fail_abandoned_runs(f"deepprune/{stage}", {"dvc_stage": dvc_stage})
     if abandoned:
         print(f"{dvc_stage}: marked {len(abandoned)} run(s) FAILED that a hard kill had left RUNNING")
     with start_run(f"deepprune/{stage}", dvc_stage, tags=tags, parent_run_id=parent,
                    artifact_root=os.environ.get("DEEPPRUNE_MLFLOW_ARTIFACTS", str(ROOT / ".mlflow" / "artifacts"))) as run:
         run.log_params(params)
+        _CLOCK["work_start"] = time.time()
         yield run
+        _CLOCK["work_end"] = time.time()
+    _CLOCK["flow_end"] = time.time()  # the MLflow run has ended; the flow run ends after
 
 
 @contextlib.contextmanager

@@ -9,11 +9,10 @@ from collections import defaultdict
 from prefect import flow, task
 
 from deepprune import paths
-from deepprune.io import write_json
 from deepprune.judges.evaluate import AblationRow, truncation_ablation
 from deepprune.metric_names import ablate_names
 from deepprune.metrics import finite_or_none
-from flows._stage import child_run, run_stage, stage_params, stage_run
+from flows._stage import child_run, run_stage, stage_params, stage_run, write_output
 from tasks import NO_CACHE
 from tasks.judge import load_embeddings, load_encoder, load_labels
 
@@ -45,11 +44,11 @@ def ablate_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
             with child_run(run, f"{strategy}_{k}", {"strategy": strategy, "k": k}) as child:
                 child.log_metrics({f"{r.variant}/{key}": r.summary[key] for r in group for key in kept
                                    if finite_or_none(r.summary[key]) is not None})
-        write_json(paths.ablate_results(corpus), {
+        write_output(paths.ablate_results(corpus), {
             "judge": cfg.judge, "table_k": cfg.table_k,
             "rows": [{"strategy": r.strategy, "k": r.k, "variant": r.variant,
                       "summary": {k: finite_or_none(v) for k, v in r.summary.items()}} for r in rows]})
-        write_json(paths.metrics("ablate", corpus), metrics)
+        write_output(paths.metrics("ablate", corpus), metrics)
         run.log_metrics(metrics)
         best = max((r for r in rows if r.variant == cfg.judge), key=lambda r: r.summary.get("auroc", 0.0))
         print(f"ablate[{corpus}]: {len(by_truncation)} truncations x {len(cfg.variants)} variants; best for "

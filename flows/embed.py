@@ -8,8 +8,7 @@ import time
 from prefect import flow
 
 from deepprune import paths
-from deepprune.io import write_json
-from flows._stage import run_stage, stage_params, stage_run
+from flows._stage import run_stage, stage_params, stage_run, write_output
 from tasks.judge import encode_prefixes, load_encoder, load_labels, save_embeddings
 
 
@@ -30,7 +29,7 @@ def embed_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
         metrics = {"embed/traces": len(table.keys), "embed/prefix_sets": len(table.matrices),
                    "embed/distinct_texts": distinct, "embed/seconds": round(seconds, 1),
                    "embed/texts_per_second": round(distinct / seconds, 2) if seconds else 0.0}
-        write_json(paths.metrics("embed", corpus), metrics)
+        write_output(paths.metrics("embed", corpus), metrics)
         run.log_metrics(metrics)
         print(f"embed[{corpus}]: {distinct} distinct prefixes of {len(table.keys)} traces in {seconds:.0f} s")
         return metrics

@@ -7,10 +7,9 @@ import sys
 from prefect import flow
 
 from deepprune import paths
-from deepprune.io import write_json, write_jsonl
 from deepprune.metrics import finite_or_none, roc_points
 from deepprune.truncate import prefix_name
-from flows._stage import child_run, run_stage, stage_params, stage_run
+from flows._stage import child_run, run_stage, stage_params, stage_run, write_output, write_output_rows
 from tasks.judge import evaluate_judges, fit_final_judge, load_embeddings, load_encoder, load_labels, make_pair_data
 
 
@@ -54,11 +53,11 @@ def judge_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
                 run.log_artifact(path, folder="models")
         primary, baseline = results[cfg.primary].summary["auroc"], results[cfg.baseline].summary["auroc"]
         metrics["judge/primary_minus_baseline_auroc"] = finite_or_none(primary - baseline)
-        write_jsonl(paths.judge_scores(corpus), (
+        write_output_rows(paths.judge_scores(corpus), (
             {**p.__dict__, "scores": {name: finite_or_none(r.oof_scores[i]) for name, r in results.items()}}
             for i, p in enumerate(pairs)))
-        write_json(paths.judge_folds(corpus), folds_doc)
-        write_json(paths.metrics("judge", corpus), metrics)
+        write_output(paths.judge_folds(corpus), folds_doc)
+        write_output(paths.metrics("judge", corpus), metrics)
         run.log_metrics(metrics)
         verdict = "beats" if primary > baseline else "does NOT beat"
         print(f"judge[{corpus}]: {cfg.primary} AUROC {primary:.3f} {verdict} {cfg.baseline} {baseline:.3f} "

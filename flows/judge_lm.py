@@ -9,12 +9,11 @@ import sys
 from prefect import flow
 
 from deepprune import paths
-from deepprune.io import write_json, write_jsonl
 from deepprune.metrics import finite_or_none
 from deepprune.judges.evaluate import pair_data
 from deepprune.pairs import prefix_texts
 from deepprune.truncate import prefix_name
-from flows._stage import child_run, run_stage, stage_params, stage_run
+from flows._stage import child_run, run_stage, stage_params, stage_run, write_output, write_output_rows
 from tasks.judge import load_labels
 from tasks.judge_lm import evaluate_lm_judge, load_lm
 
@@ -52,9 +51,9 @@ def judge_lm_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, fl
                 rows.append({**pairs[i].__dict__, "scores": {n: finite_or_none(float(s[fold_index][j]))
                                                              for n, s in result.scores.items()}})
         # the evaluated pairs, so other judges can be scored on exactly these (the report does)
-        write_jsonl(paths.judge_lm_scores(corpus), rows)
-        write_json(paths.judge_lm_train_loss(corpus), {"train_loss": result.train_loss})
-        write_json(paths.metrics("judge_lm", corpus), metrics)
+        write_output_rows(paths.judge_lm_scores(corpus), rows)
+        write_output(paths.judge_lm_train_loss(corpus), {"train_loss": result.train_loss})
+        write_output(paths.metrics("judge_lm", corpus), metrics)
         run.log_metrics(metrics)
         line = ", ".join(f"{n} {result.summary[n]['auroc']:.3f}±{result.summary[n].get('auroc_std', float('nan')):.3f}"
                          for n in result.summary)

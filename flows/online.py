@@ -14,11 +14,11 @@ from pathlib import Path
 from prefect import flow
 
 from deepprune import paths
-from deepprune.io import atomic_open, json_safe, write_json, write_jsonl
+from deepprune.io import atomic_open, json_safe
 from deepprune.sampling.live import TRACE_SEED_RULE, make_engine, managed_server
 from deepprune.pruning.online import OnlineProblem, format_comparison, outcome_to_json
 from deepprune.sampling.problems import DATASETS, build_messages, load_problems
-from flows._stage import child_run, run_stage, stage_params, stage_run
+from flows._stage import child_run, run_stage, stage_params, stage_run, write_output, write_output_rows
 from tasks.online import judge_model_path, load_online_judge, run_online
 
 FIGURES = ("tokens", "token_reduction", "accuracy", "wall_seconds", "tokens_per_second", "judge_seconds")
@@ -62,16 +62,16 @@ def online_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
             for problem, outcome in zip(problems, outcomes):
                 row = outcome_to_json(outcome)
                 rows.append(json_safe({"problem_id": problem.problem_id, "gold": problem.gold, **row}))
-        write_jsonl(paths.online_outcomes(corpus), rows)
+        write_output_rows(paths.online_outcomes(corpus), rows)
         meta = {"corpus": corpus, "engine": engine.identity, "n": n, "max_tokens": max_tokens, "k": cfg.k,
                 "problems": [p.problem_id for p in problems], "judge": {**cfg.judge.model_dump(),
                                                                         "path": judge_model_path(params)},
                 "generation": params.sample.generation.model_dump(), "seed": params.seed,
                 "trace_seed": f"{TRACE_SEED_RULE} (as the sample stage)"}
-        write_json(paths.online_meta(corpus), meta)
-        table_md = format_comparison(comparison.table)
+        write_output(paths.online_meta(corpus), meta)
+        table_md = format_comparison(comparison.table)  # printed below with this run's timings
         with atomic_open(paths.online_comparison(corpus)) as fh:
-            fh.write(table_md + "\n")
+            fh.write(format_comparison(comparison.table, timings=False) + "\n")
         run.log_params({"engine": engine.identity})
         metrics: dict[str, float | None] = {}
         for method, row in comparison.table.items():
@@ -79,7 +79,7 @@ def online_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
             with child_run(run, method, {"method": method}) as child:
                 child.log_metrics(figures)  # identical keys for every method: the MLflow compare view lines them up
             metrics.update({f"online/{method}/{key}": value for key, value in figures.items()})
-        write_json(paths.metrics("online", corpus), metrics)
+        write_output(paths.metrics("online", corpus), metrics)
         run.log_metrics(metrics)
         run.log_artifact(paths.online_comparison(corpus))
         print(f"online[{corpus}]: {len(problems)} problems x N={n}, max {max_tokens} tokens, k={cfg.k}\n{table_md}")

@@ -16,16 +16,21 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
+import psutil
 from prefect import flow
 
+from deepprune import paths
+from deepprune.config import ConfigError, Params, load_params
+from deepprune.io import atomic_open
+from deepprune.services import Unreachable, stop_process
+from deepprune.tracking import fail_abandoned_runs, process_tags, require_store, start_run
 from flows import ROOT
 from flows._stage import PARENT_RUN_ENV, PIPELINE_FLOW_RUN_ENV, git_commit
 from flows.server import prefect_server, terminate_as_interrupt
-from deepprune.config import ConfigError, Params, load_params
-from deepprune.services import Unreachable, stop_process
-from deepprune.tracking import fail_abandoned_runs, process_tags, require_store, start_run
+from flows.timings import format_table, stage_timings, summary
 
 
 def _dvc(*args: str) -> None:
@@ -93,6 +98,22 @@ def pipeline_flow(targets: list[str] | None = None, force: bool = False, set_par
         finally:
             os.environ.pop(PARENT_RUN_ENV, None)
             os.environ.pop(PIPELINE_FLOW_RUN_ENV, None)
+        report_timings(run)
+
+
+def report_timings(run) -> None:
+    """Print and save the table of where this run's time went (flows/timings.py): reports/timings.md, also an
+    artifact of the pipeline's MLflow run, whose metrics get the totals."""
+    started = psutil.Process().create_time()
+    rows = stage_timings(ROOT, since=started)
+    total = time.time() - started
+    table = format_table(rows, total)
+    out = ROOT / paths.timings_table()
+    with atomic_open(out) as handle:
+        handle.write(f"# Where the time went\n\n{table}\n")
+    run.log_artifact(out)
+    run.log_metrics({f"pipeline/{key}": value for key, value in summary(rows, total).items()})
+    print(f"{table}\n(saved to {paths.timings_table()})")
 
 
 def main(argv: list[str] | None = None) -> None:

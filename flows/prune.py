@@ -9,10 +9,9 @@ from dataclasses import asdict
 from prefect import flow
 
 from deepprune import paths
-from deepprune.io import write_json
 from deepprune.metrics import finite_or_none
 from deepprune.pruning.simulate import add_judge_seconds, deepconf_warmup_error, method_specs, summarize
-from flows._stage import child_run, run_stage, stage_params, stage_run
+from flows._stage import child_run, run_stage, stage_params, stage_run, write_output
 from tasks.label import load_traces
 from deepprune.truncate import prefix_name
 from tasks.prune import load_problems, measure_judge_cost, run_simulation
@@ -54,11 +53,11 @@ def prune_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
         saved = summary[headline]["token_reduction"]
         metrics["prune/headline/oracle_savings_share"] = finite_or_none(saved / oracle["token_reduction"]) \
             if oracle["token_reduction"] else None
-        write_json(paths.prune_results(corpus), {
+        write_output(paths.prune_results(corpus), {
             "n": n, "k": k, "headline": headline, "summary": summary,
             "methods": [asdict(m) for m in methods],
             "per_repetition": {name: asdict(r) for name, r in results.items()}})
-        write_json(paths.metrics("prune", corpus), metrics)
+        write_output(paths.metrics("prune", corpus), metrics)
         run.log_metrics(metrics)
         head = summary[headline]
         print(f"prune[{corpus}]: N={n}, k={k}: {headline} saves {saved:.1%} of cons@N's tokens "

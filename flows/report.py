@@ -8,7 +8,7 @@ from prefect import flow
 
 from deepprune import paths
 from deepprune.report import build_figures, render_index
-from flows._stage import git_commit, run_stage, stage_params, stage_run
+from flows._stage import run_stage, stage_params, stage_run
 from tasks.report import load_corpus_results, write_figure, write_page
 
 
@@ -22,7 +22,7 @@ def report_flow(params_path: str = "params.yaml") -> str:
         figures = build_figures(params, results)
         for name, fig in figures.items():
             write_figure(fig, paths.figure(name))
-        page = write_page(render_index(params, results, figures, git_commit()), paths.report_index())
+        page = write_page(render_index(params, results, figures), paths.report_index())
         run.log_artifact(page)
         run.log_artifact(paths.figures_dir(), folder="figures")
         print(f"report: {page} ({len(figures)} figures)")

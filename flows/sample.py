@@ -8,11 +8,10 @@ import sys
 from prefect import flow
 
 from deepprune import paths
-from deepprune.io import write_json
 from deepprune.sampling import SampleRequest
 from deepprune.sampling.live import TRACE_SEED_RULE, managed_server
 from deepprune.tokens import token_unit
-from flows._stage import run_stage, stage_params, stage_run
+from flows._stage import run_stage, stage_params, stage_run, write_output
 from tasks.sample import sample_traces, save_traces
 
 
@@ -40,7 +39,7 @@ def sample_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
                 "token_unit": token_unit(cfg.tokenizer, params.sample.backend, params.sample.model_path,
                                          params.sample.server.tokenizer_path),
                 "trace_seed": f"{TRACE_SEED_RULE}; trace_id = 's<seed>'" if live else None}
-        write_json(paths.traces_meta(corpus), meta)
+        write_output(paths.traces_meta(corpus), meta)
         run.log_params({"engine": meta["engine"]})
         run.log_artifact(paths.traces_meta(corpus))
         checked = stats.get("source_answer_checked", 0)
@@ -58,7 +57,7 @@ def sample_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
                             "sample/resumed_problems": int(stats.get("resumed_problems", 0)),
                             "sample/tokens_per_second": (stats["generated_tokens"] / seconds) if seconds else None,
                             "sample/accuracy": sum(bool(t.correct) for g in problems for t in g) / max(n_traces, 1)})
-        write_json(paths.metrics("sample", corpus), metrics)
+        write_output(paths.metrics("sample", corpus), metrics)
         run.log_metrics(metrics)
         print(f"sample[{corpus}]: {n_traces} traces of {len(problems)} problems -> {paths.traces(corpus)}")
         return metrics

@@ -11,14 +11,13 @@ from prefect import flow
 
 from deepprune import paths
 from deepprune.config import Params
-from deepprune.io import write_json
 from deepprune.judges.evaluate import PairData, cross_validate, pair_data, train_final
 from deepprune.judges.sweep import SweepPoint, base_recipe, best_point, encoder_recipe, expand_grid, lm_recipe
 from deepprune.metrics import finite_or_none
 from deepprune.pairs import prefix_texts
 from deepprune.tracking import Run, register_model
 from deepprune.truncate import prefix_name
-from flows._stage import child_run, run_stage, stage_params, stage_run
+from flows._stage import child_run, run_stage, stage_params, stage_run, write_output
 from tasks.judge import load_embeddings, load_encoder, load_labels, make_pair_data
 from tasks.judge_lm import evaluate_lm_judge, load_lm
 from tasks.sweep import make_task_runner, run_point
@@ -78,8 +77,8 @@ def sweep_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
                                           for p, s in results]}
         if ranked is None:  # one class of pairs: nothing to rank, fit or register
             metrics: dict[str, float | None] = {"sweep/points": len(points), "sweep/ranked": 0}
-            write_json(paths.sweep_results(corpus), doc)
-            write_json(paths.metrics("sweep", corpus), metrics)
+            write_output(paths.sweep_results(corpus), doc)
+            write_output(paths.metrics("sweep", corpus), metrics)
             run.log_metrics(metrics)
             print(f"sweep[{corpus}]: {sweep.metric} is undefined on every point (the pairs have one class): "
                   f"no best point, nothing registered")
@@ -99,8 +98,8 @@ def sweep_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
                                          {"point": best.name, sweep.metric: str(best_summary.get(sweep.metric))})
                 doc["registered"] = {"name": name, "version": version}
                 print(f"sweep[{corpus}]: registered {name} version {version}")
-        write_json(paths.sweep_results(corpus), doc)
-        write_json(paths.metrics("sweep", corpus), metrics)
+        write_output(paths.sweep_results(corpus), doc)
+        write_output(paths.metrics("sweep", corpus), metrics)
         run.set_tags({"best_point": best.name})
         run.log_metrics(metrics)
         print(f"sweep[{corpus}]: best of {len(points)} points is {best.name} "

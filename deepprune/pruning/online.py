@@ -113,14 +113,17 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def format_comparison(table: dict[str, dict[str, float]]) -> str:
-    """A markdown table of compare_methods' output."""
+def format_comparison(table: dict[str, dict[str, float]], timings: bool = True) -> str:
+    """A markdown table of compare_methods' output; without the timing columns (wall s, tokens/s, judge s) when
+    `timings` is false, as the stage's output file is written: outputs are a function of the inputs."""
     reasons = sorted({k for row in table.values() for k in row if k.startswith("stopped_")})
-    head = "| method | tokens | token reduction | accuracy | wall s | tokens/s | judge s | " + \
-           " | ".join(r.replace("stopped_", "") for r in reasons) + " |"
-    lines = [head, "|" + "---|" * (7 + len(reasons))]
+    timed = ("wall s", "tokens/s", "judge s") if timings else ()
+    columns = ("method", "tokens", "token reduction", "accuracy", *timed, *(r.replace("stopped_", "") for r in reasons))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for name, row in table.items():
-        lines.append(f"| {name} | {row['tokens']:,.0f} | {row['token_reduction']:.1%} | {row['accuracy']:.2f} | "
-                     f"{row['wall_seconds']:.1f} | {row['tokens_per_second']:.1f} | {row['judge_seconds']:.2f} | "
-                     + " | ".join(f"{row.get(r, 0):.0f}" for r in reasons) + " |")
+        cells = [name, f"{row['tokens']:,.0f}", f"{row['token_reduction']:.1%}", f"{row['accuracy']:.2f}"]
+        if timings:
+            cells += [f"{row['wall_seconds']:.1f}", f"{row['tokens_per_second']:.1f}", f"{row['judge_seconds']:.2f}"]
+        cells += [f"{row.get(r, 0):.0f}" for r in reasons]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

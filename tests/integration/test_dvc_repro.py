@@ -14,6 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from deepprune.config import load_params, read_params
+from deepprune.metric_names import split_timings
 from deepprune.services import free_port
 from tests.conftest import ROOT, mlflow_runs, tiny_params
 
@@ -120,6 +121,8 @@ def test_dvc_repro_builds_everything_then_reruns_nothing(repo_copy):
     page = (repo / "reports/index.html").read_text()
     assert "Online pruning" in page and "Truncation ablation" in page and "with real generation" in page
 
+    _assert_no_timings_in_outputs(repo)
+
     again = _run([sys.executable, "-m", "dvc", "repro"], repo, env)
     assert "Running stage" not in again and "up to date" in again
 
@@ -135,6 +138,39 @@ def test_dvc_repro_builds_everything_then_reruns_nothing(repo_copy):
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     for run in stage_runs:
         assert "models" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def _assert_no_timings_in_outputs(repo: Path) -> None:
+    """No DVC output carries a timing key (docs/DECISIONS.md): outputs are a function of the inputs."""
+    files = [*repo.glob("reports/metrics/*.json"), *repo.glob("data/*/*/results.json"), *repo.glob("data/*/*.json"),
+             *repo.glob("data/online/*/outcomes.jsonl")]
+    assert len(files) > 20
+    for path in files:
+        docs = [json.loads(line) for line in path.read_text().splitlines()] if path.suffix == ".jsonl" \
+            else [json.loads(path.read_text())]
+        for doc in docs:
+            assert split_timings(doc)[1] is None, f"{path} holds timing keys: {split_timings(doc)[1]}"
+    assert "wall s" not in (repo / "data/online/live/comparison.md").read_text()
+
+
+def test_pipeline_ends_with_where_the_time_went(repo_copy):
+    """`python -m flows.pipeline` (what `make run` runs) prints the table of wall time per stage and the share
+    spent outside the stages' own work, saves it (reports/timings.md), and every stage process it ran left its
+    timings file: the timing keys its outputs no longer carry, and the phases of its process."""
+    repo, env = repo_copy
+    lock = (repo / "dvc.lock").read_text()
+    shutil.rmtree(repo / "data/prune/math")  # prune@math reruns, nothing else
+    out = _run([sys.executable, "-m", "flows.pipeline", "prune@math"], repo, env)
+    assert "| prune@math |" in out and "| **total** (1 stage runs) |" in out
+    assert "| prune@math |" in (repo / "reports/timings.md").read_text()
+    timings = json.loads((repo / "reports/timings/prune_math.json").read_text())
+    measured = timings["measured"]["reports/metrics/prune_math.json"]
+    assert measured["prune/judge_cost/score_seconds_per_pair"] > 0 and measured["prune/cons/seconds"] > 0
+    assert timings["measured"]["data/prune/math/results.json"]["summary"]["cons"]["seconds"] > 0
+    assert 0 < timings["work_seconds"] < timings["wall_seconds"]
+    assert sum(timings["phases"].values()) == pytest.approx(timings["wall_seconds"])
+    _assert_no_timings_in_outputs(repo)
+    assert (repo / "dvc.lock").read_text() == lock  # the rerun wrote the same bytes
 
 
 def test_changing_a_judge_param_reruns_only_what_reads_it(repo_copy):

@@ -1,0 +1,110 @@
+"""What a stage costs before and after its own work: a stage process that does nothing, run as DVC runs every
+stage (`run_stage`: params validated, the tracking store checked, a Prefect flow run, an MLflow run), reporting to
+one Prefect server as under `make run`, and again with a temporary server of its own (a stage run alone).
+
+    python -m benchmarks.bench_stage_overhead [--runs 5] [--no-own-server]
+
+Prints the median of each phase of the process (from its own timings file, flows/_stage.py), side by side:
+interpreter start-up and imports, params and store checks and the Prefect flow run's creation, the MLflow run's
+set-up, the (empty) work, the MLflow and Prefect runs' closing, and the interpreter's exit. Stores live in a
+temporary folder; the project's are not touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+NOOP = """
+from prefect import flow
+from flows._stage import run_stage, stage_run
+
+@flow(name="noop", flow_run_name="noop")
+def noop() -> None:
+    with stage_run("noop", None, {}):
+        pass
+
+run_stage("report", noop)  # a real stage's name: run_stage stages the report's folder output, as it would
+"""
+
+PHASES = (("process_start", "stage_start", "interpreter start-up and imports"),
+          ("stage_start", "flow_start", "params, store check, Prefect flow run created"),
+          ("flow_start", "work_start", "MLflow run set up"),
+          ("work_start", "work_end", "the stage's own work (none)"),
+          ("work_end", "flow_end", "MLflow run closed"),
+          ("flow_end", "end", "Prefect flow run closed"))
+
+
+def _one(workspace: Path, env: dict[str, str]) -> dict[str, float]:
+    """Run the no-op stage once; its phases in seconds, and the whole process as its parent saw it."""
+    started = time.time()
+    proc = subprocess.run([sys.executable, "-c", NOOP], cwd=workspace, env=env, capture_output=True, text=True,
+                          timeout=600)
+    seen = time.time() - started
+    if proc.returncode:
+        raise SystemExit(f"the no-op stage failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    doc = json.loads((workspace / "reports/timings/report.json").read_text())
+    clock = doc["clock"]
+    out = {label: clock[b] - clock[a] for a, b, label in PHASES}
+    out["interpreter exit"] = seen - doc["wall_seconds"]
+    out["total, as the parent saw it"] = seen
+    return out
+
+
+def _series(workspace: Path, env: dict[str, str], runs: int) -> dict[str, list[float]]:
+    results = [_one(workspace, env) for _ in range(runs)]
+    return {key: [r[key] for r in results] for key in results[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--no-own-server", action="store_true", help="skip the runs with a temporary server each")
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="bench-stage-"))
+    try:
+        workspace = home / "workspace"
+        workspace.mkdir()
+        shutil.copyfile(ROOT / "params.yaml", workspace / "params.yaml")
+        env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db",
+               "DEEPPRUNE_MLFLOW_ARTIFACTS": str(home / "artifacts"), "PYTHONPATH": str(ROOT)}
+        for key in ("PREFECT_API_URL", "DEEPPRUNE_PARENT_RUN_ID", "DEEPPRUNE_PIPELINE_FLOW_RUN"):
+            env.pop(key, None)
+        subprocess.run([str(Path(sys.executable).parent / "prefect"), "server", "database", "upgrade", "-y"], env=env,
+                       check=True, capture_output=True, timeout=300)
+        columns: dict[str, dict[str, list[float]]] = {}
+        if not args.no_own_server:
+            columns["own temporary server"] = _series(workspace, env, args.runs)
+        # one server for every run, as `make run` starts one for the whole pipeline
+        sys.path.insert(0, str(ROOT))
+        os.environ.update({k: env[k] for k in ("PREFECT_HOME", "MLFLOW_TRACKING_URI")})
+        from deepprune.config import load_params
+        from flows.server import prefect_server
+
+        with prefect_server(load_params(ROOT / "params.yaml").tracking) as api_url:
+            _one(workspace, {**env, "PREFECT_API_URL": api_url})  # the first flow run registers the flow
+            columns["one shared server (make run)"] = _series(workspace, {**env, "PREFECT_API_URL": api_url}, args.runs)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+    names = list(columns)
+    print(f"No-op stage process, median of {args.runs} runs (seconds); {os.cpu_count()} CPUs\n")
+    print("| phase | " + " | ".join(names) + " |")
+    print("|---|" + "---:|" * len(names))
+    for key in next(iter(columns.values())):
+        print(f"| {key} | " + " | ".join(f"{statistics.median(columns[n][key]):.2f}" for n in names) + " |")
+
+
+if __name__ == "__main__":
+    main()
