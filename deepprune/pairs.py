@@ -13,6 +13,7 @@ import numpy as np
 
 from deepprune.answers import AnswerSpec, answer_classes
 from deepprune.data.schema import Trace
+from deepprune.progress import track
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,13 @@ def prefix_texts(table: dict[tuple[str, str], dict[str, str]], name: str,
 def build_pairs(problems: dict[str, list[Trace]], spec: AnswerSpec) -> list[Pair]:
     """All C(n,2) pairs per problem, labelled by answer equivalence (a missing answer never agrees)."""
     pairs = []
-    for pid, traces in problems.items():
-        classes = answer_classes([t.answer for t in traces], spec)
-        for i, j in itertools.combinations(range(len(traces)), 2):
-            same = classes[i] == classes[j] and classes[i] >= 0
-            pairs.append(Pair(pid, traces[i].trace_id, traces[j].trace_id, int(same)))
+    with track("labelling pairs", len(problems), "problems") as progress:
+        for pid, traces in problems.items():
+            classes = answer_classes([t.answer for t in traces], spec)
+            for i, j in itertools.combinations(range(len(traces)), 2):
+                same = classes[i] == classes[j] and classes[i] >= 0
+                pairs.append(Pair(pid, traces[i].trace_id, traces[j].trace_id, int(same)))
+            progress.advance()
     return pairs
 
 

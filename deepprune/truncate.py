@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from deepprune.progress import track
 from deepprune.tokens import Tokenizer
 
 _SENTENCE_END = re.compile(r"[.!?\n]")
@@ -62,10 +63,12 @@ def build_prefixes(texts: dict[tuple[str, str], str], tokens_k: Sequence[int], r
     """Every prefix of every trace, keyed by (problem id, trace id), then prefix name. Each text is encoded once."""
     pattern = reasoning_word_pattern(reasoning_words)
     out: dict[tuple[str, str], dict[str, str]] = {}
-    for key, text in texts.items():
-        ids = tokenizer.encode(text)
-        row = {prefix_name("tokens", k): first_k_tokens(text, k, tokenizer, ids) for k in tokens_k}
-        row.update({prefix_name("reasoning_words", k): first_k_reasoning_words(text, k, pattern)
-                    for k in reasoning_words_k})
-        out[key] = row
+    with track("building prefixes", len(texts), "traces") as progress:
+        for key, text in texts.items():
+            ids = tokenizer.encode(text)
+            row = {prefix_name("tokens", k): first_k_tokens(text, k, tokenizer, ids) for k in tokens_k}
+            row.update({prefix_name("reasoning_words", k): first_k_reasoning_words(text, k, pattern)
+                        for k in reasoning_words_k})
+            out[key] = row
+            progress.advance()
     return out

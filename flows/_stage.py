@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from deepprune.config import ConfigError, Params, load_params
 from deepprune.io import write_json, write_jsonl
 from deepprune.metric_names import split_timings
 from deepprune.paths import staged_outputs
+from deepprune.progress import Snapshot, TerminalSink, reporting
 from deepprune.services import Unreachable
 from deepprune.tracking import Run, fail_abandoned_runs, process_tags, require_store, start_run
 from flows import ROOT, project_root
@@ -124,9 +126,41 @@ def stage_params(path: str | os.PathLike = "params.yaml") -> Params:
     return params
 
 
+class PrefectProgress:
+    """A progress sink: the stage's loops as one Prefect progress artifact of its flow run (the run's Artifacts
+    tab), created at the first report and updated after. A failure to publish is said once and fails nothing."""
+
+    interval = 3.0  # seconds between updates of one loop (its last report always goes out)
+    min_seconds = 0.0
+
+    def __init__(self, stage: str, corpus: str | None) -> None:
+        self.key = re.sub(r"[^a-z0-9-]+", "-", f"progress-{stage}-{corpus or 'all'}".lower())
+        self.title = f"{stage}@{corpus}" if corpus else stage
+        self.artifact_id: Any = None
+        self.broken = False
+
+    def report(self, snapshot: Snapshot) -> None:
+        if self.broken:
+            return
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+        fraction = snapshot.fraction if snapshot.fraction is not None else float(snapshot.final)
+        description = f"**{self.title}** {snapshot.line()}"
+        try:
+            if self.artifact_id is None:
+                self.artifact_id = create_progress_artifact(100 * fraction, key=self.key, description=description)
+            else:
+                update_progress_artifact(self.artifact_id, 100 * fraction, description=description)
+        except Exception as exc:  # the server is busy or gone: the stage goes on, its progress stays in the terminal
+            self.broken = True
+            print(f"{self.title}: progress no longer published to Prefect ({type(exc).__name__}: {exc})",
+                  file=sys.stderr)
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, corpus: str | None, params: dict[str, Any]) -> Iterator[Run]:
-    """The MLflow run of one stage execution, in experiment 'deepprune/<stage>'."""
+    """The MLflow run of one stage execution, in experiment 'deepprune/<stage>'; the stage's long loops report their
+    progress to the terminal and to a Prefect progress artifact of this flow run."""
     dvc_stage = f"{stage}@{corpus}" if corpus else stage
     tags = {
         "git_commit": git_commit(),
@@ -147,7 +181,8 @@ def stage_run(stage: str, corpus: str | None, params: dict[str, Any]) -> Iterato
                    artifact_root=os.environ.get("DEEPPRUNE_MLFLOW_ARTIFACTS", str(ROOT / ".mlflow" / "artifacts"))) as run:
         run.log_params(params)
         _CLOCK["work_start"] = time.time()
-        yield run
+        with reporting(f"{stage}[{corpus}]" if corpus else stage, TerminalSink(), PrefectProgress(stage, corpus)):
+            yield run
         _CLOCK["work_end"] = time.time()
     _CLOCK["flow_end"] = time.time()  # the MLflow run has ended; the flow run ends after
 

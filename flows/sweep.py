@@ -15,6 +15,7 @@ from deepprune.judges.evaluate import PairData, cross_validate, pair_data, train
 from deepprune.judges.sweep import SweepPoint, base_recipe, best_point, encoder_recipe, expand_grid, lm_recipe
 from deepprune.metrics import finite_or_none
 from deepprune.pairs import prefix_texts
+from deepprune.progress import track
 from deepprune.tracking import Run, register_model
 from deepprune.truncate import prefix_name
 from flows._stage import child_run, run_stage, stage_params, stage_run, write_output
@@ -68,9 +69,13 @@ def sweep_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
     points = expand_grid(sweep, base_recipe(sweep, params.judge, params.judge_lm))
     with stage_run("sweep", corpus, {"seed": params.seed, "sweep": sweep.model_dump(), "points": len(points)}) as run:
         data, encoder, lm = _point_data(params, corpus)
-        futures = [run_point.submit(sweep_point_flow, point=point, parent=run, params=params, corpus=corpus,
-                                    data=data, encoder=encoder, lm=lm) for point in points]
-        results = [(point, future.result()) for point, future in zip(points, futures)]
+        results = []
+        with track("evaluating", len(points), "points") as progress:  # open first: the points' loops stay silent
+            futures = [run_point.submit(sweep_point_flow, point=point, parent=run, params=params, corpus=corpus,
+                                        data=data, encoder=encoder, lm=lm) for point in points]
+            for point, future in zip(points, futures):
+                results.append((point, future.result()))
+                progress.advance()
         ranked = best_point(results, sweep.metric)
         doc: dict[str, Any] = {"judge": sweep.judge, "metric": sweep.metric, "best": ranked and ranked[0].name,
                                "points": [{"name": p.name, "settings": p.as_dict, "summary": _clean(dict(s))}

@@ -26,6 +26,7 @@ import torch
 from deepprune.config import JudgeLMConfig, LMTrainConfig, PromptConfig
 from deepprune.judges.losses import cross_entropy, focal_loss
 from deepprune.pairs import oversample_minority
+from deepprune.progress import Progress
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # LoRA's initialisation and dropout draw from torch's global generator: one fine-tune at a time per process
@@ -160,8 +161,10 @@ class CausalLMJudge:
         return logits[:, self.yes_id] - logits[:, self.no_id]
 
     @torch.inference_mode()
-    def score_texts(self, texts_a: Sequence[str], texts_b: Sequence[str], batch_size: int | None = None) -> np.ndarray:
-        """P(yes) for aligned prefix pairs; batched, similar lengths together (less padding)."""
+    def score_texts(self, texts_a: Sequence[str], texts_b: Sequence[str], batch_size: int | None = None,
+                    progress: Progress | None = None) -> np.ndarray:
+        """P(yes) for aligned prefix pairs; batched, similar lengths together (less padding); `progress` advances by
+        the pairs (and tokens) of each batch."""
         batch_size = batch_size or self.cfg.eval.batch_size
         rows = self._encode(texts_a, texts_b)
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
@@ -172,6 +175,8 @@ class CausalLMJudge:
             chunk = order[first:first + batch_size]
             margin = self._margin(self._batch([rows[i] for i in chunk]))
             out[chunk] = torch.sigmoid(margin).double().cpu().numpy()
+            if progress is not None:
+                progress.advance(len(chunk), tokens=sum(len(rows[i]) for i in chunk))
         self.scoring.seconds += time.perf_counter() - start
         self.scoring.pairs += len(rows)
         self.scoring.tokens += sum(len(r) for r in rows)

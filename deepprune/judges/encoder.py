@@ -20,6 +20,7 @@ from torch import nn
 from deepprune.config import TrainConfig
 from deepprune.judges.losses import cross_entropy, focal_loss
 from deepprune.pairs import oversample_minority
+from deepprune.progress import track
 
 
 def default_encoder_path() -> str:
@@ -64,10 +65,12 @@ class SentenceEncoder(nn.Module):
         bits, depends on its batch companions, and a set's order changes with the process's hash seed."""
         unique = sorted(set(texts), key=lambda t: (-len(t), t))  # similar lengths per batch: less padding
         vectors: dict[str, np.ndarray] = {}
-        for start in range(0, len(unique), batch_size):
-            chunk = unique[start:start + batch_size]
-            for text, vec in zip(chunk, self(chunk).float().numpy()):
-                vectors[text] = vec
+        with track("encoding", len(unique), "texts") as progress:
+            for start in range(0, len(unique), batch_size):
+                chunk = unique[start:start + batch_size]
+                for text, vec in zip(chunk, self(chunk).float().numpy()):
+                    vectors[text] = vec
+                progress.advance(len(chunk))
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack([vectors[t] for t in texts]).astype(np.float32)

@@ -13,6 +13,7 @@ from deepprune.judges import judge_class
 from deepprune.judges.encoder import EncoderJudge, SentenceEncoder
 from deepprune.metrics import judge_metrics, summarize_folds
 from deepprune.pairs import Pair
+from deepprune.progress import track
 
 if TYPE_CHECKING:
     from deepprune.judges.embeddings import EmbeddingTable
@@ -78,19 +79,21 @@ def cross_validate(data: PairData, cfg: JudgeConfig, encoder: SentenceEncoder, s
                     if cfg.train.finetune_encoder else None)
     results: dict[str, VariantResult] = {}
     fold_ids = sorted(set(folds.tolist()))
-    for offset, (name, variant) in enumerate(sorted(cfg.variants.items())):
-        oof = np.full(len(labels), np.nan)
-        per_fold, logs = [], []
-        for fold in fold_ids:
-            test = np.flatnonzero(folds == fold)
-            train = np.flatnonzero(folds != fold)
-            scores, log = _variant_scores(variant, cfg, encoder, seed + 1000 * offset + fold, data, train, test,
-                                          frozen_state)
-            oof[test] = scores
-            logs.append(log)
-            per_fold.append(judge_metrics(labels[test], scores, cfg.fnr, cfg.threshold))
-        results[name] = VariantResult(name, oof, per_fold, summarize_folds(per_fold),
-                                      judge_metrics(labels, oof, cfg.fnr, cfg.threshold), logs)
+    with track("cross-validating", len(cfg.variants) * len(fold_ids), "folds") as progress:  # variants x folds
+        for offset, (name, variant) in enumerate(sorted(cfg.variants.items())):
+            oof = np.full(len(labels), np.nan)
+            per_fold, logs = [], []
+            for fold in fold_ids:
+                test = np.flatnonzero(folds == fold)
+                train = np.flatnonzero(folds != fold)
+                scores, log = _variant_scores(variant, cfg, encoder, seed + 1000 * offset + fold, data, train, test,
+                                              frozen_state)
+                oof[test] = scores
+                logs.append(log)
+                per_fold.append(judge_metrics(labels[test], scores, cfg.fnr, cfg.threshold))
+                progress.advance()
+            results[name] = VariantResult(name, oof, per_fold, summarize_folds(per_fold),
+                                          judge_metrics(labels, oof, cfg.fnr, cfg.threshold), logs)
     return results
 
 
@@ -161,28 +164,42 @@ def evaluate_causal_lm(texts_a: Sequence[str], texts_b: Sequence[str], labels: n
     names = (["causal_lm"] if cfg.train.steps > 0 else []) + (["causal_lm_zeroshot"] if zero_shot else [])
     out = LMEvaluation([], {n: [] for n in names}, {n: [] for n in names}, {}, {}, [])
     train_tp = score_tp = None
-    for offset, fold in enumerate(sorted(set(folds.tolist()))[: cfg.eval.folds]):
-        rng = np.random.default_rng(seed + fold)
-        test = balanced_subset(labels, np.flatnonzero(folds == fold), cfg.eval.pairs_per_class, rng)
-        train = np.flatnonzero(folds != fold)
-        out.eval_rows.append(test)
-        ta, tb = [texts_a[i] for i in test], [texts_b[i] for i in test]
-        fold_scores: dict[str, np.ndarray] = {}
-        if cfg.train.steps > 0:
-            judge = CausalLMJudge(cfg, seed + fold, copy.deepcopy(model), tokenizer)
-            judge.fit_texts([texts_a[i] for i in train], [texts_b[i] for i in train], labels[train],
-                            checkpoint_dir=f"{checkpoint_root}/fold{fold}" if checkpoint_root else None)
-            fold_scores["causal_lm"] = judge.score_texts(ta, tb)
-            out.train_loss.append(judge.train_log)
-            train_tp, score_tp = _add_tp(train_tp, judge.training), _add_tp(score_tp, judge.scoring)
-            if keep_judges:
-                out.judges.append(judge)
-            del judge
-        if zero_shot:
-            fold_scores["causal_lm_zeroshot"] = base.score_texts(ta, tb)
-        for name, scores in fold_scores.items():
-            out.scores[name].append(scores)
-            out.per_fold[name].append(judge_metrics(labels[test], scores, fnr, threshold))
+    eval_folds = sorted(set(folds.tolist()))[: cfg.eval.folds]
+    # each fold's own seeded draw, as before: drawing them all first changes nothing
+    tests = [balanced_subset(labels, np.flatnonzero(folds == fold), cfg.eval.pairs_per_class,
+                             np.random.default_rng(seed + fold)) for fold in eval_folds]
+    step_pairs = cfg.train.grad_accum * cfg.train.batch_size
+    # work in pairs: each optimizer step trains on step_pairs pairs, each judge scores each held-out pair once
+    with track("fine-tuning and scoring", sum(cfg.train.steps * step_pairs + len(t) * len(names) for t in tests),
+               "pairs") as progress:
+        for fold, test in zip(eval_folds, tests):
+            train = np.flatnonzero(folds != fold)
+            out.eval_rows.append(test)
+            ta, tb = [texts_a[i] for i in test], [texts_b[i] for i in test]
+            fold_scores: dict[str, np.ndarray] = {}
+            if cfg.train.steps > 0:
+                judge = CausalLMJudge(cfg, seed + fold, copy.deepcopy(model), tokenizer)
+                seen = {"step": 0, "tokens": 0}
+
+                def on_step(step: int, _loss: float) -> None:  # a resumed run counts its checkpointed steps here
+                    progress.advance((step - seen["step"]) * step_pairs, tokens=judge.training.tokens - seen["tokens"])
+                    seen.update(step=step, tokens=judge.training.tokens)
+
+                judge.fit_texts([texts_a[i] for i in train], [texts_b[i] for i in train], labels[train],
+                                checkpoint_dir=f"{checkpoint_root}/fold{fold}" if checkpoint_root else None,
+                                on_step=on_step)
+                on_step(cfg.train.steps, 0.0)  # every step done (a fully checkpointed fold calls on_step never)
+                fold_scores["causal_lm"] = judge.score_texts(ta, tb, progress=progress)
+                out.train_loss.append(judge.train_log)
+                train_tp, score_tp = _add_tp(train_tp, judge.training), _add_tp(score_tp, judge.scoring)
+                if keep_judges:
+                    out.judges.append(judge)
+                del judge
+            if zero_shot:
+                fold_scores["causal_lm_zeroshot"] = base.score_texts(ta, tb, progress=progress)
+            for name, scores in fold_scores.items():
+                out.scores[name].append(scores)
+                out.per_fold[name].append(judge_metrics(labels[test], scores, fnr, threshold))
     out.summary = {name: summarize_folds(rows) for name, rows in out.per_fold.items()}
     score_tp = _add_tp(score_tp, base.scoring)
     out.throughput = {
@@ -239,10 +256,12 @@ def truncation_ablation(pairs: Sequence[Pair], prefixes: Mapping[tuple[str, str]
     sub = cfg.model_copy(update={"variants": {v: cfg.variants[v] for v in variants}, "primary": variants[0],
                                  "baseline": variants[0]})
     rows = []
-    for name in sorted(table.matrices, key=lambda n: parse_prefix_name(n)):
-        strategy, k = parse_prefix_name(name)
-        texts = {key: row[name] for key, row in prefixes.items()}
-        data = pair_data(pairs, texts, table.lookup(name))
-        for variant, result in cross_validate(data, sub, encoder, seed).items():
-            rows.append(AblationRow(strategy, k, variant, result.summary))
+    with track("ablating", len(table.matrices) * len(variants), "cells") as progress:  # truncations x variants
+        for name in sorted(table.matrices, key=lambda n: parse_prefix_name(n)):
+            strategy, k = parse_prefix_name(name)
+            texts = {key: row[name] for key, row in prefixes.items()}
+            data = pair_data(pairs, texts, table.lookup(name))
+            for variant, result in cross_validate(data, sub, encoder, seed).items():
+                rows.append(AblationRow(strategy, k, variant, result.summary))
+            progress.advance(len(variants))
     return rows

@@ -20,6 +20,7 @@ import numpy as np
 
 from deepprune.answers import AnswerSpec
 from deepprune.io import atomic_open
+from deepprune.progress import track
 from deepprune.pruning.controller import Grader, MethodSpec, Outcome, Similarity, Task, TraceRun, run_method
 from deepprune.sampling.live import trace_seed
 
@@ -79,30 +80,34 @@ def compare_methods(engine, problems: Sequence[OnlineProblem], n: int, max_token
     graders = {p.problem_id: Grader(spec, p.gold) for p in problems}
     table: dict[str, dict[str, float]] = {}
     outcomes: dict[str, list[Outcome]] = {}
-    for method in methods:
-        outcomes[method.name] = []
-        for problem in problems:
-            shard = Path(shard_dir) / f"{method.name}__{_safe(problem.problem_id)}.json" if shard_dir else None
-            if shard is not None and shard.exists():
-                result = outcome_from_json(json.loads(shard.read_text(encoding="utf-8")))
-            else:
-                task = Task(problem.problem_id, problem.prompt,
-                            tuple(trace_seed(seed, problem.problem_id, j) for j in range(n)),
-                            graders[problem.problem_id], max_tokens)
-                result = run_method(method, engine, task, k, {"judge": similarity})
-                if shard is not None:
-                    shard.parent.mkdir(parents=True, exist_ok=True)
-                    with atomic_open(shard) as fh:
-                        json.dump(outcome_to_json(result), fh)
-            outcomes[method.name].append(result)
-        runs = outcomes[method.name]
-        reasons: Counter[str] = Counter(t.stop_reason for r in runs for t in r.traces)
-        tokens, seconds = float(sum(r.tokens for r in runs)), float(sum(r.wall_seconds for r in runs))
-        table[method.name] = {
-            "tokens": tokens, "accuracy": sum(bool(r.correct) for r in runs) / max(len(runs), 1),
-            "wall_seconds": seconds, "tokens_per_second": tokens / seconds if seconds else float("nan"),
-            "judge_seconds": float(sum(r.judge_seconds for r in runs)),
-            **{f"stopped_{reason}": float(count) for reason, count in sorted(reasons.items())}}
+    with track("running methods", len(methods) * len(problems), "runs") as progress:  # methods x problems
+        for method in methods:
+            outcomes[method.name] = []
+            for problem in problems:
+                shard = Path(shard_dir) / f"{method.name}__{_safe(problem.problem_id)}.json" if shard_dir else None
+                generated = 0  # tokens/s counts tokens generated now, not outcomes read back
+                if shard is not None and shard.exists():
+                    result = outcome_from_json(json.loads(shard.read_text(encoding="utf-8")))
+                else:
+                    task = Task(problem.problem_id, problem.prompt,
+                                tuple(trace_seed(seed, problem.problem_id, j) for j in range(n)),
+                                graders[problem.problem_id], max_tokens)
+                    result = run_method(method, engine, task, k, {"judge": similarity})
+                    generated = result.tokens
+                    if shard is not None:
+                        shard.parent.mkdir(parents=True, exist_ok=True)
+                        with atomic_open(shard) as fh:
+                            json.dump(outcome_to_json(result), fh)
+                outcomes[method.name].append(result)
+                progress.advance(1, tokens=generated)
+            runs = outcomes[method.name]
+            reasons: Counter[str] = Counter(t.stop_reason for r in runs for t in r.traces)
+            tokens, seconds = float(sum(r.tokens for r in runs)), float(sum(r.wall_seconds for r in runs))
+            table[method.name] = {
+                "tokens": tokens, "accuracy": sum(bool(r.correct) for r in runs) / max(len(runs), 1),
+                "wall_seconds": seconds, "tokens_per_second": tokens / seconds if seconds else float("nan"),
+                "judge_seconds": float(sum(r.judge_seconds for r in runs)),
+                **{f"stopped_{reason}": float(count) for reason, count in sorted(reasons.items())}}
     base = table["cons"]["tokens"] if "cons" in table else float("nan")
     for row in table.values():
         row["token_reduction"] = 1 - row["tokens"] / base if base else float("nan")

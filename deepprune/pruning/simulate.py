@@ -13,6 +13,7 @@ import numpy as np
 
 from deepprune.answers import AnswerSpec
 from deepprune.data.schema import Trace
+from deepprune.progress import track
 from deepprune.pruning.controller import Grader, MethodSpec, Outcome, Task, run_method, stable_seed
 from deepprune.pruning.replay import MatrixSimilarity, RecordedTrace, ReplayEngine
 
@@ -121,27 +122,29 @@ def simulate(problems: Sequence[ReplayProblem], engine, methods: Sequence[Method
     for spec in methods:
         if spec.kind.startswith("deepconf") and not has_logprobs:
             results[spec.name].skipped = NEEDS_LOGPROBS
-    for rep in range(repetitions):
-        rng = np.random.default_rng([seed, rep])
-        tasks = [p.task(rng.choice(p.n, size=n, replace=False)) for p in problems]
-        budgets: dict[str, int] = {}
-        for spec in methods:
-            res = results[spec.name]
-            if res.skipped:
-                continue
-            start = time.perf_counter()
-            method_rng = np.random.default_rng([seed, rep, stable_seed(spec.name)])
-            outs: list[Outcome] = [run_method(spec, engine, t, k, p.similarities, method_rng, budgets)
-                                   for p, t in zip(problems, tasks)]
-            res.seconds += time.perf_counter() - start
-            res.accuracy.append(float(np.mean([bool(o.correct) for o in outs])))
-            res.tokens.append(int(sum(o.tokens for o in outs)))
-            res.judge_calls.append(int(sum(o.judge_calls for o in outs)))
-            res.completed.append(int(sum(o.completed for o in outs)))
-            for p, o in zip(problems, outs):  # random pruning matches a budget per problem and draw
-                budgets[f"{spec.name}:{p.problem_id}"] = o.tokens
-            if keep is not None:
-                keep.append((rep, spec.name, outs))
+    with track("simulating", repetitions * sum(not r.skipped for r in results.values()), "runs") as progress:
+        for rep in range(repetitions):
+            rng = np.random.default_rng([seed, rep])
+            tasks = [p.task(rng.choice(p.n, size=n, replace=False)) for p in problems]
+            budgets: dict[str, int] = {}
+            for spec in methods:
+                res = results[spec.name]
+                if res.skipped:
+                    continue
+                start = time.perf_counter()
+                method_rng = np.random.default_rng([seed, rep, stable_seed(spec.name)])
+                outs: list[Outcome] = [run_method(spec, engine, t, k, p.similarities, method_rng, budgets)
+                                       for p, t in zip(problems, tasks)]
+                res.seconds += time.perf_counter() - start
+                res.accuracy.append(float(np.mean([bool(o.correct) for o in outs])))
+                res.tokens.append(int(sum(o.tokens for o in outs)))
+                res.judge_calls.append(int(sum(o.judge_calls for o in outs)))
+                res.completed.append(int(sum(o.completed for o in outs)))
+                progress.advance()  # one method on one draw of every problem
+                for p, o in zip(problems, outs):  # random pruning matches a budget per problem and draw
+                    budgets[f"{spec.name}:{p.problem_id}"] = o.tokens
+                if keep is not None:
+                    keep.append((rep, spec.name, outs))
     return results
 
 

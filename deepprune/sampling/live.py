@@ -18,12 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from deepprune.answers import extract_answer, is_correct
+from deepprune.answers import AnswerSpec, extract_answer, is_correct
 from deepprune.config import SampleConfig, ServerConfig
 from deepprune.data.schema import Trace, read_traces, write_traces
+from deepprune.progress import track
 from deepprune.sampling.base import SampleRequest
 from deepprune.sampling.engines import EngineUnreachable, GenerationSettings, GenJob
-from deepprune.sampling.problems import DATASETS, build_messages, load_problems
+from deepprune.sampling.problems import DATASETS, ProblemItem, build_messages, load_problems
 from deepprune.services import service
 
 
@@ -102,6 +103,17 @@ class LiveSampler:
         stats = request.stats
         for key in ("problems", "traces", "no_answer", "resumed_problems", "generated_tokens", "generation_seconds"):
             stats.setdefault(key, 0)
+        with track("generating", len(items), "problems") as progress:
+            generated = stats["generated_tokens"]
+            for traces in self._problems(request, items, spec, shard_dir):
+                # tokens/s counts the tokens generated now: a resumed problem adds none
+                progress.advance(1, tokens=stats["generated_tokens"] - generated)
+                generated = stats["generated_tokens"]
+                yield traces
+
+    def _problems(self, request: SampleRequest, items: list[ProblemItem], spec: AnswerSpec,
+                  shard_dir: Path) -> Iterator[list[Trace]]:
+        corpus, cfg, stats = request.corpus, request.settings, request.stats
         for item in items:
             shard = shard_dir / (hashlib.sha1(item.problem_id.encode()).hexdigest()[:16] + ".jsonl")
             if shard.exists():

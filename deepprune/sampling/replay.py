@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from deepprune.answers import extract_answer, is_correct
 from deepprune.data.importers import RawTrace, import_corpus
 from deepprune.data.schema import Trace
+from deepprune.progress import track
 from deepprune.sampling.base import SampleRequest
 from deepprune.tokens import get_tokenizer
 
@@ -18,6 +19,13 @@ class ReplaySampler:
 
     def sample(self, request: SampleRequest) -> Iterator[list[Trace]]:
         """Yield each problem's traces, recomputed."""
+        with track("replaying", request.settings.limit, "problems") as progress:  # total unknown without a limit
+            for traces in self._problems(request):
+                progress.advance(1, traces=len(traces))
+                yield traces
+            progress.total = progress.done  # the corpus may hold fewer problems than the limit
+
+    def _problems(self, request: SampleRequest) -> Iterator[list[Trace]]:
         spec = request.corpus.answer.spec()
         tokenizer = get_tokenizer(request.corpus.tokenizer)
         stats = request.stats
