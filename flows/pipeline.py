@@ -29,7 +29,7 @@ from deepprune.services import Unreachable, stop_process
 from deepprune.tracking import fail_abandoned_runs, process_tags, require_store, start_run
 from flows import ROOT
 from flows._stage import PARENT_RUN_ENV, PIPELINE_FLOW_RUN_ENV, git_commit
-from flows.server import prefect_server, terminate_as_interrupt
+from flows.server import mlflow_server, prefect_server, terminate_as_interrupt
 from flows.timings import format_table, stage_timings, summary
 
 
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         tracking = load_params(ROOT / "params.yaml").tracking
         require_store(tracking)
-        with prefect_server(tracking):
+        with prefect_server(tracking), mlflow_server():
             if "--serve" in argv:
                 pipeline_flow.serve(name="deepprune-pipeline", tags=["deepprune"])
             else:

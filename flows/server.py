@@ -93,6 +93,34 @@ def prefect_server(tracking: TrackingConfig, startup_timeout_s: float = STARTUP_
             os.environ.pop(API_ENV, None)
 
 
+MLFLOW_ENV = "MLFLOW_TRACKING_URI"
+
+
+@contextlib.contextmanager
+def mlflow_server(startup_timeout_s: float = STARTUP_TIMEOUT_S) -> Iterator[str]:
+    """The MLflow tracking URI a pipeline's stages log to. A local SQLite store (the default) is served for the
+    duration of the block by one `mlflow server` on 127.0.0.1, and the stages log to it over HTTP: a stage process
+    then skips MLflow's SQLAlchemy store (its import and schema check cost each process seconds, measured by
+    benchmarks/bench_stage_overhead.py), and concurrent sweep points no longer queue on the SQLite file. Any other
+    URI (a server the user runs) is used as it is."""
+    uri = os.environ.get(MLFLOW_ENV, "")
+    if not uri.startswith("sqlite:"):
+        yield uri
+        return
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    artifacts = os.environ.get("DEEPPRUNE_MLFLOW_ARTIFACTS", str(ROOT / ".mlflow" / "artifacts"))
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
+           "--port", str(port), "--workers", "1", "--artifacts-destination", artifacts]
+    log = Path(uri.removeprefix("sqlite:///")).parent / "server.log"  # beside the store it serves
+    with service(cmd, lambda: healthy(url), startup_timeout_s, "the MLflow server", log, {**os.environ}, grace_s=10.0):
+        os.environ[MLFLOW_ENV] = url
+        try:
+            yield url
+        finally:
+            os.environ[MLFLOW_ENV] = uri
+
+
 def owner_tags() -> list[str]:
     """This process as flow-run tags (`host:`, `pid:`), as MLflow runs carry it (process_tags)."""
     return [f"{key}:{value}" for key, value in process_tags().items()]
