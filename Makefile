@@ -15,7 +15,7 @@ export MLFLOW_TRACKING_URI := sqlite:///$(CURDIR)/.mlflow/mlflow.db
 export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup run test test-fast screenshot prefect-ui mlflow-ui serve
+.PHONY: setup run run-paper test test-fast screenshot prefect-ui mlflow-ui serve
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,11 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-run: setup  ## the whole pipeline on the shipped corpora (dvc repro under a Prefect flow)
+run: setup  ## the whole pipeline on the shipped corpora, laptop-sized (dvc repro under a Prefect flow)
 	$(BIN)/python -m flows.pipeline
+
+run-paper: setup  ## the paper profile (profiles/paper.yaml) as one DVC experiment; the workspace stays as it is
+	$(BIN)/python -m flows.pipeline --profile paper
 
 # Float32 model outputs change in the last bits with the thread count, so the tests that generate or score with a
 # model run under one and under two torch threads: a test that claims bit-equality by accident fails here, not on a

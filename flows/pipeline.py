@@ -1,6 +1,7 @@
 """The whole chain as one Prefect flow that runs `dvc repro`, so DVC's cache decides what reruns.
 
     python -m flows.pipeline                 # run once (what `make run` does after set-up)
+    python -m flows.pipeline --profile paper # the paper profile (profiles/paper.yaml) as a DVC experiment
     python -m flows.pipeline --serve         # serve as a deployment: start runs from the Prefect UI
 
 Each stage still runs as its own flow run (DVC starts `python -m flows.<stage>`); they are tied together by
@@ -116,6 +117,41 @@ def report_timings(run) -> None:
     print(f"{table}\n(saved to {paths.timings_table()})")
 
 
+PROFILES = ROOT / "profiles"
+
+
+def _override_value(value: object) -> str:
+    """A params value in the override grammar of `dvc exp run -S` (Hydra's)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_override_value(v)}" for k, v in value.items()) + "}"
+    text = str(value)
+    return text if text.replace("_", "").replace("-", "").replace(".", "").replace("/", "").isalnum() \
+        else "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def profile_overrides(name: str, folder: Path = PROFILES) -> list[str]:
+    """The `dvc exp run -S` overrides of a named profile (profiles/<name>.yaml: params keys, dotted, and values)."""
+    import yaml
+
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise ConfigError(f"--profile {name}: no {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}; "
+                          f"profiles: {', '.join(known) or 'none'}")
+    doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: a profile is a mapping of params keys to values")
+    return [f"{key}={_override_value(value)}" for key, value in doc.items()]
+
+
 def main(argv: list[str] | None = None) -> None:
     """One Prefect server for the whole run (PREFECT_API_URL's, or one started here and stopped at the end):
     every stage DVC starts reports to it instead of starting a temporary server of its own. Bad params and a
@@ -123,13 +159,16 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     terminate_as_interrupt()
     try:
+        profile = argv[argv.index("--profile") + 1] if "--profile" in argv[:-1] else None
+        targets = [a for i, a in enumerate(argv) if not a.startswith("--") and (i == 0 or argv[i - 1] != "--profile")]
+        set_params = profile_overrides(profile) if profile else None
         tracking = load_params(ROOT / "params.yaml").tracking
         require_store(tracking)
         with prefect_server(tracking), mlflow_server():
             if "--serve" in argv:
                 pipeline_flow.serve(name="deepprune-pipeline", tags=["deepprune"])
             else:
-                pipeline_flow(targets=[a for a in argv if not a.startswith("--")] or None, force="--force" in argv)
+                pipeline_flow(targets=targets or None, force="--force" in argv, set_params=set_params)
     except (ConfigError, Unreachable) as exc:
         print(f"pipeline: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -136,3 +136,19 @@ def test_reasoning_words_come_from_params_and_every_one_is_built_into_prefixes()
     pattern = reasoning_word_pattern(params.label.reasoning_words)
     for word in params.label.reasoning_words:
         assert first_k_reasoning_words(f"x. {word.capitalize()} y.", 1, pattern) == f"{word.capitalize()} y."
+
+
+def test_the_paper_profile_applies_over_params_yaml_and_validates():
+    """`make run-paper`: profiles/paper.yaml becomes `dvc exp run -S` overrides (DVC's own grammar), a dict with
+    dotted keys (sweep.grid) included, and the result is valid params."""
+    from flows.pipeline import params_with_overrides, profile_overrides
+
+    overrides = profile_overrides("paper")
+    assert "label.reasoning_words_k=[15,25,35]" in overrides
+    params = params_with_overrides(overrides)
+    assert params.sweep.grid["focal.alpha"] == [0.25, 0.5, 0.75] and params.sweep.grid["oversample"] == [False, True]
+    assert params.judge_lm.corpora == ["math", "date"] and params.prune.repetitions == 50
+    default = load_params(ROOT / "params.yaml")
+    assert default.prune.repetitions < params.prune.repetitions  # the default is the laptop profile
+    with pytest.raises(ConfigError, match="--profile nope: .*profiles: paper"):
+        profile_overrides("nope")
