@@ -37,6 +37,9 @@ def tiny_params(limit: int = 8) -> dict:
     raw["judge_lm"]["eval"].update(folds=2, pairs_per_class=3, batch_size=4)
     raw["sweep"]["grid"] = {"loss": ["ce", "focal"], "focal.gamma": [2.0]}  # two points
     raw["ablate"]["table_k"] = {"tokens": 32, "reasoning_words": 5}
+    # as the paper profile: every training variant ablated, the causal-LM judge on both recorded corpora
+    raw["ablate"]["variants"] = list(raw["judge"]["variants"])
+    raw["judge_lm"]["corpora"] = ["math", "date"]
     raw["online"].update(problems=2, n=4, max_tokens=24, k=8, taus=[0.5, 0.01],
                          deepconf={"warmup": 2, "eta": 90, "window": 4})
     return raw
