@@ -51,7 +51,7 @@ prefect-ui: setup  ## Prefect server and UI on http://127.0.0.1:$(PREFECT_PORT)
 	PREFECT_UI_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api \
 		$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
-mlflow-ui: setup  ## MLflow UI on http://127.0.0.1:$(MLFLOW_PORT)/#/experiments?workflowType=machine_learning
+mlflow-ui: setup  ## MLflow UI on http://127.0.0.1:$(MLFLOW_PORT)
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --default-artifact-root $(CURDIR)/.mlflow/artifacts \
 		--host 127.0.0.1 --port $(MLFLOW_PORT)
 
