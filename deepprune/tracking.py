@@ -75,11 +75,12 @@ def _inside(location: str, root: Path) -> bool:
 
 
 def keep_default_experiment(artifact_root: str | os.PathLike) -> str | None:
-    """Tag the `Default` experiment with the project's EXPERIMENT_KIND, and point it (id 0, which MLflow creates with the store, its artifacts under `./mlruns` of
-    whichever process made the database) at `<artifact_root>/Default` when it lies elsewhere, so that no experiment
-    of the project's own store keeps artifacts outside it. MLflow has no call that moves an experiment's artifact
-    location, so this writes the column in the project's SQL store itself; a tracking server keeps its own root
-    and is left alone. Runs keep the artifact URI they were created with. Returns the new location, if it moved."""
+    """Tag the `Default` experiment (id 0, which MLflow creates with the store, its artifacts under `./mlruns` of
+    whichever process made the database) with EXPERIMENT_KIND, and point it at `<artifact_root>/Default` when it
+    lies elsewhere, so that no experiment of the project's own store keeps artifacts outside it. MLflow has no
+    call that moves an experiment's artifact location, so this writes the column in the project's SQL store
+    itself; a tracking server keeps its own root and is left alone. Runs keep the artifact URI they were created
+    with. Returns the new location, if it moved."""
     from mlflow.store.tracking.dbmodels.models import SqlExperiment
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
     from mlflow.tracking import MlflowClient
