@@ -55,7 +55,8 @@ prefect-ui: setup  ## Prefect server and UI on http://127.0.0.1:$(PREFECT_PORT)
 		$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
 mlflow-ui: setup  ## MLflow UI on http://127.0.0.1:$(MLFLOW_PORT)
-	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(MLFLOW_PORT)
+	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --default-artifact-root $(CURDIR)/.mlflow/artifacts \
+		--host 127.0.0.1 --port $(MLFLOW_PORT)
 
 serve: setup  ## serve the pipeline as a deployment (needs `make prefect-ui` running)
 	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(BIN)/python -m flows.pipeline --serve

@@ -29,6 +29,24 @@ def roc_points(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarr
     return fpr, tpr, thr
 
 
+def roc_table(labels: Sequence[int], scores: Sequence[float], max_points: int = 200) -> dict[str, list]:
+    """The ROC curve as small JSON-ready lists (fpr, tpr, threshold), at most max_points points: every pair with a
+    finite score, the curve's two ends always kept, points in between taken evenly along it. A threshold above every
+    score (sklearn's infinity) is null; with one class the lists are empty and auroc is null."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=float)
+    keep = np.isfinite(scores)
+    labels, scores = labels[keep], scores[keep]
+    if len(np.unique(labels)) < 2:
+        return {"fpr": [], "tpr": [], "threshold": [], "auroc": None, "n_pairs": int(len(labels))}
+    fpr, tpr, thr = roc_points(labels, scores)
+    if len(fpr) > max_points:
+        rows = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))
+        fpr, tpr, thr = fpr[rows], tpr[rows], thr[rows]
+    return {"fpr": [round(float(v), 5) for v in fpr], "tpr": [round(float(v), 5) for v in tpr],
+            "threshold": [round(float(v), 6) if math.isfinite(v) else None for v in thr],
+            "auroc": auroc(labels, scores), "n_pairs": int(len(labels))}
+
+
 def tnr_at_fnr(labels: Sequence[int], scores: Sequence[float], fnr: float = 0.2) -> float:
     """Best TNR among operating points whose FNR is at most fnr; NaN without both classes."""
     labels = np.asarray(labels)

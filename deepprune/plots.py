@@ -62,6 +62,47 @@ def plot_roc(rocs: Mapping[str, tuple[Sequence[float], Sequence[float], float]],
     return fig
 
 
+CURVE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+
+
+def roc_svg(curves: Mapping[str, Mapping[str, Sequence]], title: str) -> str:
+    """A small standalone SVG of ROC curves (roc_table's dicts, keyed by judge), AUROC in the legend: a few KB, no
+    script, so MLflow's artifact view and its compare view draw it as an image."""
+    from html import escape
+
+    size, pad = 320, 40
+    span = size - 2 * pad
+
+    def xy(fpr: float, tpr: float) -> str:
+        return f"{pad + fpr * span:.1f},{size - pad - tpr * span:.1f}"
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size + 16 * len(curves)}" '
+             f'viewBox="0 0 {size} {size + 16 * len(curves)}" font-family="sans-serif" font-size="11">',
+             f'<rect width="100%" height="100%" fill="white"/>',
+             f'<text x="{size / 2}" y="16" text-anchor="middle" font-size="12">{escape(title)}</text>',
+             f'<rect x="{pad}" y="{pad}" width="{span}" height="{span}" fill="none" stroke="#888"/>',
+             f'<polyline points="{xy(0, 0)} {xy(1, 1)}" fill="none" stroke="#bbb" stroke-dasharray="4 3"/>',
+             f'<text x="{size / 2}" y="{size - 10}" text-anchor="middle">false positive rate</text>',
+             f'<text x="12" y="{size / 2}" text-anchor="middle" transform="rotate(-90 12 {size / 2})">'
+             f'true positive rate</text>']
+    for tick in (0, 0.5, 1):
+        x, y = xy(tick, tick).split(",")
+        parts.append(f'<text x="{x}" y="{size - pad + 13}" text-anchor="middle">{tick:g}</text>'
+                     f'<text x="{pad - 4}" y="{float(y) + 4:.1f}" text-anchor="end">{tick:g}</text>')
+    for i, (name, curve) in enumerate(curves.items()):
+        color = CURVE_COLORS[i % len(CURVE_COLORS)]
+        points = " ".join(xy(f, t) for f, t in zip(curve["fpr"], curve["tpr"]))
+        if points:
+            parts.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="2"/>')
+        area = curve.get("auroc")
+        label = f"{name} (AUROC {area:.3f})" if isinstance(area, (int, float)) else f"{name} (one class: no curve)"
+        y = size + 12 + 16 * i
+        parts.append(f'<line x1="{pad}" y1="{y - 4}" x2="{pad + 18}" y2="{y - 4}" stroke="{color}" stroke-width="2"/>'
+                     f'<text x="{pad + 24}" y="{y}">{escape(label)}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
 def plot_judge_comparison(table: Mapping[str, Mapping[str, tuple[float, float]]],
                           paper: Mapping[str, float | None], paper_label: str) -> go.Figure:
     """AUROC (mean and fold std) per variant and corpus, and the paper's figure for the same recipe."""

@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import socket
+import tempfile
 import threading
 import urllib.parse
 from collections.abc import Iterator, Mapping
@@ -58,14 +59,69 @@ def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[s
     return out
 
 
+# MLflow's own setting for what an experiment holds (its demo sets "genai_development" the same way). MLflow 3.17's
+# UI also has a GenAI / Model training switch at the top of its sidebar that wins over the tag: README, "In the UI".
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+DEFAULT_EXPERIMENT_ID = "0"
+_REPAIRED: set[tuple[str, str]] = set()
+
+
+def _inside(location: str, root: Path) -> bool:
+    """Whether an artifact location (a path or a file: URI) lies under root."""
+    parts = urllib.parse.urlsplit(location)
+    if parts.scheme not in ("", "file"):
+        return False
+    return Path(urllib.parse.unquote(parts.path)).resolve().is_relative_to(root)
+
+
+def keep_default_experiment(artifact_root: str | os.PathLike) -> str | None:
+    """Tag the `Default` experiment (id 0, which MLflow creates with the store, its artifacts under `./mlruns` of
+    whichever process made the database) with EXPERIMENT_KIND, and point it at `<artifact_root>/Default` when it
+    lies elsewhere, so that no experiment of the project's own store keeps artifacts outside it. MLflow has no
+    call that moves an experiment's artifact location, so this writes the column in the project's SQL store
+    itself; a tracking server keeps its own root and is left alone. Runs keep the artifact URI they were created
+    with. Returns the new location, if it moved."""
+    from mlflow.store.tracking.dbmodels.models import SqlExperiment
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.tracking import MlflowClient
+    from sqlalchemy.orm import Session
+
+    root = Path(artifact_root).resolve()
+    client = MlflowClient()
+    store = client._tracking_client.store
+    if not isinstance(store, SqlAlchemyStore):
+        return None
+    default = client.get_experiment(DEFAULT_EXPERIMENT_ID)
+    _keep_kind(client, default)
+    if _inside(default.artifact_location, root):
+        return None
+    location = (root / default.name).as_uri()
+    with Session(store.engine) as session, session.begin():
+        session.query(SqlExperiment).filter(SqlExperiment.experiment_id == int(DEFAULT_EXPERIMENT_ID)).update(
+            {SqlExperiment.artifact_location: location})
+    return location
+
+
 def ensure_experiment(name: str, artifact_root: str | os.PathLike | None) -> str:
-    """Experiment id for name, created with its artifacts under artifact_root (an absolute path)."""
+    """Experiment id for name, created with its artifacts under artifact_root (an absolute path) and tagged as a
+    model-development experiment (also when it already exists); `Default` is kept under artifact_root too."""
     mlflow = _mlflow()
-    found = mlflow.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    location = Path(artifact_root, name.replace("/", "_")).resolve().as_uri() if artifact_root else None
-    return mlflow.create_experiment(name, artifact_location=location)
+    client = mlflow.MlflowClient()
+    if artifact_root and (key := (mlflow.get_tracking_uri(), str(artifact_root))) not in _REPAIRED:
+        keep_default_experiment(artifact_root)
+        _REPAIRED.add(key)
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        location = Path(artifact_root, name.replace("/", "_")).resolve().as_uri() if artifact_root else None
+        return client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
+    _keep_kind(client, found)
+    return found.experiment_id
+
+
+def _keep_kind(client: Any, experiment: Any) -> None:
+    tag, kind = EXPERIMENT_KIND
+    if experiment.tags.get(tag) != kind:
+        client.set_experiment_tag(experiment.experiment_id, tag, kind)
 
 
 class Run:
@@ -101,6 +157,17 @@ class Run:
                 mlflow.log_artifacts(str(path), artifact_path=folder)
             else:
                 mlflow.log_artifact(str(path), artifact_path=folder)
+
+    def log_texts(self, files: Mapping[str, str]) -> None:
+        """Attach small text files ({name: content}) at the root of the run's artifacts, where MLflow's compare view
+        looks for the files runs share. They are written to a temporary folder first, never beside any output."""
+        from mlflow.tracking import MlflowClient
+
+        with tempfile.TemporaryDirectory(prefix="deepprune-artifacts-") as tmp:
+            for name, text in files.items():
+                Path(tmp, name).write_text(text, encoding="utf-8")
+            with _LOCK:
+                MlflowClient().log_artifacts(self.run_id, tmp)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         with _LOCK:

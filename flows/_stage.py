@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
 from prefect import tags as prefect_tags
 from prefect.runtime import flow_run
 
-import psutil
-
 from deepprune import paths
 from deepprune.compute import fix_threads
-from deepprune.config import ConfigError, Params, load_params
+from deepprune.config import ConfigError, Params, TruncationConfig, load_params
 from deepprune.io import write_json, write_jsonl
 from deepprune.metric_names import split_timings
 from deepprune.paths import staged_outputs
@@ -30,6 +30,7 @@ from flows import ROOT, project_root
 from flows.server import (crash_abandoned_flow_runs, owner_tags, prefect_server, stop_with_parent,
                           terminate_as_interrupt)
 
+ROC_POINTS, ROC_FIGURE = "roc_points.json", "roc.svg"  # every judge child run's artifacts, at the root
 PARENT_RUN_ENV = "DEEPPRUNE_PARENT_RUN_ID"  # set by flows/pipeline.py around `dvc repro`
 PIPELINE_FLOW_RUN_ENV = "DEEPPRUNE_PIPELINE_FLOW_RUN"  # the pipeline's Prefect flow-run name, a tag of its stages
 
@@ -185,6 +186,24 @@ def stage_run(stage: str, corpus: str | None, params: dict[str, Any]) -> Iterato
             yield run
         _CLOCK["work_end"] = time.time()
     _CLOCK["flow_end"] = time.time()  # the MLflow run has ended; the flow run ends after
+
+
+def cell_params(params: Params, corpus: str, truncation: TruncationConfig, **recipe: Any) -> dict[str, Any]:
+    """The params that define one child run's cell, under the same names in every stage: seed, corpus, the
+    label stage's grouped folds, the truncation (strategy and k), then the cell's own recipe."""
+    return {"seed": params.seed, "corpus": corpus, "folds": params.label.folds,
+            "truncation": {"strategy": truncation.strategy, "k": truncation.k}, **recipe}
+
+
+def log_roc(run: Run, curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], title: str) -> None:
+    """A child run's ROC curves ({judge: (labels, held-out scores)}) as its own small artifacts, under the same
+    names in every child run so MLflow's compare view finds them in common: ROC_POINTS (fpr, tpr and threshold,
+    at most 200 points a curve) and ROC_FIGURE (an SVG of a few KB)."""
+    from deepprune.metrics import roc_table
+    from deepprune.plots import roc_svg
+
+    tables = {name: roc_table(labels, scores) for name, (labels, scores) in curves.items()}
+    run.log_texts({ROC_POINTS: json.dumps(tables, indent=1) + "\n", ROC_FIGURE: roc_svg(tables, title)})
 
 
 @contextlib.contextmanager

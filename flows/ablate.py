@@ -9,10 +9,11 @@ from collections import defaultdict
 from prefect import flow, task
 
 from deepprune import paths
-from deepprune.judges.evaluate import AblationRow, truncation_ablation
+from deepprune.config import TruncationConfig
+from deepprune.judges.evaluate import AblationRow, truncation_ablation, variant_recipe
 from deepprune.metric_names import ablate_names
 from deepprune.metrics import finite_or_none
-from flows._stage import child_run, run_stage, stage_params, stage_run, write_output
+from flows._stage import cell_params, child_run, log_roc, run_stage, stage_params, stage_run, write_output
 from tasks import NO_CACHE
 from tasks.judge import load_embeddings, load_encoder, load_labels
 
@@ -40,10 +41,15 @@ def ablate_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
             by_truncation[(row.strategy, row.k)].append(row)
             for key in kept:
                 metrics[f"ablate/{row.strategy}_{row.k}/{row.variant}/{key}"] = finite_or_none(row.summary[key])
+        labels = [p.label for p in pairs]
         for (strategy, k), group in by_truncation.items():
-            with child_run(run, f"{strategy}_{k}", {"strategy": strategy, "k": k}) as child:
+            recipes = {r.variant: variant_recipe(params.judge.variants[r.variant], params.judge.train) for r in group}
+            cell = cell_params(params, corpus, TruncationConfig(strategy=strategy, k=k), variants=recipes)
+            with child_run(run, f"{strategy}_{k}", cell) as child:
                 child.log_metrics({f"{r.variant}/{key}": r.summary[key] for r in group for key in kept
                                    if finite_or_none(r.summary[key]) is not None})
+                log_roc(child, {r.variant: (labels, r.oof_scores) for r in group},
+                        f"{corpus}: {strategy} k={k}, held-out problems")
         write_output(paths.ablate_results(corpus), {
             "judge": cfg.judge, "table_k": cfg.table_k,
             "rows": [{"strategy": r.strategy, "k": r.k, "variant": r.variant,

@@ -7,9 +7,11 @@ import sys
 from prefect import flow
 
 from deepprune import paths
+from deepprune.judges.evaluate import variant_recipe
 from deepprune.metrics import finite_or_none, roc_points
 from deepprune.truncate import prefix_name
-from flows._stage import child_run, run_stage, stage_params, stage_run, write_output, write_output_rows
+from flows._stage import (cell_params, child_run, log_roc, run_stage, stage_params, stage_run, write_output,
+                          write_output_rows)
 from tasks.judge import evaluate_judges, fit_final_judge, load_embeddings, load_encoder, load_labels, make_pair_data
 
 
@@ -42,9 +44,11 @@ def judge_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
                 "roc": {"fpr": fpr.round(5).tolist(), "tpr": tpr.round(5).tolist()},
                 "train_loss": result.train_loss,
             }
-            with child_run(run, name, cfg.variants[name].model_dump()) as child:
+            cell = cell_params(params, corpus, cfg.truncation, **variant_recipe(cfg.variants[name], cfg.train))
+            with child_run(run, name, cell) as child:
                 child.log_metrics({k.split("/", 2)[2]: v for k, v in _metric_keys(name, result.summary, result.pooled).items()
                                    if v is not None})
+                log_roc(child, {name: (data.labels, result.oof_scores)}, f"{corpus}: {name}, held-out problems")
             variant = cfg.variants[name]
             if variant.kind == "encoder":
                 final = fit_final_judge(data, cfg, variant, encoder, params.seed)

@@ -10,10 +10,11 @@ from prefect import flow
 
 from deepprune import paths
 from deepprune.metrics import finite_or_none
-from deepprune.judges.evaluate import pair_data
+from deepprune.judges.evaluate import lm_judge_recipe, lm_scores, pair_data
 from deepprune.pairs import prefix_texts
 from deepprune.truncate import prefix_name
-from flows._stage import child_run, run_stage, stage_params, stage_run, write_output, write_output_rows
+from flows._stage import (cell_params, child_run, log_roc, run_stage, stage_params, stage_run, write_output,
+                          write_output_rows)
 from tasks.judge import load_labels
 from tasks.judge_lm import evaluate_lm_judge, load_lm
 
@@ -39,8 +40,11 @@ def judge_lm_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, fl
         for name, summary in result.summary.items():
             keys = {f"judge_lm/{name}/{k}": finite_or_none(v) for k, v in summary.items()}
             metrics.update(keys)
-            with child_run(run, name, {"judge": name, "prefix": prefix, "prompt_version": cfg.prompt.version}) as child:
+            cell = cell_params(params, corpus, cfg.truncation, judge=name, prefix=prefix,
+                               **lm_judge_recipe(cfg, trained=name == "causal_lm"))
+            with child_run(run, name, cell) as child:
                 child.log_metrics({k.split("/", 2)[2]: v for k, v in keys.items() if v is not None})
+                log_roc(child, {name: lm_scores(result, data.labels, name)}, f"{corpus}: {name}, held-out pairs")
         for fold, judge in enumerate(result.judges):
             path = paths.judge_lm_model(corpus, fold)
             judge.save_adapter(path, {"corpus": corpus, "prefix": prefix, "held_out_fold": fold})

@@ -11,14 +11,15 @@ from prefect import flow
 
 from deepprune import paths
 from deepprune.config import Params
-from deepprune.judges.evaluate import PairData, cross_validate, pair_data, train_final
+from deepprune.judges.evaluate import (PairData, cross_validate, lm_judge_recipe, lm_scores, pair_data, train_final,
+                                       variant_recipe)
 from deepprune.judges.sweep import SweepPoint, base_recipe, best_point, encoder_recipe, expand_grid, lm_recipe
 from deepprune.metrics import finite_or_none
 from deepprune.pairs import prefix_texts
 from deepprune.progress import track
 from deepprune.tracking import Run, register_model
 from deepprune.truncate import prefix_name
-from flows._stage import child_run, run_stage, stage_params, stage_run, write_output
+from flows._stage import cell_params, child_run, log_roc, run_stage, stage_params, stage_run, write_output
 from tasks.judge import load_embeddings, load_encoder, load_labels, make_pair_data
 from tasks.judge_lm import evaluate_lm_judge, load_lm
 from tasks.sweep import make_task_runner, run_point
@@ -33,18 +34,24 @@ def sweep_point_flow(point: SweepPoint, parent: Run, params: Params, corpus: str
                      encoder: Any = None, lm: tuple[Any, Any] | None = None) -> dict[str, float]:
     """One grid point: its recipe cross-validated on the corpus's grouped folds, logged as a child run."""
     sweep = params.sweep
-    with child_run(parent, point.name, {"point": point.as_dict, "judge": sweep.judge}) as run:
+    if sweep.judge == "encoder":
+        variant, cfg = encoder_recipe(point, params.judge)
+        cell = cell_params(params, corpus, cfg.truncation, judge=sweep.judge, **variant_recipe(variant, cfg.train))
+    else:
+        cfg_lm = lm_recipe(point, params.judge_lm)
+        cell = cell_params(params, corpus, cfg_lm.truncation, judge=sweep.judge, **lm_judge_recipe(cfg_lm, True))
+    with child_run(parent, point.name, {**cell, "point": point.as_dict}) as run:
         if sweep.judge == "encoder":
-            _, cfg = encoder_recipe(point, params.judge)
-            summary = cross_validate(data, cfg, encoder, params.seed)[point.name].summary  # type: ignore[arg-type]
+            result = cross_validate(data, cfg, encoder, params.seed)[point.name]  # type: ignore[arg-type]
+            summary, roc = result.summary, (data.labels, result.oof_scores)  # type: ignore[union-attr]
         else:
-            cfg_lm = lm_recipe(point, params.judge_lm)
             model, tokenizer = lm  # type: ignore[misc]
-            result = evaluate_lm_judge.fn(data.texts_a, data.texts_b, data.labels, data.folds, cfg_lm,  # type: ignore[union-attr]
-                                          params.seed, params.judge.fnr, params.judge.threshold, False, None,
-                                          model, tokenizer)
-            summary = result.summary["causal_lm"]
+            lm_result = evaluate_lm_judge.fn(data.texts_a, data.texts_b, data.labels, data.folds, cfg_lm,  # type: ignore[union-attr]
+                                             params.seed, params.judge.fnr, params.judge.threshold, False, None,
+                                             model, tokenizer)
+            summary, roc = lm_result.summary["causal_lm"], lm_scores(lm_result, data.labels, "causal_lm")  # type: ignore[union-attr]
         run.log_metrics({k: v for k, v in summary.items()})
+        log_roc(run, {point.name: roc}, f"{corpus}: sweep point {point.name}")
         print(f"sweep[{corpus}] {point.name}: {sweep.metric} {summary.get(sweep.metric, float('nan')):.4f}")
         return summary
 

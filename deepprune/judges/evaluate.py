@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deepprune.config import JudgeConfig, JudgeLMConfig, VariantConfig
+from deepprune.config import JudgeConfig, JudgeLMConfig, TrainConfig, VariantConfig
 from deepprune.judges import judge_class
 from deepprune.judges.encoder import EncoderJudge, SentenceEncoder
 from deepprune.metrics import judge_metrics, summarize_folds
@@ -95,6 +95,45 @@ def cross_validate(data: PairData, cfg: JudgeConfig, encoder: SentenceEncoder, s
             results[name] = VariantResult(name, oof, per_fold, summarize_folds(per_fold),
                                           judge_metrics(labels, oof, cfg.fnr, cfg.threshold), logs)
     return results
+
+
+def _train_keys_used(train: Mapping[str, Any], loss: str, oversample: bool) -> dict[str, Any]:
+    """A train section without the keys its recipe ignores: focal alpha and gamma under cross-entropy, the
+    oversampling ratio without oversampling (the same rule the sweep uses to tell points apart)."""
+    out = dict(train)
+    if loss != "focal":
+        out.pop("focal", None)
+    if not oversample:
+        out.pop("oversample_ratio", None)
+    return out
+
+
+def variant_recipe(variant: VariantConfig, train: TrainConfig) -> dict[str, Any]:
+    """What defines an embedding judge variant: its own keys (kind, loss, oversample) and, for a trained kind, the
+    judge.train keys its recipe uses (nested: {'train': {'focal': {'gamma': 2.0}, ...}})."""
+    out: dict[str, Any] = variant.model_dump()
+    if not judge_class(variant.kind).trainable:
+        return out
+    used = _train_keys_used(train.model_dump(), variant.loss, variant.oversample)
+    if not used.get("finetune_encoder"):
+        used = {k: v for k, v in used.items() if not k.startswith("finetune_") or k == "finetune_encoder"}
+    return {**out, "train": used}
+
+
+def lm_judge_recipe(cfg: JudgeLMConfig, trained: bool) -> dict[str, Any]:
+    """What defines a causal-LM judge evaluation: the prompt version and the eval sample, and for the fine-tuned
+    judge the judge_lm.train keys its recipe uses."""
+    out: dict[str, Any] = {"prompt_version": cfg.prompt.version, "eval": cfg.eval.model_dump()}
+    if trained:
+        out["train"] = _train_keys_used(cfg.train.model_dump(), cfg.train.loss, cfg.train.oversample)
+    return out
+
+
+def lm_scores(result: "LMEvaluation", labels: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """One causal-LM judge's held-out (labels, scores), every evaluated fold end to end."""
+    rows = np.concatenate(result.eval_rows) if result.eval_rows else np.zeros(0, dtype=int)
+    scores = np.concatenate(result.scores[name]) if result.scores.get(name) else np.zeros(0)
+    return np.asarray(labels)[rows], scores
 
 
 def train_final(data: PairData, cfg: JudgeConfig, variant: VariantConfig, encoder: SentenceEncoder,
@@ -244,6 +283,7 @@ class AblationRow:
     k: int
     variant: str
     summary: dict[str, float]
+    oof_scores: np.ndarray | None = None  # every pair's held-out score, in the pairs' order
 
 
 def truncation_ablation(pairs: Sequence[Pair], prefixes: Mapping[tuple[str, str], Mapping[str, str]],
@@ -262,6 +302,6 @@ def truncation_ablation(pairs: Sequence[Pair], prefixes: Mapping[tuple[str, str]
             texts = {key: row[name] for key, row in prefixes.items()}
             data = pair_data(pairs, texts, table.lookup(name))
             for variant, result in cross_validate(data, sub, encoder, seed).items():
-                rows.append(AblationRow(strategy, k, variant, result.summary))
+                rows.append(AblationRow(strategy, k, variant, result.summary, result.oof_scores))
             progress.advance(len(variants))
     return rows

@@ -5,7 +5,9 @@ online stage (slow)."""
 from __future__ import annotations
 
 import json
+import urllib.parse
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 from prefect.testing.utilities import prefect_test_harness
@@ -86,10 +88,16 @@ def _check_prune(workspace, corpus: str, k: int) -> None:
 
 
 def test_recorded_corpora_through_every_fast_stage(workspace):
+    from mlflow.tracking import MlflowClient
+
     from flows.judge import judge_flow
     from flows.report import report_flow
 
     recorded_only(workspace, metric="tnr_at_fnr_0.2")
+    root = workspace / "mlartifacts"  # the project's artifact root (DEEPPRUNE_MLFLOW_ARTIFACTS)
+    client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
+    client.create_experiment("deepprune/judge", artifact_location=(root / "deepprune_judge").as_uri())  # untagged
+    assert not _inside(client.get_experiment("0").artifact_location, root)  # MLflow's ./mlruns of the cwd
     for corpus in RECORDED:
         _sample_label_embed(workspace, corpus, problems=8)
     judge_metrics = judge_flow("date")
@@ -105,6 +113,7 @@ def test_recorded_corpora_through_every_fast_stage(workspace):
     assert "Inter-trace redundancy" in text and "Online pruning" in text and "Table 1" in text
     assert "Focal-loss sweep" in text and "causal-LM judge" not in text  # judge_lm ran on no corpus
     _judge_runs_in_mlflow(workspace, {"judge@date", "judge@math"})
+    _child_runs_carry_their_cell_and_roc(workspace, root)
 
 
 def _sweep_by_tnr(workspace):
@@ -160,6 +169,57 @@ def _judge_runs_in_mlflow(workspace, stages: set[str]) -> None:
     assert "judge/encoder_focal_oversample/auroc" in parent_date.data.metrics
 
 
+def _child_runs_carry_their_cell_and_roc(workspace, root) -> None:
+    """Every child run of judge@date, sweep@date and ablate@date, seen through MLflow's client, holds the params that
+    define its cell and its own ROC points and figure under the same names (MLflow's compare view shows the files
+    runs share); every experiment, `Default` and one that existed untagged included, is tagged as model
+    development and keeps its artifacts under the project's artifact root; nothing is written beside the outputs."""
+    from mlflow.tracking import MlflowClient
+
+    from deepprune.config import load_params
+    from flows._stage import ROC_FIGURE, ROC_POINTS
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
+    experiments = client.search_experiments()
+    assert {e.name for e in experiments} >= {"Default", "deepprune/judge", "deepprune/sweep", "deepprune/ablate"}
+    for experiment in experiments:
+        assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development", experiment.name
+        assert _inside(experiment.artifact_location, root), (experiment.name, experiment.artifact_location)
+    params = load_params(workspace / "params.yaml")
+    cells = {"judge": set(VARIANTS), "sweep": {"ce", "focal_g2.0"},
+             "ablate": {"tokens_16", "tokens_32", "reasoning_words_5"}}
+    for stage, names in cells.items():
+        children = [r for r in mlflow_runs(client.tracking_uri, f"deepprune/{stage}")
+                    if "mlflow.parentRunId" in r.data.tags and r.data.tags["corpus"] == "date"]
+        assert {r.data.tags["variant"] for r in children} == names
+        for run in children:
+            p = run.data.params
+            assert (p["seed"], p["corpus"], p["folds"]) == (str(params.seed), "date", str(params.label.folds))
+            assert f"{p['truncation.strategy']}_{p['truncation.k']}" == (
+                run.data.tags["variant"] if stage == "ablate" else "tokens_32")
+            files = {f.path: f.file_size for f in client.list_artifacts(run.info.run_id)}
+            assert set(files) == {ROC_POINTS, ROC_FIGURE} and all(0 < size < 50_000 for size in files.values())
+            folder = Path(urllib.parse.urlsplit(run.info.artifact_uri).path)
+            curves = json.loads((folder / ROC_POINTS).read_text())
+            assert set(curves) == ({run.data.tags["variant"]} if stage != "ablate" else set(VARIANTS))
+            for curve in curves.values():
+                assert 2 <= len(curve["fpr"]) == len(curve["tpr"]) == len(curve["threshold"]) <= 200
+                assert curve["n_pairs"] > 0 and 0 <= curve["auroc"] <= 1
+            assert (folder / ROC_FIGURE).read_text().startswith("<svg")
+    judge = {r.data.tags["variant"]: r.data.params for r in mlflow_runs(client.tracking_uri, "deepprune/judge")
+             if "mlflow.parentRunId" in r.data.tags and r.data.tags["corpus"] == "date"}
+    assert judge["encoder_focal_oversample"]["train.focal.gamma"] == str(params.judge.train.focal.gamma)
+    assert judge["encoder_focal_oversample"]["train.oversample_ratio"] == str(params.judge.train.oversample_ratio)
+    assert "train.focal.gamma" not in judge["encoder_plain"] and judge["encoder_plain"]["loss"] == "ce"
+    assert not any(k.startswith("train.") for k in judge["sbert_cosine"])  # nothing trained
+    stray = [p for p in workspace.rglob("*") if p.name in (ROC_POINTS, ROC_FIGURE) and root not in p.parents]
+    assert stray == []
+
+
+def _inside(location: str, root) -> bool:
+    return Path(urllib.parse.unquote(urllib.parse.urlsplit(location).path)).resolve().is_relative_to(root.resolve())
+
+
 @pytest.mark.slow  # generates and fine-tunes with a (tiny random) model
 @pytest.mark.generation
 def test_live_generation_causal_lm_judge_and_online_stage(workspace):
@@ -188,6 +248,11 @@ def test_live_generation_causal_lm_judge_and_online_stage(workspace):
     children = [r for r in mlflow_runs(uri, "deepprune/judge_lm") if "mlflow.parentRunId" in r.data.tags]
     assert {r.data.tags["variant"] for r in children} == {"causal_lm", "causal_lm_zeroshot"}
     assert len({frozenset(r.data.metrics) for r in children}) == 1
+    for run in children:  # the cell that defines it, and its ROC on the 12 held-out pairs
+        assert run.data.params["seed"] and run.data.params["truncation.k"] == "16" and run.data.params["eval.folds"] == "2"
+        assert ("train.steps" in run.data.params) == (run.data.tags["variant"] == "causal_lm")
+        folder = Path(urllib.parse.urlsplit(run.info.artifact_uri).path)
+        assert json.loads((folder / "roc_points.json").read_text())[run.data.tags["variant"]]["n_pairs"] == 12
 
     for corpus in ("math", "date", "live"):
         _check_prune(workspace, corpus, k=32)

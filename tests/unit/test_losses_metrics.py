@@ -1,4 +1,4 @@
-"""Focal loss against its formula; TNR at FNR against a hand-computed ROC."""
+"""Focal loss against its formula; TNR at FNR against a hand-computed ROC; the small ROC a child run keeps."""
 
 import math
 
@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from deepprune.judges.losses import cross_entropy, focal_loss
-from deepprune.metrics import (accuracy_at_threshold, auroc, judge_metrics, rates_at_threshold, summarize_folds,
-                               tnr_at_fnr)
+from deepprune.metrics import (accuracy_at_threshold, auroc, judge_metrics, rates_at_threshold, roc_table,
+                               summarize_folds, tnr_at_fnr)
+from deepprune.plots import roc_svg
 
 
 def test_focal_loss_matches_formula():
@@ -73,3 +74,17 @@ def test_metrics_are_nan_with_one_class_and_folds_skip_nan():
     assert summary["auroc_folds"] == 2
     assert summary["n_pairs"] == 7
     assert summary["auroc_std"] == pytest.approx(np.std([1.0, 0.0], ddof=1))
+
+
+def test_roc_table_is_small_keeps_both_ends_and_says_when_there_is_no_curve():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 3000)
+    scores = rng.random(3000) + 0.5 * labels
+    table = roc_table(labels, [*scores[:-1], float("nan")])  # a pair without a score is left out
+    assert len(table["fpr"]) == len(table["tpr"]) == len(table["threshold"]) == 200
+    assert (table["fpr"][0], table["tpr"][0], table["threshold"][0]) == (0.0, 0.0, None)  # above every score
+    assert (table["fpr"][-1], table["tpr"][-1]) == (1.0, 1.0) and table["n_pairs"] == 2999
+    assert table["fpr"] == sorted(table["fpr"]) and table["auroc"] == pytest.approx(auroc(labels[:-1], scores[:-1]))
+    assert roc_table([1, 1], [0.2, 0.3]) == {"fpr": [], "tpr": [], "threshold": [], "auroc": None, "n_pairs": 2}
+    svg = roc_svg({"a <b>": table, "one class": roc_table([1, 1], [0.2, 0.3])}, "t")
+    assert svg.startswith("<svg") and "a &lt;b&gt; (AUROC" in svg and "one class: no curve" in svg and len(svg) < 10_000
