@@ -116,7 +116,7 @@ class CorpusConfig(_Strict):
 class GenerationConfig(_Strict):
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
-    max_tokens: int = Field(256, ge=1, description="generated tokens per trace at most")
+    max_tokens: int = Field(128, ge=1, description="generated tokens per trace at most")
     top_logprobs: int = Field(5, ge=0, description="top-k log-probabilities kept per token (DeepConf needs > 0)")
 
 
@@ -140,7 +140,7 @@ class SampleConfig(_Strict):
         "transformers", description="engine for live corpora (recorded corpora are always replayed)")
     limit: int | None = Field(None, ge=1, description="keep the first N problems of each corpus (null: all)")
     skip_invalid: bool = Field(False, description="skip (and count) records that fail validation instead of failing")
-    n: int = Field(6, ge=1, description="live corpora: traces per problem")
+    n: int = Field(4, ge=1, description="live corpora: traces per problem")
     model_path: str | None = Field(None, description="transformers backend: local model dir or .gguf (null: the "
                                                      "packaged SmolLM2-135M-Instruct)")
     device: Device = "auto"
@@ -255,17 +255,17 @@ class LMTrainConfig(_Strict):
     oversample: bool = True
     oversample_ratio: float = Field(1.0, gt=0)
     steps: int = Field(ge=0, description="optimizer steps (0: no training, the zero-shot judge)")
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(2, ge=1)
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    checkpoint_every: int = Field(4, ge=0, description="save a resumable checkpoint every N steps (0: never)")
+    checkpoint_every: int = Field(2, ge=0, description="save a resumable checkpoint every N steps (0: never)")
     lora: LoraConfig = LoraConfig()
 
 
 class LMEvalConfig(_Strict):
     folds: int = Field(2, ge=1, description="how many of the label stage's folds are held out in turn")
-    pairs_per_class: int = Field(24, ge=1, description="held-out pairs per class (same / different) per fold")
+    pairs_per_class: int = Field(6, ge=1, description="held-out pairs per class (same / different) per fold")
     batch_size: int = Field(8, ge=1)
 
 
@@ -340,7 +340,7 @@ class PruneConfig(_Strict):
 
     judge: str = Field(description="the judge variant whose out-of-fold scores drive DeepPrune")
     n: int | None = Field(None, ge=1, description="traces per problem per draw (null: all that are available)")
-    repetitions: int = Field(50, ge=1, description="seeded draws (arrival orders) per method; 95% intervals over them")
+    repetitions: int = Field(20, ge=1, description="seeded draws (arrival orders) per method; 95% intervals over them")
     taus: list[Probability] = Field(min_length=1, description="DeepPrune thresholds, one method each (the paper's "
                                                               "Table 3 grid)")
     tau: float = Field(0.5, ge=0, le=1, description="the headline DeepPrune threshold (its budget is what random "
@@ -383,9 +383,9 @@ class OnlineConfig(_Strict):
     DeepConf online on the same problems and trace seeds."""
 
     corpora: list[str] = Field(description="live corpora whose problems are generated on")
-    problems: int = Field(2, ge=1, description="the first problems of each corpus")
-    n: int | None = Field(6, ge=2, description="traces per problem (null: sample.n)")
-    max_tokens: int | None = Field(128, ge=2, description="token budget per trace (null: sample.generation.max_tokens)")
+    problems: int = Field(1, ge=1, description="the first problems of each corpus")
+    n: int | None = Field(4, ge=2, description="traces per problem (null: sample.n)")
+    max_tokens: int | None = Field(96, ge=2, description="token budget per trace (null: sample.generation.max_tokens)")
     k: int = Field(ge=1, description="tokens every trace generates before the judge sees the prefixes")
     judge: OnlineJudgeConfig
     taus: list[Probability] = Field(min_length=1, description="DeepPrune thresholds, one online run each")
@@ -470,6 +470,12 @@ class Params(_Strict):
         max_tokens = self.online.max_tokens or self.sample.generation.max_tokens
         if self.online.k >= max_tokens:
             raise ValueError(f"online.k ({self.online.k}) must be below the token budget ({max_tokens})")
+        for name, corpus in self.corpora.items():  # grouped folds need a problem per fold (label.folds)
+            own = getattr(corpus, "limit", None)  # a live corpus's limit overrides sample.limit
+            key, limit = (f"corpora.{name}.limit", own) if own is not None else ("sample.limit", self.sample.limit)
+            if limit is not None and limit < self.label.folds:
+                raise ValueError(f"{key} ({limit}) keeps fewer problems of corpus {name!r} than label.folds "
+                                 f"({self.label.folds}): grouped folds need a problem each")
         online_n, n_key = (self.online.n, "online.n") if self.online.n else (self.sample.n, "sample.n")
         if self.online.deepconf.warmup >= online_n:
             raise ValueError(f"online.deepconf.warmup ({self.online.deepconf.warmup}) must be below {n_key} "

@@ -93,7 +93,7 @@ def run_stage(stage: str, run: Callable[..., Any], *args: str) -> None:
     flow run with the stage, the corpus, the pipeline run and this process, marks CRASHED the flow runs of the
     same stage that a hard kill left RUNNING, and writes its folder outputs aside until it has finished
     (deepprune.paths.staged_outputs). Bad params and a tracking store that does not answer end it before any work,
-    with a one-line error."""
+    with a one-line error. A finished stage writes its timings file and exits at once (`leave`)."""
     _CLOCK["stage_start"] = time.time()  # interpreter start-up and imports are behind us
     terminate_as_interrupt()
     stop_with_parent()
@@ -118,6 +118,23 @@ def run_stage(stage: str, run: Callable[..., Any], *args: str) -> None:
     except KeyboardInterrupt:
         print(f"{stage}: interrupted; finished work is kept and a rerun resumes", file=sys.stderr)
         raise SystemExit(130) from None
+    leave(0)
+
+
+def leave(code: int = 0) -> None:
+    """End a finished stage process at once: its outputs, runs and timings are saved. Prefect's log and event
+    workers are drained first (what its exit hooks would do); the interpreter then skips tearing down its
+    thousands of modules (Prefect, MLflow, torch), which cost every stage process 1 to 4 s
+    (benchmarks/bench_stage_overhead.py, "interpreter exit")."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            worker.drain_all(timeout=5)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def stage_params(path: str | os.PathLike = "params.yaml") -> Params:

@@ -25,6 +25,9 @@ def test_shipped_params_are_valid():
     (lambda p: p["online"].update(corpora=["math"]), "online.corpora: 'math' is a recorded corpus"),
     (lambda p: p["online"]["judge"].update(corpus="nope"), "online.judge.corpus: 'nope'"),
     (lambda p: p["online"].update(k=999), r"online.k \(999\) must be below"),
+    (lambda p: p["corpora"]["live"].update(limit=3), r"corpora.live.limit \(3\) keeps fewer problems of corpus 'live' "
+                                                     r"than label.folds \(5\)"),
+    (lambda p: p["sample"].update(limit=4), r"sample.limit \(4\) keeps fewer problems of corpus '\w+' than label.folds"),
     (lambda p: p["sweep"].update(metric="tnr_at_fnr"),
      r"sweep.metric: 'tnr_at_fnr' is not a metric .*judge.fnr=0.2.*valid names: auroc, tnr_at_fnr_0.2, tnr_at_0.5, "
      r"tpr_at_0.5, accuracy_at_0.5"),
