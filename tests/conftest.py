@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -43,6 +47,30 @@ def tiny_params(limit: int = 8) -> dict:
     raw["online"].update(problems=2, n=4, max_tokens=24, k=8, taus=[0.5, 0.01],
                          deepconf={"warmup": 2, "eta": 90, "window": 4})
     return raw
+
+
+def copy_project(dest: Path) -> None:
+    """The tracked files of this repository (plus the work tree's edits) into dest, without the committed metrics
+    and dvc.lock, for a fresh git + DVC repository that builds everything itself."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(None, files):
+        src = ROOT / rel
+        if src.is_file() and not rel.startswith(("reports/metrics/", "dvc.lock")):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+
+
+def wait_for(url: str, seconds: float = 240) -> None:
+    """Wait until url answers (a server just started)."""
+    deadline = time.time() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            assert time.time() < deadline, f"{url} did not answer"
+            time.sleep(1)
 
 
 def make_tiny_lm(path: Path) -> Path:

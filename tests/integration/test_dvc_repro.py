@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from deepprune.config import load_params, read_params
 from deepprune.metric_names import split_timings
 from deepprune.services import free_port
-from tests.conftest import ROOT, mlflow_runs, tiny_params
+from tests.conftest import copy_project, mlflow_runs, tiny_params, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -31,13 +30,7 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 2400) ->
 def repo_copy(tmp_path_factory, tiny_lm):
     """The tracked files of this repository (plus the work tree's edits), as a fresh git + DVC repo."""
     dest = tmp_path_factory.mktemp("repo")
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
-    for rel in filter(None, files):
-        src = ROOT / rel
-        if src.is_file() and not rel.startswith(("reports/metrics/", "dvc.lock")):
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
+    copy_project(dest)
     params = tiny_params(limit=6)
     params["judge_lm"]["model_path"] = str(tiny_lm)
     params["sample"]["model_path"] = str(tiny_lm)
@@ -60,25 +53,11 @@ def repo_copy(tmp_path_factory, tiny_lm):
     server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
                                "--port", str(port)], cwd=dest, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_for(f"http://127.0.0.1:{port}/api/health")
+        wait_for(f"http://127.0.0.1:{port}/api/health")
         yield dest, env
     finally:
         _stop(server)
         log.close()
-
-
-def _wait_for(url: str, seconds: float = 240) -> None:
-    import time
-    import urllib.request
-
-    deadline = time.time() + seconds
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            assert time.time() < deadline, f"{url} did not answer"
-            time.sleep(1)
 
 
 def _stop(proc: subprocess.Popen | None) -> None:
