@@ -21,6 +21,7 @@ from typing import Any
 from deepprune.answers import AnswerSpec, extract_answer, is_correct
 from deepprune.config import SampleConfig, ServerConfig
 from deepprune.data.schema import Trace, read_traces, write_traces
+from deepprune.io import atomic_open
 from deepprune.progress import track
 from deepprune.sampling.base import SampleRequest
 from deepprune.sampling.engines import EngineUnreachable, GenerationSettings, GenJob
@@ -111,6 +112,18 @@ class LiveSampler:
                 generated = stats["generated_tokens"]
                 yield traces
 
+    def _engine_identity(self, shard_dir: Path) -> dict[str, Any] | None:
+        """The engine that generated this run's shards: the one loaded now, saved beside the shards, or, when every
+        problem was resumed and none was loaded, the one saved by the run that generated them."""
+        saved = shard_dir / "engine.json"
+        if self.engine is None:
+            return json.loads(saved.read_text(encoding="utf-8")) if saved.exists() else None
+        identity = self.engine.identity
+        if not saved.exists():
+            with atomic_open(saved) as handle:
+                json.dump(identity, handle, sort_keys=True)
+        return identity
+
     def _problems(self, request: SampleRequest, items: list[ProblemItem], spec: AnswerSpec,
                   shard_dir: Path) -> Iterator[list[Trace]]:
         corpus, cfg, stats = request.corpus, request.settings, request.stats
@@ -142,8 +155,9 @@ class LiveSampler:
                         logprobs=res.logprobs))
                     stats["generated_tokens"] += res.n_tokens
                 write_traces(shard, traces)  # atomic: a kill leaves either the whole shard or none
-            if self.engine is not None:
-                request.info["engine"] = self.engine.identity
+            identity = self._engine_identity(shard_dir)
+            if identity is not None:
+                request.info["engine"] = identity
             stats["problems"] += 1
             stats["traces"] += len(traces)
             stats["no_answer"] += sum(t.answer is None for t in traces)

@@ -10,9 +10,8 @@ signal to the stage process (dvc's python child); the three signals end three ru
 ones before it checkpointed; then `dvc repro --force --single-item <stage>` runs to the end. Then:
 - no process of the case is left (a shared Prefect server, started here like `make prefect-ui`, is not the case's);
 - no temporary file is left in the project (`*.partial`, `*.replaced`, `*.tmp*`) outside git's and DVC's own folders;
-- every output equals the unbroken run's, byte for byte, once keys documented as timings are dropped
-  (docs/DECISIONS.md "Timings are measurements"), and the live sampler's resumed/generated counts (documented there
-  as what a run resumed) are checked against the checkpoints instead;
+- every output equals the unbroken run's, byte for byte (no output holds a timing), but for the live sampler's
+  resumed/generated counts (documented as what a run resumed), which are checked against the checkpoints instead;
 - what was checkpointed before the signal is not done again: the checkpoint files are the same files, untouched,
   and the live sampler counts them as resumed;
 - `dvc status` of the stages is clean, and no MLflow run of the stage is left RUNNING.
@@ -69,42 +68,11 @@ STAGES = [kind.stage for kind in KINDS.values()]
 # ---- comparing outputs ------------------------------------------------------------------------------------------
 
 
-def is_timing(key: str) -> bool:
-    """A key docs/DECISIONS.md documents as a timing: its last part contains `seconds` or ends in `_per_second`."""
-    last = key.rsplit("/", 1)[-1]
-    return "seconds" in last or last.endswith("_per_second")
-
-
-def without_timings(obj):
-    """obj (parsed JSON) with every timing key dropped, at any depth; obj unchanged when it has none."""
-    if isinstance(obj, dict):
-        return {k: without_timings(v) for k, v in obj.items() if not is_timing(k)}
-    if isinstance(obj, list):
-        return [without_timings(v) for v in obj]
-    return obj
-
-
-_TIMING_COLUMN = re.compile(r"(^| )(s|seconds|[\w ]+/s)$")  # headers of timing columns: "wall s", "tokens/s"
-
-
-def _markdown_without_timings(text: str) -> str:
-    """A markdown table (online's comparison.md) without its timing columns ("wall s", "tokens/s", "judge s")."""
-    rows = [line.strip().strip("|").split("|") for line in text.splitlines()]
-    if not rows or not all(len(r) == len(rows[0]) for r in rows):
-        return text
-    keep = [i for i, head in enumerate(rows[0]) if not _TIMING_COLUMN.search(head.strip())]
-    return "\n".join("|".join(r[i] for i in keep) for r in rows)
-
-
 def comparable(path: Path) -> str:
-    """What of an output file must not change from run to run: its bytes, JSON and JSONL without timing keys."""
-    if path.suffix == ".json":
-        return json.dumps(without_timings(json.loads(path.read_text())), sort_keys=True)
-    if path.suffix == ".jsonl":
-        return "\n".join(json.dumps(without_timings(json.loads(line)), sort_keys=True)
-                         for line in path.read_text().splitlines())
-    if path.suffix == ".md":
-        return _markdown_without_timings(path.read_text())
+    """What of an output file must not change from run to run: its bytes (no output holds a timing,
+    docs/DECISIONS.md "Timings are measurements"), and of the live sampler's metrics all but what a run resumed."""
+    if path.name == "sample_live.json":
+        return json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k not in LIVE_COUNTS}, sort_keys=True)
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -120,21 +88,8 @@ def snapshot(repo: Path, stage: str) -> dict[str, str]:
         path = repo / out
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         for file in files:
-            text = comparable(file)
-            if file.name == "sample_live.json":
-                text = json.dumps({k: v for k, v in json.loads(text).items() if k not in LIVE_COUNTS}, sort_keys=True)
-            found[str(file.relative_to(repo))] = text
+            found[str(file.relative_to(repo))] = comparable(file)
     return found
-
-
-def test_timing_keys_are_dropped_at_any_depth_and_nothing_else():
-    data = {"embed/seconds": 1.5, "sample/tokens_per_second": 3.0, "prune/judge_cost/score_seconds_per_pair": 0.1,
-            "online/cons/wall_seconds": 2, "rows": [{"wall_seconds": 1, "tokens": 5}], "sample/traces": 4,
-            "sample/generated_tokens": 7, "seconds_note": "kept? no: its last part contains seconds"}
-    assert without_timings(data) == {"rows": [{"tokens": 5}], "sample/traces": 4, "sample/generated_tokens": 7}
-    assert without_timings({"a": [1, {"b": 2}]}) == {"a": [1, {"b": 2}]}  # outputs without timings: unchanged
-    table = "| method | tokens | wall s | tokens/s | judge s | pruned |\n|---|---|---|---|---|---|\n| cons | 9 | 1.0 | 2.0 | 0.1 | 3 |"
-    assert _markdown_without_timings(table) == " method | tokens | pruned \n---|---|---\n cons | 9 | 3 "
 
 
 # ---- the project copy -------------------------------------------------------------------------------------------

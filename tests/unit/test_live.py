@@ -247,6 +247,10 @@ def test_the_live_sampler_checkpoints_each_problem_and_resumes_without_regenerat
     relabelled = list(LiveSampler(reread).sample(SampleRequest("live", last_char, cfg, seed=5, shard_dir=str(tmp_path))))
     assert reread.calls == 0
     assert [t.answer for p in relabelled for t in p] == [t.text.rstrip()[-1:] or None for p in problems for t in p]
+    # every problem resumed, so no engine is loaded: the traces' meta still names the engine that generated them
+    resumed = SampleRequest("live", corpus, cfg, seed=5, shard_dir=str(tmp_path))
+    list(LiveSampler().sample(resumed))
+    assert resumed.stats["resumed_problems"] == 3 and resumed.info["engine"] == engine.identity
 
 
 KILL_SCRIPT = """
