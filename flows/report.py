@@ -17,7 +17,8 @@ def report_flow(params_path: str = "params.yaml") -> str:
     """Render the report for every corpus in params."""
     params = stage_params(params_path)
     with stage_run("report", None, {"report": params.report.model_dump(), "corpora": list(params.corpora)}) as run:
-        results = {c: load_corpus_results(c, list(params.judge_lm.compare), params.judge.fnr, params.judge.threshold)
+        results = {c: load_corpus_results(c, list(params.judge_lm.compare), params.judge.fnr, params.judge.threshold,
+                                          judge_lm=c in params.judge_lm.corpora, online=c in params.online.corpora)
                    for c in params.corpora}
         figures = build_figures(params, results)
         for name, fig in figures.items():

@@ -17,15 +17,17 @@ from tasks import IO_RETRIES, NO_CACHE
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
-def load_corpus_results(corpus: str, compare: list[str], fnr: float, threshold: float) -> CorpusResults:
-    """One corpus's stage outputs, as the report needs them (stages a corpus did not run are left out); the
-    `compare` judges are scored on exactly the pairs the causal-LM judge was evaluated on."""
+def load_corpus_results(corpus: str, compare: list[str], fnr: float, threshold: float, judge_lm: bool,
+                        online: bool) -> CorpusResults:
+    """One corpus's stage outputs, as the report needs them; `judge_lm` and `online` say whether params ran those
+    stages on it (params decide, not a file a run under other params left behind). The `compare` judges are scored
+    on exactly the pairs the causal-LM judge was evaluated on."""
     optional = lambda path: read_json(path) if os.path.exists(path) else None
     pairs = read_pairs(paths.pairs(corpus))
     with open(paths.judge_scores(corpus), encoding="utf-8") as handle:
         rows = [json.loads(line) for line in handle]
     names = list(rows[0]["scores"]) if rows else []
-    judge_lm = optional(paths.metrics("judge_lm", corpus))
+    judge_lm = read_json(paths.metrics("judge_lm", corpus)) if judge_lm else None
     if judge_lm is not None and compare:
         with open(paths.judge_lm_scores(corpus), encoding="utf-8") as handle:
             lm_rows = [json.loads(line) for line in handle]
@@ -45,8 +47,7 @@ def load_corpus_results(corpus: str, compare: list[str], fnr: float, threshold: 
         sweep=optional(paths.sweep_results(corpus)),
         ablate=optional(paths.ablate_results(corpus)),
         online=({"metrics": read_json(paths.metrics("online", corpus)), "meta": read_json(paths.online_meta(corpus))}
-                if os.path.exists(paths.metrics("online", corpus)) and os.path.exists(paths.online_meta(corpus))
-                else None))
+                if online else None))
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)

@@ -259,9 +259,14 @@ def test_live_generation_causal_lm_judge_and_online_stage(workspace):
     _online(workspace)
     text = (workspace / report_flow()).read_text()
     assert "causal-LM judge" in text and "Online pruning with real generation" in text and "deepprune_tau0.01" in text
-    res = load_corpus_results.fn("date", ["encoder_focal_oversample", "sbert_cosine"], 0.2, 0.5)
+    res = load_corpus_results.fn("date", ["encoder_focal_oversample", "sbert_cosine"], 0.2, 0.5, judge_lm=True,
+                                 online=False)
     for name in ("causal_lm", "causal_lm_zeroshot", "encoder_focal_oversample", "sbert_cosine"):
         assert res.judge_lm[f"judge_lm/{name}/n_pairs"] == 12  # every judge on the same held-out pairs
+    # params decide what the report reads: a metrics file left by a run under other params is not read
+    (workspace / paths.metrics("judge_lm", "math")).write_text("{}")
+    stale = load_corpus_results.fn("math", ["sbert_cosine"], 0.2, 0.5, judge_lm=False, online=False)
+    assert stale.judge_lm is None and stale.online is None
 
 
 def _online(workspace):
