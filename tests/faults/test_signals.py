@@ -172,16 +172,14 @@ def _stage_process(dvc: subprocess.Popen, stage: str) -> psutil.Process | None:
     return None
 
 
-def _run_open(repo: Path, stage: str, since_ms: int) -> bool:
-    """Whether the stage's MLflow run, started after since_ms, is open (RUNNING) in the project's store."""
+def _run_open(repo: Path, stage: str, before: set[str]) -> bool:
+    """Whether a RUNNING MLflow run of the stage other than those in `before` is in the project's store: the run
+    this process opened. (A run a SIGKILL left RUNNING stays so; telling runs apart by start time raced with it
+    when the next run started within a second of the kill.)"""
     try:
-        with sqlite3.connect(f"file:{repo / 'mlflow.db'}?mode=ro", uri=True, timeout=1) as db:
-            rows = db.execute("SELECT 1 FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid WHERE t.key = 'dvc_stage' "
-                              "AND t.value = ? AND r.status = 'RUNNING' AND r.start_time >= ?",
-                              (stage, since_ms)).fetchall()
+        return bool(set(_running_runs(repo, stage)) - before)
     except sqlite3.Error:
         return False
-    return bool(rows)
 
 
 def _running_runs(repo: Path, stage: str) -> list[str]:
@@ -246,13 +244,13 @@ def _signalled_run(repo: Path, env: dict[str, str], log: Path, kind_name: str, s
     kind = KINDS[kind_name]
     delay = random.Random(f"{SEED}:{kind_name}:{signame}").uniform(0, kind.max_delay_s)
     before = _checkpoints(repo, kind)
-    since_ms = int(time.time() * 1000) - 1000
+    running_before = set(_running_runs(repo, kind.stage))
     with open(log, "w") as out:  # a file, not a pipe: nobody reads a pipe while the stage runs, and a full one blocks
         dvc = subprocess.Popen(_dvc("repro", "--force", "--single-item", kind.stage), cwd=repo, env=env, stdout=out,
                                stderr=subprocess.STDOUT)
     deadline = time.time() + 300
     wait_checkpoint = kind.checkpoints is not None and signame == next(iter(SIGNALS))
-    while not (_run_open(repo, kind.stage, since_ms) and (not wait_checkpoint or
+    while not (_run_open(repo, kind.stage, running_before) and (not wait_checkpoint or
                                                           _checkpoints(repo, kind).items() - before.items())):
         if dvc.poll() is not None:
             break

@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
+from deepprune import paths
+from deepprune.io import read_json
 from deepprune.progress import Snapshot, TerminalSink
 from flows._stage import PrefectProgress
 
@@ -25,7 +27,9 @@ def test_sample_flow_publishes_its_progress_to_the_terminal_and_to_prefect(prefe
 
     monkeypatch.setattr(TerminalSink, "min_seconds", 0.0)  # the tiny run ends within a second: show it anyway
     state = sample_flow("math", return_state=True)
-    assert state.is_completed() and state.result()["sample/problems"] == 8
+    # the stage's metrics from its output, not state.result(): under an event loop an earlier test left running
+    # (Playwright's), Prefect's sync-compatible result() hands back a coroutine
+    assert state.is_completed() and read_json(workspace / paths.metrics("sample", "math"))["sample/problems"] == 8
     flow_run_id = state.state_details.flow_run_id
     assert "sample[math] replaying: 8/8 problems (100.0%)" in capfd.readouterr().err
     with get_client(sync_client=True) as client:
