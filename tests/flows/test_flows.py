@@ -10,9 +10,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+import yaml
 from prefect.testing.utilities import prefect_test_harness
 
 from deepprune import paths
+from deepprune.config import read_params
 from deepprune.io import read_json
 from deepprune.metric_names import ablate_names
 from tests.conftest import mlflow_runs, recorded_only
@@ -257,6 +259,9 @@ def test_live_generation_causal_lm_judge_and_online_stage(workspace):
     for corpus in ("math", "date", "live"):
         _check_prune(workspace, corpus, k=32)
     _online(workspace)
+    raw = read_params(workspace / "params.yaml")  # this test ran the causal-LM judge on date only: params say so
+    raw["judge_lm"]["corpora"] = ["date"]
+    (workspace / "params.yaml").write_text(yaml.safe_dump(raw))
     text = (workspace / report_flow()).read_text()
     assert "causal-LM judge" in text and "Online pruning with real generation" in text and "deepprune_tau0.01" in text
     res = load_corpus_results.fn("date", ["encoder_focal_oversample", "sbert_cosine"], 0.2, 0.5, judge_lm=True,
