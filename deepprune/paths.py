@@ -25,6 +25,15 @@ def _written(folder: str) -> str:
     return _STAGING.get(folder, folder)
 
 
+def published(path: str) -> str:
+    """The path a stage's output will have once its stage ends: path itself, or, for a file inside a staging
+    sibling (_written), the same file in the folder that sibling replaces."""
+    for folder, tmp in _STAGING.items():
+        if path == tmp or path.startswith(f"{tmp}/"):
+            return folder + path[len(tmp):]
+    return path
+
+
 def _sibling(path: str, tag: str) -> Path:
     path_ = Path(path)
     return path_.with_name(f".{path_.name}.{tag}")

@@ -27,8 +27,8 @@ from deepprune.progress import Snapshot, TerminalSink, reporting
 from deepprune.services import Unreachable
 from deepprune.tracking import Run, fail_abandoned_runs, process_tags, require_store, start_run
 from flows import ROOT, project_root
-from flows.server import (crash_abandoned_flow_runs, owner_tags, prefect_server, stop_with_parent,
-                          terminate_as_interrupt)
+from flows.server import (crash_abandoned_flow_runs, drain_prefect_workers, owner_tags, prefect_server,
+                          stop_with_parent, terminate_as_interrupt)
 
 ROC_POINTS, ROC_FIGURE = "roc_points.json", "roc.svg"  # every judge child run's artifacts, at the root
 PARENT_RUN_ENV = "DEEPPRUNE_PARENT_RUN_ID"  # set by flows/pipeline.py around `dvc repro`
@@ -46,14 +46,14 @@ def write_output(path: str, doc: object) -> None:
     kept, timed = split_timings(doc)
     write_json(path, kept)
     if timed is not None:
-        _MEASURED[str(path)] = timed
+        _MEASURED[paths.published(str(path))] = timed
 
 
 def write_output_rows(path: str, rows: Iterable[dict]) -> int:
     """write_output for a JSONL output: each row's timing keys go to the timings file, at the row's index."""
     kept, timed = split_timings(list(rows))
     if timed is not None:
-        _MEASURED[str(path)] = timed
+        _MEASURED[paths.published(str(path))] = timed
     return write_jsonl(path, kept)
 
 
@@ -126,12 +126,7 @@ def leave(code: int = 0) -> None:
     workers are drained first (what its exit hooks would do); the interpreter then skips tearing down its
     thousands of modules (Prefect, MLflow, torch), which cost every stage process 1 to 4 s
     (benchmarks/bench_stage_overhead.py, "interpreter exit")."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    for worker in (APILogWorker, EventsWorker):
-        with contextlib.suppress(Exception):
-            worker.drain_all(timeout=5)
+    drain_prefect_workers()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -85,12 +85,23 @@ def prefect_server(tracking: TrackingConfig, startup_timeout_s: float = STARTUP_
                 try:
                     yield api_url
                 finally:  # send the run's last log lines while the server still listens
-                    from prefect.logging.handlers import APILogWorker
-
-                    with contextlib.suppress(Exception):
-                        APILogWorker.drain_all(timeout=5)
+                    drain_prefect_workers(events=False)
         finally:
             os.environ.pop(API_ENV, None)
+
+
+def drain_prefect_workers(timeout_s: float = 5.0, events: bool = True) -> None:
+    """Send what Prefect's log (and event) workers still hold, waiting up to timeout_s. Inside a running event
+    loop Prefect only starts the drain and hands back a coroutine to await; it is closed unawaited (a sync caller
+    cannot wait on its own loop), the drain still runs in the workers' thread."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker) if events else (APILogWorker,):
+        with contextlib.suppress(Exception):
+            pending = worker.drain_all(timeout=timeout_s)
+            if hasattr(pending, "close"):
+                pending.close()
 
 
 MLFLOW_ENV = "MLFLOW_TRACKING_URI"

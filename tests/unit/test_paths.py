@@ -95,6 +95,9 @@ def test_a_folder_output_appears_only_when_its_stage_has_finished(tmp_path, monk
     with paths.staged_outputs("judge", "math"):
         _write_judge_output("new")
         assert paths.judge_dir("math") == "data/judge/.math.partial"
+        # what the stage measured is filed under the path its output will have, not the staging sibling's
+        assert paths.published(paths.judge_scores("math")) == "data/judge/math/scores.jsonl"
+        assert paths.published("data/judge/.math.partialx/a") == "data/judge/.math.partialx/a"
         assert Path("data/judge/math/scores.jsonl").read_text() == "old"  # readers still see the last good output
     assert paths.judge_dir("math") == "data/judge/math"
     assert Path("data/judge/math/scores.jsonl").read_text() == "new"
