@@ -83,7 +83,7 @@ class CorpusConfig(_Strict):
                                                "the shipped one of `dataset`)")
     dataset: Literal["aime24", "aime25", "math500", "gsm8k", "gpqa"] | None = Field(
         None, description="live corpora: the problem set")
-    limit: int | None = Field(None, ge=1, description="live corpora: the first N problems (overrides sample.limit)")
+    limit: int | None = Field(None, ge=1, description="the first N problems of this corpus (overrides sample.limit)")
     model: str
     format: Literal["json", "jsonl"] = "jsonl"
     tokenizer: str = Field("qwen", description="the corpus's token unit (k, prefixes, lengths): 'qwen' (packaged Qwen "
@@ -145,7 +145,8 @@ class SampleConfig(_Strict):
                                                      "packaged SmolLM2-135M-Instruct)")
     device: Device = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    batch_size: int = Field(8, ge=1, description="transformers backend: traces generated together")
+    batch_size: int = Field(32, ge=1,
+                            description="transformers backend: traces decoded together (problems grouped to fill it)")
     generation: GenerationConfig = GenerationConfig()
     system: str | None = Field(None, description="system message of every prompt")
     prompts: dict[str, str] = Field(default_factory=lambda: {
@@ -471,7 +472,7 @@ class Params(_Strict):
         if self.online.k >= max_tokens:
             raise ValueError(f"online.k ({self.online.k}) must be below the token budget ({max_tokens})")
         for name, corpus in self.corpora.items():  # grouped folds need a problem per fold (label.folds)
-            own = getattr(corpus, "limit", None)  # a live corpus's limit overrides sample.limit
+            own = getattr(corpus, "limit", None)  # a corpus's own limit overrides sample.limit
             key, limit = (f"corpora.{name}.limit", own) if own is not None else ("sample.limit", self.sample.limit)
             if limit is not None and limit < self.label.folds:
                 raise ValueError(f"{key} ({limit}) keeps fewer problems of corpus {name!r} than label.folds "

@@ -28,6 +28,11 @@ class SampleRequest:
     shard_dir: str | None = None  # live backends: where finished problems are checkpointed
     info: dict[str, Any] = field(default_factory=dict, compare=False)  # what the backend reports (engine identity)
 
+    @property
+    def limit(self) -> int | None:
+        """How many problems to keep (the first, in file order): the corpus's own `limit`, else `sample.limit`."""
+        return self.corpus.limit if self.corpus.limit is not None else self.settings.limit
+
 
 class Sampler(Protocol):
     """A backend that produces traces, grouped by problem, in a deterministic order."""

@@ -19,7 +19,7 @@ class ReplaySampler:
 
     def sample(self, request: SampleRequest) -> Iterator[list[Trace]]:
         """Yield each problem's traces, recomputed."""
-        with track("replaying", request.settings.limit, "problems") as progress:  # total unknown without a limit
+        with track("replaying", request.limit, "problems") as progress:  # total unknown without a limit
             for traces in self._problems(request):
                 progress.advance(1, traces=len(traces))
                 yield traces
@@ -31,7 +31,7 @@ class ReplaySampler:
         stats = request.stats
         for key in ("problems", "traces", "skipped", "no_answer", "source_answer_checked", "source_answer_agrees"):
             stats.setdefault(key, 0)
-        limit = request.settings.limit
+        limit = request.limit
         current: list[RawTrace] = []
         emitted = 0
 

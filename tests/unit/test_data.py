@@ -119,6 +119,10 @@ def test_replay_limit_keeps_first_problems():
     request = SampleRequest("math", params.corpus("math"), SampleConfig(limit=3), 0)
     groups = list(get_sampler("replay").sample(request))
     assert len(groups) == 3 and all(len(g) == 8 for g in groups)
+    # a corpus's own limit wins over sample.limit (params.yaml keeps 100 of date's 246 questions)
+    own = SampleRequest("math", params.corpus("math").model_copy(update={"limit": 2}), SampleConfig(limit=3), 0)
+    assert len(list(get_sampler("replay").sample(own))) == 2
+    assert params.corpus("date").limit == 100
 
 
 def test_unknown_backend_lists_known():

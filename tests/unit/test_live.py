@@ -227,7 +227,7 @@ class _Counting:
 @pytest.mark.slow  # generates with a model
 def test_the_live_sampler_checkpoints_each_problem_and_resumes_without_regenerating(engine, tmp_path):
     corpus = CorpusConfig(importer="live", dataset="gsm8k", limit=3, model="tiny")
-    cfg = SampleConfig(backend="transformers", n=2, generation={"max_tokens": 8})
+    cfg = SampleConfig(backend="transformers", n=2, batch_size=2, generation={"max_tokens": 8})  # a problem a call
     request = lambda: SampleRequest("live", corpus, cfg, seed=5, shard_dir=str(tmp_path))
     dying = _Counting(engine, fail_on=3)
     with pytest.raises(KeyboardInterrupt):
@@ -253,6 +253,23 @@ def test_the_live_sampler_checkpoints_each_problem_and_resumes_without_regenerat
     assert resumed.stats["resumed_problems"] == 3 and resumed.info["engine"] == engine.identity
 
 
+def test_the_live_sampler_groups_problems_to_fill_a_batch_and_gives_the_same_traces(engine, tmp_path):
+    """sample.batch_size 4 with n 2: problems go two to an engine call (3 problems, 2 calls), each problem is still
+    checkpointed on its own, and the traces are those of one problem a call (each trace has its own seed)."""
+    corpus = CorpusConfig(importer="live", dataset="gsm8k", limit=3, model="tiny")
+    traces = {}
+    for batch_size, calls in ((2, 3), (4, 2)):
+        cfg = SampleConfig(backend="transformers", n=2, batch_size=batch_size, generation={"max_tokens": 8})
+        counting = _Counting(engine)
+        shard_dir = tmp_path / str(batch_size)
+        traces[batch_size] = list(LiveSampler(counting).sample(SampleRequest("live", corpus, cfg, seed=5,
+                                                                             shard_dir=str(shard_dir))))
+        assert counting.calls == calls
+        assert len([p for p in shard_dir.rglob("*.jsonl")]) == 3
+    assert [[(t.trace_id, t.text) for t in p] for p in traces[4]] == [[(t.trace_id, t.text) for t in p]
+                                                                       for p in traces[2]]
+
+
 KILL_SCRIPT = """
 import sys, time
 from deepprune.config import AnswerConfig, CorpusConfig, SampleConfig
@@ -263,7 +280,7 @@ from deepprune.sampling.live import LiveSampler
 
 engine = TransformersEngine(sys.argv[1], GenerationSettings(0.8, 0.95, 4), batch_size=2)
 corpus = CorpusConfig(importer="live", dataset="gsm8k", limit=3, model="tiny")
-cfg = SampleConfig(backend="transformers", n=2, generation={"max_tokens": 8})
+cfg = SampleConfig(backend="transformers", n=2, batch_size=2, generation={"max_tokens": 8})  # a problem a call
 for problem in LiveSampler(engine).sample(SampleRequest("live", corpus, cfg, seed=5, shard_dir=sys.argv[2])):
     print("done", problem[0].problem_id, flush=True)
     time.sleep(60)  # killed here, with one problem checkpointed
@@ -290,7 +307,7 @@ def test_a_sigkilled_sampling_run_resumes_from_its_shards(tiny_lm, engine, tmp_p
     assert len(shards) == 1 and not list(tmp_path.rglob("*.tmp*"))  # one whole shard, no half-written file
     counting = _Counting(engine)
     corpus = CorpusConfig(importer="live", dataset="gsm8k", limit=3, model="tiny")
-    cfg = SampleConfig(backend="transformers", n=2, generation={"max_tokens": 8})
+    cfg = SampleConfig(backend="transformers", n=2, batch_size=2, generation={"max_tokens": 8})
     request = SampleRequest("live", corpus, cfg, seed=5, shard_dir=str(tmp_path))
     problems = list(LiveSampler(counting).sample(request))
     assert len(problems) == 3 and counting.calls == 2 and request.stats["resumed_problems"] == 1
