@@ -28,6 +28,8 @@ def tiny_params(limit: int = 8) -> dict:
     """The shipped params.yaml, shrunk so every stage runs in seconds on a laptop CPU."""
     raw = read_params(ROOT / "params.yaml")
     raw["sample"]["limit"] = limit
+    for corpus in raw["corpora"].values():  # a corpus's own limit would win over sample.limit (live's is set below)
+        corpus.pop("limit", None)
     raw["label"].update(tokens_k=[16, 32], reasoning_words_k=[5], folds=2)
     raw["judge"]["truncation"] = {"strategy": "tokens", "k": 32}
     raw["judge"]["max_length"] = 64
