@@ -187,8 +187,10 @@ def start_run(experiment: str, run_name: str, tags: Mapping[str, str] | None = N
         exp_id = ensure_experiment(experiment, artifact_root)
         active = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=all_tags, nested=nested)
     previous: dict[int, Any] = {}
+    received: list[int] = []
 
     def _killed(signum: int, frame: Any) -> None:
+        received.append(signum)
         mlflow.end_run(status="KILLED")
         handler = previous.get(signum)
         if callable(handler):
@@ -206,6 +208,13 @@ def start_run(experiment: str, run_name: str, tags: Mapping[str, str] | None = N
             mlflow.end_run(status="FAILED")
         raise
     else:
+        if received:
+            # the handler ran, but its exception was lost: raised while Python ran a finalizer or weakref callback
+            # (a garbage-collected SQLAlchemy class, say), it is printed as "Exception ignored" and the body goes
+            # on. The signal still ends the run: not FINISHED, and the stage exits as signalled.
+            with _LOCK:
+                mlflow.end_run(status="KILLED")
+            raise SystemExit(128 + received[0])
         with _LOCK:
             mlflow.end_run(status="FINISHED")
     finally:

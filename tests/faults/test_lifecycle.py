@@ -143,3 +143,30 @@ def test_a_stage_whose_parent_is_killed_stops_itself(env):
     os.kill(proc.pid, signal.SIGKILL)  # the parent (as `kill -9` of dvc), not the stage
     proc.wait(timeout=60)
     _gone(env, url, seconds=40)
+
+
+SWALLOWED = """
+import signal, sys
+from deepprune.tracking import start_run
+
+class Finalized:
+    def __del__(self):  # the handler's exception is raised here, where Python prints it and goes on
+        signal.raise_signal(signal.SIGTERM)
+
+with start_run("deepprune/swallowed", "swallowed"):
+    Finalized()
+    print("the body went on", flush=True)
+print("the run ended as if finished", flush=True)
+"""
+
+
+def test_a_signal_whose_exception_a_finalizer_swallowed_still_ends_the_run_killed(tmp_path):
+    """CI's fault suite once sent SIGTERM while the stage ran a weakref callback of SQLAlchemy's: the handler's
+    exception was printed as "Exception ignored" and the stage finished with exit 0. The run still ends as
+    signalled: KILLED in MLflow, exit 128 + SIGTERM, nothing after the run's block."""
+    db = tmp_path / "mlflow.db"
+    proc = subprocess.run([sys.executable, "-c", SWALLOWED], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}", "PYTHONPATH": str(ROOT)})
+    assert "the body went on" in proc.stdout and "ended as if finished" not in proc.stdout, proc.stderr[-2000:]
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
+    assert [run.info.status for run in mlflow_runs(f"sqlite:///{db}", "deepprune/swallowed")] == ["KILLED"]
