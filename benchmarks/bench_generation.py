@@ -31,6 +31,7 @@ def main() -> None:
     import torch
 
     from deepprune.compute import fix_threads
+    from deepprune.config import load_params
     from deepprune.sampling.engines import GenerationSettings, GenJob, TransformersEngine
     from deepprune.sampling.live import trace_seed
     from deepprune.sampling.problems import DATASETS, build_messages, load_problems
@@ -39,8 +40,7 @@ def main() -> None:
     settings = GenerationSettings()
     engine = TransformersEngine(args.model, settings, batch_size=args.problems * args.n)
     items = load_problems(args.dataset, DATASETS[args.dataset][0], args.problems)
-    prompts = {"math": "{question}\nPlease reason step by step, and put your final answer within \\boxed{}.",
-               "choice": "{question}\nEnd with 'Answer: X'."}
+    prompts = load_params("params.yaml").sample.prompts  # the sample stage's own prompts
     jobs = [[GenJob(engine.render(build_messages(item, prompts, None)), args.max_tokens,
                     trace_seed(0, item.problem_id, j)) for j in range(args.n)] for item in items]
 
