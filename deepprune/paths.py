@@ -56,6 +56,11 @@ def sample_cache(corpus: str) -> str:
     return f".cache/sample/{corpus}"
 
 
+def model_cache() -> str:
+    """Dequantized copies of GGUF models (deepprune.judges.causal_lm.dequantized_copy): made once, loaded fast."""
+    return ".cache/models"
+
+
 def server_log() -> str:
     """The log of an OpenAI-compatible server the platform starts itself."""
     return ".cache/server.log"

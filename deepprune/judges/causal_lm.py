@@ -59,15 +59,11 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return getattr(torch, dtype)
 
 
-def load_causal_lm(path: str | None, dtype: str = "auto", device: str = "auto") -> tuple[Any, Any]:
-    """(model, tokenizer) from a local directory or .gguf file; never downloads."""
+def _load_pretrained(path: str, torch_dtype: torch.dtype) -> tuple[Any, Any]:
+    """transformers' own loading of a local directory or .gguf file (dequantized to float32 for a .gguf)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = path or packaged_model_path()
-    if not Path(path).exists():
-        raise FileNotFoundError(f"causal-LM judge model {path!r} does not exist (models are never downloaded)")
-    dev = resolve_device(device)
     kwargs: dict[str, Any] = {"local_files_only": True}
     if path.endswith(".gguf"):
         if importlib.util.find_spec("gguf") is None:
@@ -75,7 +71,66 @@ def load_causal_lm(path: str | None, dtype: str = "auto", device: str = "auto") 
         kwargs["gguf_file"] = Path(path).name
         path = str(Path(path).parent)
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, dev), **kwargs).to(dev)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs), tokenizer
+
+
+def dequantized_copy(gguf: str, cache: str | os.PathLike | None = None) -> str:
+    """A local model directory holding what transformers makes of a GGUF file (its weights dequantized to float32,
+    its config and tokenizer), made once per file content and transformers version under `cache` (paths.model_cache)
+    and returned from there after. transformers parses a GGUF's metadata three times and dequantizes every tensor at
+    each load: 17 s for the packaged SmolLM2-135M on 2 cores, paid by every stage that loads it; the copy loads
+    in about a second, with the same tensors and the same tokenizer (tests/unit/test_causal_lm.py)."""
+    import shutil
+    import tempfile
+
+    import transformers
+
+    from deepprune import paths
+
+    digest = hashlib.sha256()
+    with open(gguf, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    root = Path(cache if cache is not None else paths.model_cache())
+    final = root / f"{Path(gguf).stem}-{digest.hexdigest()[:16]}-transformers-{transformers.__version__}"
+    if (final / "config.json").exists():
+        return str(final)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=root))
+    try:
+        from safetensors.torch import save_model
+
+        model, tokenizer = _load_pretrained(gguf, torch.float32)
+        # transformers will not save a model it loaded from a GGUF (save_pretrained refuses a "quantized" one):
+        # its tensors are already plain float32, so they are written as they are, and its config without the
+        # GGUF loading note
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        type(model.config).from_dict(config).save_pretrained(staging)
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(staging)
+        save_model(model, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        tokenizer.save_pretrained(staging)
+        try:
+            staging.rename(final)  # whole or not at all; a concurrent maker's copy, already there, wins
+        except OSError:
+            if not (final / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(final)
+
+
+def load_causal_lm(path: str | None, dtype: str = "auto", device: str = "auto") -> tuple[Any, Any]:
+    """(model, tokenizer) from a local directory or .gguf file (through its dequantized copy); never downloads."""
+    path = path or packaged_model_path()
+    if not Path(path).exists():
+        raise FileNotFoundError(f"causal-LM judge model {path!r} does not exist (models are never downloaded)")
+    dev = resolve_device(device)
+    if path.endswith(".gguf"):
+        path = dequantized_copy(path)
+    model, tokenizer = _load_pretrained(path, resolve_dtype(dtype, dev))
+    model = model.to(dev)
     model.eval()
     tokenizer.padding_side = "left"  # the label token is predicted at the last position of every row
     if tokenizer.pad_token_id is None:

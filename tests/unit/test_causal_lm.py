@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,3 +139,32 @@ def test_a_random_qwen3_built_from_a_config_serves_as_the_judge(tiny_lm):
     scores = judge.score_texts(texts[:4], texts[1:5])
     judge.fit_texts(texts[:4], texts[1:5], np.array([0, 1, 0, 1]))
     assert scores.shape == (4,) and len(judge.train_log) == 2
+
+
+def test_a_gguf_loads_through_a_dequantized_copy_with_the_same_tensors_and_tokenizer(tmp_path, monkeypatch):
+    """The packaged GGUF through its cached copy (deepprune.judges.causal_lm.dequantized_copy) is the model
+    transformers makes of the file itself: every tensor equal, the same ids and chat template, the same logits.
+    The copy is made once; a second call returns it without loading the file."""
+    from deepprune.judges import causal_lm
+    from deepprune.judges.causal_lm import _load_pretrained, dequantized_copy, packaged_model_path
+
+    gguf = packaged_model_path()
+    direct_model, direct_tok = _load_pretrained(gguf, torch.float32)
+    monkeypatch.chdir(tmp_path)
+    model, tok = load_causal_lm(gguf, "float32", "cpu")
+    copies = list((tmp_path / ".cache" / "models").iterdir())
+    assert len(copies) == 1 and copies[0].name.startswith("SmolLM2-135M-Instruct.Q4_1-")
+    direct, cached = direct_model.state_dict(), model.state_dict()
+    assert direct.keys() == cached.keys()
+    assert all(torch.equal(direct[k], cached[k]) for k in direct)
+    text = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May."
+    assert tok.encode(text) == direct_tok.encode(text)
+    messages = [{"role": "user", "content": text}]
+    assert tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == \
+        direct_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = torch.tensor([tok.encode(text)])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, direct_model(ids).logits)
+    monkeypatch.setattr(causal_lm, "_load_pretrained", lambda *a: pytest.fail("the copy was made again"))
+    assert Path(dequantized_copy(gguf)).resolve() == copies[0].resolve()
+    assert not [p for p in (tmp_path / ".cache" / "models").iterdir() if p.name.endswith(".partial")]
