@@ -34,3 +34,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 (ROOT / ".mlflow").mkdir(exist_ok=True)
+
+if os.environ.get("DEEPPRUNE_WARM_SOCKET"):  # a stage command under `make run`: run it in a warm child (flows/warm.py)
+    from flows.warm import hand_off
+
+    hand_off()

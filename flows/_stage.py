@@ -62,15 +62,18 @@ def _write_timings(stage: str, corpus: str | None) -> None:
     overhead around it (start-up, imports, Prefect and MLflow set-up and teardown), and what its outputs measured.
     The file lands in the working directory's repository (the real one, also from a DVC experiment's temporary
     copy), where `make run` reads it for its closing table."""
+    from flows.warm import STARTED_ENV  # a warm child's process began at its fork: count from its command's start
+
     end = time.time()
-    start = psutil.Process().create_time()
+    warm = STARTED_ENV in os.environ
+    start = float(os.environ[STARTED_ENV]) if warm else psutil.Process().create_time()
     clock = {"process_start": start, **_CLOCK, "end": end}
     work = clock.get("work_end", end) - clock.get("work_start", end)
     marks = [m for m in ("process_start", "stage_start", "flow_start", "work_start", "work_end", "flow_end", "end")
              if m in clock]
     phases = {f"{a}__{b}_seconds": clock[b] - clock[a] for a, b in zip(marks, marks[1:])}
     write_json(project_root(Path.cwd()) / paths.timings(stage, corpus), {
-        "stage": f"{stage}@{corpus}" if corpus else stage, "pid": os.getpid(), "clock": clock,
+        "stage": f"{stage}@{corpus}" if corpus else stage, "pid": os.getpid(), "warm": warm, "clock": clock,
         "wall_seconds": end - start, "work_seconds": work, "overhead_seconds": end - start - work,
         "phases": phases, "measured": _MEASURED})
 

@@ -32,6 +32,7 @@ from flows import ROOT
 from flows._stage import PARENT_RUN_ENV, PIPELINE_FLOW_RUN_ENV, git_commit
 from flows.server import mlflow_server, prefect_server, terminate_as_interrupt
 from flows.timings import format_table, stage_timings, summary
+from flows.warm import warm_stages
 
 
 def _dvc(*args: str) -> None:
@@ -95,7 +96,8 @@ def pipeline_flow(targets: list[str] | None = None, force: bool = False, set_par
             if set_params:  # an experiment: DVC records it beside the workspace's results
                 _dvc("exp", "run", "--temp", *[a for p in set_params for a in ("-S", p)], *(targets or []))
             else:
-                _dvc("repro", *(["--force"] if force else []), *(targets or []))
+                with warm_stages(ROOT):  # stage commands run in forks of one process that imported them all
+                    _dvc("repro", *(["--force"] if force else []), *(targets or []))
         finally:
             os.environ.pop(PARENT_RUN_ENV, None)
             os.environ.pop(PIPELINE_FLOW_RUN_ENV, None)

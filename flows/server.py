@@ -157,9 +157,16 @@ def crash_abandoned_flow_runs(tags: Sequence[str]) -> list[str]:
     return [run.name for run in runs]
 
 
+# Set in a warm stage child (flows/warm.py), whose parent is the warm server, not its command: it watches its
+# command's connection instead.
+PARENT_WATCHED_BY: str | None = None
+
+
 def stop_with_parent(poll_s: float = 0.5, grace_s: float = 10.0) -> None:
     """When the process that started this one dies (`kill -9` of dvc), stop: SIGTERM to self, so flows and runs
     end as on Ctrl-C, then a hard exit if that has not ended the process within grace_s."""
+    if PARENT_WATCHED_BY:
+        return
     parent = os.getppid()
 
     def watch() -> None:

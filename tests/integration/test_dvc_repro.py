@@ -149,6 +149,7 @@ def test_pipeline_ends_with_where_the_time_went(repo_copy):
     assert timings["measured"]["data/prune/math/results.json"]["summary"]["cons"]["seconds"] > 0
     assert 0 < timings["work_seconds"] < timings["wall_seconds"]
     assert sum(timings["phases"].values()) == pytest.approx(timings["wall_seconds"])
+    assert timings["warm"] is True and "starting cold" not in out  # run by the pipeline's warm server (flows/warm.py)
     _assert_no_timings_in_outputs(repo)
     assert (repo / "dvc.lock").read_text() == lock  # the rerun wrote the same bytes
 
