@@ -269,6 +269,7 @@ def _child(conn: socket.socket, fds: list[int], request: dict) -> None:
             os._exit(128 + signal.SIGTERM)
 
         threading.Thread(target=watch, name="stop-with-command", daemon=True).start()
+        sys.modules.pop(module, None)  # run afresh as __main__, as `python -m` runs it (its imports stay loaded)
         runpy.run_module(module, run_name="__main__", alter_sys=True)
         code = 0
     except SystemExit as exc:
