@@ -34,7 +34,8 @@ from collections.abc import Iterator
 
 SOCKET_ENV = "DEEPPRUNE_WARM_SOCKET"     # set by the pipeline around `dvc repro`: the server's Unix socket
 STARTED_ENV = "DEEPPRUNE_STAGE_STARTED"  # the command's own start (Unix time), sent with it: its timings start there
-STAGES = ("sample", "label", "embed", "judge", "judge_lm", "sweep", "ablate", "prune", "online", "report")
+STAGES = ("sample", "label", "embed", "judge", "judge_lm", "sweep", "ablate", "prune", "online", "transfer",
+          "report")
 # Variables that the preloaded modules (or the C libraries under them) read once, at import: a command whose values
 # differ from the server's runs cold. Others (DVC's own, a stage's parent run id) are read when used.
 IMPORT_TIME_PREFIXES = ("PREFECT_", "MLFLOW_", "HF_", "TRANSFORMERS_", "TOKENIZERS_", "TORCH", "OMP_", "MKL_",
@@ -165,13 +166,14 @@ def serve(path: str, root: str) -> None:
     listener.listen(16)
     preload()
     baseline = dict(os.environ)
+    code = _project_code()
     children: dict[int, socket.socket] = {}
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
     while os.getppid() == parent:  # the pipeline died: stop (running children go on with their commands)
         for _ in selector.select(timeout=0.2):
             conn, _ = listener.accept()
-            pid = _accept(conn, root, baseline, children, listener, selector)
+            pid = _accept(conn, root, baseline, code, children, listener, selector)
             if pid:
                 children[pid] = conn
             else:
@@ -189,7 +191,25 @@ def serve(path: str, root: str) -> None:
                 conn.close()
 
 
-def _accept(conn, root, baseline, children, listener, selector) -> int | None:
+CODE_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # where deepprune/, flows/, tasks/ live
+
+
+def _project_code() -> dict[str, tuple[int, int]]:
+    """(mtime, size) of every project module file (under CODE_ROOT) that this process has imported."""
+    prefix = os.path.join(CODE_ROOT, "")
+    out = {}
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if path and os.path.realpath(path).startswith(prefix):
+            try:
+                stat = os.stat(path)
+            except OSError:
+                continue
+            out[path] = (stat.st_mtime_ns, stat.st_size)
+    return out
+
+
+def _accept(conn, root, baseline, code, children, listener, selector) -> int | None:  # type: ignore[no-untyped-def]
     """Read one command; answer why it runs cold, or fork its child and answer the child's pid."""
     conn.settimeout(10)
     try:
@@ -200,7 +220,7 @@ def _accept(conn, root, baseline, children, listener, selector) -> int | None:
     try:
         if not isinstance(request, dict) or len(fds) != 3:
             return None
-        cold = _why_cold(request, root, baseline)
+        cold = _why_cold(request, root, baseline, code)
         if cold:
             _send(conn, {"cold": cold})
             return None
@@ -220,7 +240,16 @@ def _accept(conn, root, baseline, children, listener, selector) -> int | None:
             os.close(fd)
 
 
-def _why_cold(request: dict, root: str, baseline: dict[str, str]) -> str | None:
+def _why_cold(request: dict, root: str, baseline: dict[str, str], code: dict[str, tuple[int, int]]) -> str | None:
+    """Why a command must run cold (None: a warm child runs it exactly as a cold process would)."""
+    for path, seen in code.items():  # project code edited since the preload: a child would run the old modules
+        try:
+            stat = os.stat(path)
+            now = (stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            now = None
+        if now != seen:
+            return f"{os.path.relpath(path, CODE_ROOT)} changed since the warm stage server imported it"
     if os.path.realpath(request.get("cwd", "")) != os.path.realpath(root):
         return f"the warm stage server serves {root}, not {request.get('cwd')}"
     theirs, ours = _import_env(request.get("env", {})), _import_env(baseline)

@@ -96,6 +96,15 @@ def test_a_command_the_server_cannot_run_as_cold_runs_cold_and_says_why(project)
         (elsewhere / "data").mkdir()
         (elsewhere / "data" / "raw").symlink_to(ROOT / "data" / "raw")
         moved = _stage("sample", "math", cwd=elsewhere)
+        edited = ROOT / "deepprune" / "pairs.py"  # code edited mid-run: a child would run the module imported before
+        times = edited.stat()
+        os.utime(edited, ns=(times.st_atime_ns, times.st_mtime_ns + 1_000_000_000))
+        try:
+            stale = _stage("label", "math")
+        finally:
+            os.utime(edited, ns=(times.st_atime_ns, times.st_mtime_ns))
+    assert stale.returncode == 0, stale.stderr[-2000:]
+    assert "starting cold (deepprune/pairs.py changed since the warm stage server imported it)" in stale.stderr
     assert other.returncode == 0, other.stderr[-2000:]
     assert "starting cold (the warm stage server was started with other values of HF_HUB_CACHE)" in other.stderr
     assert _timings(project, "label", "math")["warm"] is False
