@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
 import urllib.request
 from pathlib import Path
 
@@ -61,6 +64,37 @@ def copy_project(dest: Path) -> None:
         if src.is_file() and not rel.startswith(("reports/metrics/", "dvc.lock")):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
+
+
+def commit_copy(dest: Path, env: dict[str, str]) -> None:
+    """Make a project copy a git repository with one commit (`dvc exp run` commits experiments: it needs an
+    identity)."""
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.name", "ci"], ["git", "config", "user.email", "ci@localhost"],
+                ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=dest, env=env, check=True, capture_output=True, timeout=120)
+
+
+@contextlib.contextmanager
+def loopback_prefect(dest: Path, env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """One Prefect server on 127.0.0.1 for a test module's stage processes (as `make prefect-ui` runs one), set as
+    env's PREFECT_API_URL; stopped on exit. Each stage starting a temporary server of its own costs about 10 s."""
+    from deepprune.services import free_port
+
+    port = free_port()
+    env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
+    with open(dest / ".prefect-server.log", "w") as log:
+        server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host",
+                                   "127.0.0.1", "--port", str(port)], cwd=dest, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT)
+        try:
+            wait_for(f"http://127.0.0.1:{port}/api/health")
+            yield server
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
 
 
 def wait_for(url: str, seconds: float = 240) -> None:

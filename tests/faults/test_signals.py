@@ -38,8 +38,7 @@ import pytest
 import yaml
 
 from deepprune.paths import stage_outputs
-from deepprune.services import free_port
-from tests.conftest import copy_project, tiny_params, wait_for
+from tests.conftest import commit_copy, copy_project, loopback_prefect, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -129,31 +128,14 @@ def project(tmp_path_factory, tiny_lm):
            "DVC_NO_ANALYTICS": "1"}
     for key in ("DEEPPRUNE_PARENT_RUN_ID", "DEEPPRUNE_PIPELINE_FLOW_RUN"):
         env.pop(key, None)
-    git = ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost"]
-    _run(["git", "init", "-q"], repo, env)
-    _run([*git, "add", "-A"], repo, env)
-    _run([*git, "commit", "-qm", "copy"], repo, env)
-    # One Prefect server for the module (each stage starting its own costs ~10 s; test_lifecycle.py covers that one)
-    port = free_port()
-    env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
-    log = open(repo / ".prefect-server.log", "w")
-    server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for(f"http://127.0.0.1:{port}/api/health")
+    commit_copy(repo, env)
+    with loopback_prefect(repo, env) as server:
         start = time.time()
         _run(_dvc("repro", *STAGES), repo, env, timeout=1800)
         print(f"\nreference run of {', '.join(STAGES)} and their upstream stages: {time.time() - start:.0f} s")
         reference = {stage: snapshot(repo, stage) for stage in STAGES}
         live = json.loads((repo / "reports/metrics/sample_live.json").read_text())
         yield repo, env, server, reference, live
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
 
 
 # ---- one case ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,48 @@
+"""What the integration tests share: a fresh git + DVC copy of the repository on tiny params, with its own Prefect
+server on 127.0.0.1 (module-scoped: each test module gets a copy of its own), and a command runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import commit_copy, copy_project, loopback_prefect, tiny_params
+
+
+def run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 2400) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def repo_copy(tmp_path_factory, tiny_lm):
+    """The tracked files of this repository (plus the work tree's edits), as a fresh git + DVC repo."""
+    dest = tmp_path_factory.mktemp("repo")
+    copy_project(dest)
+    params = tiny_params(limit=6)
+    params["judge_lm"]["model_path"] = str(tiny_lm)
+    params["sample"]["model_path"] = str(tiny_lm)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PREFECT_HOME": str(dest / ".prefect"), "MLFLOW_TRACKING_URI": f"sqlite:///{dest / 'mlflow.db'}",
+           "DEEPPRUNE_MLFLOW_ARTIFACTS": str(dest / "mlartifacts"), "PYTHONPATH": str(dest)}
+    env.pop("DEEPPRUNE_PARENT_RUN_ID", None)
+    commit_copy(dest, env)
+    with loopback_prefect(dest, env):
+        yield dest, env
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    if proc is None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
