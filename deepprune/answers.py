@@ -33,6 +33,7 @@ class AnswerSpec:
     extractor: str = "boxed_math"  # boxed_math | letter | regex
     pattern: str | None = None  # regex extractor: the last match's group 1 (or whole match) is the answer
     normalizer: str = "strip"  # strip | lower | date_mdy | number
+    gold_pattern: str | None = None  # the gold field's answer: the last match's group 1 (None: the whole field)
 
 
 def find_last_boxed(text: str) -> str | None:
@@ -162,7 +163,11 @@ def answer_classes(answers: Sequence[str | None], spec: AnswerSpec) -> list[int]
 
 
 def is_correct(answer: str | None, gold: str | None, spec: AnswerSpec) -> bool | None:
-    """Grade an answer against the gold answer (None when there is no gold)."""
+    """Grade an answer against the gold answer (None when there is no gold, or the gold field holds no match of
+    `gold_pattern`: a gold like '#### 5/1/2021' is read through its own pattern, then normalized as answers are)."""
+    if gold is not None and spec.gold_pattern:
+        matches = list(re.finditer(spec.gold_pattern, gold))
+        gold = matches[-1].group(1) if matches else None
     if gold is None:
         return None
     gold_norm = normalize_math(gold) if spec.extractor == "boxed_math" else (

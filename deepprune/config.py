@@ -34,23 +34,30 @@ class AnswerConfig(_Strict):
     extractor: Literal["boxed_math", "letter", "regex"] = "boxed_math"
     pattern: str | None = Field(None, description="regex extractor: the last match's group 1 is the answer")
     normalizer: Literal["strip", "lower", "number", "date_mdy"] = "strip"
+    gold_pattern: str | None = Field(None, description="the gold field's answer is this regex's last match, group 1 "
+                                                      "(e.g. '####\\s*(.+)$'), then normalized like the answers; "
+                                                      "null: the whole field")
 
     @model_validator(mode="after")
     def _regex_needs_pattern(self) -> "AnswerConfig":
         if self.extractor == "regex" and not self.pattern:
             raise ValueError("extractor 'regex' needs a pattern")
-        if self.pattern is not None:
+        for key in ("pattern", "gold_pattern"):
+            value = getattr(self, key)
+            if value is None:
+                continue
             try:
-                groups = re.compile(self.pattern).groups
+                groups = re.compile(value).groups
             except re.error as exc:
-                raise ValueError(f"pattern {self.pattern!r} is not a valid regex: {exc}") from None
+                raise ValueError(f"{key} {value!r} is not a valid regex: {exc}") from None
             if groups < 1:
-                raise ValueError(f"pattern {self.pattern!r} has no group: the answer is the last match's group 1")
+                raise ValueError(f"{key} {value!r} has no group: the answer is the last match's group 1")
         return self
 
     def spec(self) -> AnswerSpec:
         """The plain spec the core functions take."""
-        return AnswerSpec(extractor=self.extractor, pattern=self.pattern, normalizer=self.normalizer)
+        return AnswerSpec(extractor=self.extractor, pattern=self.pattern, normalizer=self.normalizer,
+                          gold_pattern=self.gold_pattern)
 
 
 class FieldMap(_Strict):
@@ -75,6 +82,11 @@ class FieldMap(_Strict):
         return self
 
 
+class TruncationConfig(_Strict):
+    strategy: Literal["tokens", "reasoning_words"]
+    k: int = Field(ge=1)
+
+
 class CorpusConfig(_Strict):
     """One trace corpus: a recorded file (replayed), or a problem set sampled live by `sample.backend`."""
 
@@ -91,6 +103,11 @@ class CorpusConfig(_Strict):
                                                "generating engine's own tokenizer)")
     answer: AnswerConfig = AnswerConfig()
     fields: FieldMap | None = None
+    # A corpus whose traces are much shorter or longer than the others' cuts its own prefixes (optional keys)
+    tokens_k: list[PositiveInt] | None = Field(None, description="this corpus's first-k-tokens prefixes (null: "
+                                                                 "label.tokens_k)")
+    truncation: TruncationConfig | None = Field(None, description="the prefix this corpus's embedding judges see and "
+                                                                  "its prune stage pays for (null: judge.truncation)")
 
     @model_validator(mode="before")
     @classmethod
@@ -165,11 +182,6 @@ class SampleConfig(_Strict):
         return value
 
 
-class TruncationConfig(_Strict):
-    strategy: Literal["tokens", "reasoning_words"]
-    k: int = Field(ge=1)
-
-
 class LabelConfig(_Strict):
     tokens_k: list[PositiveInt] = Field(min_length=1, description="first-k-tokens prefixes to build (absolute counts)")
     reasoning_words_k: list[PositiveInt] = Field(min_length=1, description="first-k-reasoning-words prefixes to build")
@@ -215,6 +227,9 @@ class JudgeConfig(_Strict):
     train: TrainConfig = TrainConfig()
     fnr: float = Field(0.2, gt=0, lt=1, description="TNR is reported at this FNR")
     threshold: float = Field(0.5, ge=0, le=1, description="decision threshold for TNR/TPR")
+    calibration: Literal["platt", "none"] = Field(
+        "platt", description="trained judges' scores mapped to P(same answer) on the training folds only "
+                             "(deepprune/judges/calibration.py); none: the raw head output")
 
     @model_validator(mode="after")
     def _named_variants_exist(self) -> "JudgeConfig":
@@ -336,6 +351,15 @@ class DeepConfConfig(_Strict):
                                                                   "of the vote (the paper's 0.95; null: off)")
 
 
+class TuneConfig(_Strict):
+    """tau picked without peeking: for each grouped fold, the tau of `grid` that saves the most tokens on the other
+    folds' problems while keeping their accuracy change against cons@N at or above `target_change_pts`."""
+
+    target_change_pts: float = Field(-1.0, le=0, description="the accuracy change (points, vs cons@N) tau must keep "
+                                                             "on the training folds")
+    grid: list[Probability] = Field(min_length=1, description="the taus tried on the training folds")
+
+
 class PruneConfig(_Strict):
     """The online pruning evaluation, replayed on held-out judge scores (DESIGN.md sections 1 and 4)."""
 
@@ -353,6 +377,10 @@ class PruneConfig(_Strict):
         "all_completed", description="vote over every completed trace, or the largest cluster's completed members")
     sbert_taus: list[Cosine] = Field(description="cosine thresholds for SBERT clustering, one method each")
     esc_window: int = Field(4, ge=1, description="ESC: traces per window")
+    tune: TuneConfig | None = Field(description="a DeepPrune method whose tau is picked on the training folds "
+                                                       "(null: none)")
+    settle_window: int = Field(4, ge=1, description="settle (ours): traces started per window; sampling stops after "
+                                                     "a window that seeds no new cluster (at tau)")
     deepconf: DeepConfConfig = DeepConfConfig()
 
     @model_validator(mode="after")
@@ -441,16 +469,26 @@ class Params(_Strict):
     def _prune_judge_exists(self) -> "Params":
         if self.prune.judge not in self.judge.variants:
             raise ValueError(f"prune.judge {self.prune.judge!r} is not one of judge.variants {sorted(self.judge.variants)}")
-        if self.judge.truncation.strategy != "tokens":
-            raise ValueError("the prune stage needs judge.truncation.strategy 'tokens' (a prefix's cost is its k tokens)")
-        built = {"tokens": self.label.tokens_k, "reasoning_words": self.label.reasoning_words_k}
-        for where, trunc in (("judge.truncation", self.judge.truncation), ("judge_lm.truncation", self.judge_lm.truncation)):
-            if trunc.k not in built[trunc.strategy]:
-                raise ValueError(f"{where}: label builds no {trunc.strategy} prefix with k={trunc.k} "
-                                 f"(label.{trunc.strategy}_k is {built[trunc.strategy]})")
-        for strategy, k in self.ablate.table_k.items():
-            if k not in built[strategy]:
-                raise ValueError(f"ablate.table_k.{strategy}: label builds no k={k} (label.{strategy}_k is {built[strategy]})")
+        for name in self.corpora:
+            own = self.corpora[name].tokens_k is not None
+            built = {"tokens": self.tokens_k(name), "reasoning_words": self.label.reasoning_words_k}
+            source = {"tokens": f"corpora.{name}.tokens_k" if own else "label.tokens_k",
+                      "reasoning_words": "label.reasoning_words_k"}
+            checks = [(f"corpora.{name}.truncation" if self.corpora[name].truncation else "judge.truncation",
+                       self.truncation(name))]
+            if name in self.judge_lm.corpora:
+                checks.append(("judge_lm.truncation", self.judge_lm.truncation))
+            for where, trunc in checks:
+                if where != "judge_lm.truncation" and trunc.strategy != "tokens":
+                    raise ValueError(f"{where}: the prune stage needs strategy 'tokens' (a prefix's cost is its k "
+                                     f"tokens), got {trunc.strategy!r}")
+                if trunc.k not in built[trunc.strategy]:
+                    raise ValueError(f"{where}: corpus {name!r} has no {trunc.strategy} prefix with k={trunc.k} "
+                                     f"({source[trunc.strategy]} is {built[trunc.strategy]})")
+            for strategy, k in self.ablate.table_k.items():
+                if k not in built[strategy]:
+                    raise ValueError(f"ablate.table_k.{strategy}: corpus {name!r} has no k={k} ({source[strategy]} is "
+                                     f"{built[strategy]})")
         for where, names in (("judge_lm.compare", self.judge_lm.compare), ("ablate.variants", self.ablate.variants)):
             for name in names:
                 if name not in self.judge.variants:
@@ -482,6 +520,15 @@ class Params(_Strict):
             raise ValueError(f"online.deepconf.warmup ({self.online.deepconf.warmup}) must be below {n_key} "
                              f"({online_n}): with W >= N DeepConf never stops a trace and equals cons@N")
         return self
+
+    def truncation(self, corpus: str) -> TruncationConfig:
+        """The prefix the embedding judges of `corpus` see (its own, else judge.truncation)."""
+        return self.corpus(corpus).truncation or self.judge.truncation
+
+    def tokens_k(self, corpus: str) -> list[int]:
+        """The first-k-tokens prefixes the label stage builds for `corpus` (its own, else label.tokens_k)."""
+        own = self.corpus(corpus).tokens_k
+        return list(own) if own is not None else list(self.label.tokens_k)
 
     def corpus(self, name: str) -> CorpusConfig:
         """The named corpus, or a clear error listing the known ones."""

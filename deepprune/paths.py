@@ -189,12 +189,22 @@ def online_cache(corpus: str) -> str:
     return f".cache/online/{corpus}"
 
 
+def transfer_dir() -> str:
+    return _written("data/transfer")
+
+
+def transfer_results() -> str:
+    """Every (train corpus, test corpus, judge variant) cell of the transfer matrix, with its metrics."""
+    return f"{transfer_dir()}/results.json"
+
+
 # ---- metrics and report ---------------------------------------------------------------------------------------
 
 
-def metrics(stage: str, corpus: str) -> str:
-    """A stage's DVC metrics file for one corpus (committed to git, `dvc metrics show` reads it)."""
-    return f"reports/metrics/{stage}_{corpus}.json"
+def metrics(stage: str, corpus: str | None) -> str:
+    """A stage's DVC metrics file for one corpus, or for all (a stage that runs once: transfer); committed to git,
+    `dvc metrics show` reads it."""
+    return f"reports/metrics/{stage}_{corpus}.json" if corpus else f"reports/metrics/{stage}.json"
 
 
 def metrics_dir() -> str:
@@ -213,18 +223,24 @@ def timings_table() -> str:
     return "reports/timings.md"
 
 
-def report_index() -> str:
-    """The report page (self-contained, opens offline)."""
-    return "reports/index.html"
+def report_dir(only: str | None = None) -> str:
+    """A report of chosen corpora (`python -m flows.report --corpus a,b`, only = 'a+b'): a folder of its own,
+    outside DVC's outputs, so it never touches the pipeline's report."""
+    return _written(f"reports/corpora/{only}")
 
 
-def figures_dir() -> str:
-    return _written("reports/figures")
+def report_index(only: str | None = None) -> str:
+    """The report page (self-contained, opens offline): the pipeline's, or that of chosen corpora."""
+    return "reports/index.html" if only is None else f"{report_dir(only)}/index.html"
 
 
-def figure(name: str) -> str:
+def figures_dir(only: str | None = None) -> str:
+    return _written("reports/figures") if only is None else f"{report_dir(only)}/figures"
+
+
+def figure(name: str, only: str | None = None) -> str:
     """One report figure as self-contained HTML."""
-    return f"{figures_dir()}/{name}.html"
+    return f"{figures_dir(only)}/{name}.html"
 
 
 # ---- what each stage writes, and how ---------------------------------------------------------------------------
@@ -243,7 +259,8 @@ def stage_outputs(stage: str, corpus: str | None) -> tuple[list[str], list[str]]
         "ablate": lambda: ([ablate_dir(c)], [metrics("ablate", c)]),
         "prune": lambda: ([prune_dir(c)], [metrics("prune", c)]),
         "online": lambda: ([online_dir(c)], [metrics("online", c)]),
-        "report": lambda: ([report_index(), figures_dir()], []),
+        "transfer": lambda: ([transfer_dir()], [metrics("transfer", None)]),
+        "report": lambda: ([report_index(), figures_dir()], []) if corpus is None else ([report_dir(corpus)], []),
     }
     if stage not in table:
         raise KeyError(f"unknown stage {stage!r}; known: {sorted(table)}")

@@ -50,6 +50,22 @@ def plot_score_distributions(labels: Sequence[int], scores: Mapping[str, Sequenc
     return fig
 
 
+def plot_reliability(curves: Mapping[str, Mapping[str, Sequence[float]]], corpus: str) -> go.Figure:
+    """Reliability diagram: per score bin, the share of same-answer pairs against the mean score (held-out
+    problems); a calibrated judge lies on the diagonal, so its score can be read as a probability and tau with it."""
+    fig = go.Figure()
+    for i, (name, r) in enumerate(curves.items()):
+        fig.add_trace(go.Scatter(x=list(r["mean_score"]), y=list(r["same_share"]), mode="lines+markers", name=name,
+                                 line=dict(color=CURVE_COLORS[i % len(CURVE_COLORS)],
+                                           dash="dash" if "uncalibrated" in name else "solid"),
+                                 text=[f"{c:.0f} pairs" for c in r["count"]]))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="gray"), name="calibrated"))
+    fig.update_layout(title=f"{corpus}: reliability of the trained judges (held-out problems)", height=420,
+                      xaxis_title="mean judge score in the bin", yaxis_title="share of same-answer pairs",
+                      xaxis_range=[0, 1], yaxis_range=[0, 1])
+    return fig
+
+
 def plot_roc(rocs: Mapping[str, tuple[Sequence[float], Sequence[float], float]], corpus: str) -> go.Figure:
     """ROC curves of every judge variant on the same held-out pairs, AUROC in the legend."""
     fig = go.Figure()
@@ -124,20 +140,26 @@ def save_figure(fig: go.Figure, path: str | os.PathLike) -> None:
 
 
 def plot_pareto(summary: Mapping[str, Mapping[str, float | str | None]], corpus: str, n: int) -> go.Figure:
-    """Accuracy against total tokens for every method (mean and 95% interval over repetitions)."""
-    fig = go.Figure()
-    for name, row in summary.items():
-        if "skipped" in row:
-            continue
-        fig.add_trace(go.Scatter(
-            x=[row["tokens"]], y=[row["accuracy"]], mode="markers+text", name=name, text=[name],
-            textposition="top center",
-            error_x=dict(type="data", symmetric=False, array=[row["tokens_hi"] - row["tokens"]],
-                         arrayminus=[row["tokens"] - row["tokens_lo"]]),
-            error_y=dict(type="data", symmetric=False, array=[row["accuracy_hi"] - row["accuracy"]],
-                         arrayminus=[row["accuracy"] - row["accuracy_lo"]])))
-    fig.update_layout(title=f"{corpus}: accuracy vs tokens, N = {n} (mean and 95% interval over draws)",
-                      xaxis_title="total tokens generated", yaxis_title="accuracy", height=520, showlegend=False)
+    """Accuracy against total tokens and against sequential depth (latency) for every method, side by side (mean
+    and 95% interval over repetitions): a method that saves tokens by sampling in sequence shows it on the right."""
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06,
+                        subplot_titles=("tokens (cost)", "sequential depth (latency)"))
+    for col, key in ((1, "tokens"), (2, "sequential_depth")):
+        for name, row in summary.items():
+            if "skipped" in row or key not in row:
+                continue
+            fig.add_trace(go.Scatter(
+                x=[row[key]], y=[row["accuracy"]], mode="markers+text", name=name, text=[name],
+                textposition="top center", legendgroup=name, showlegend=False,
+                error_x=dict(type="data", symmetric=False, array=[row[f"{key}_hi"] - row[key]],
+                             arrayminus=[row[key] - row[f"{key}_lo"]]),
+                error_y=dict(type="data", symmetric=False, array=[row["accuracy_hi"] - row["accuracy"]],
+                             arrayminus=[row["accuracy"] - row["accuracy_lo"]])), row=1, col=col)
+    fig.update_layout(title=f"{corpus}: accuracy vs tokens and vs latency, N = {n} (mean and 95% interval over draws)",
+                      height=560, showlegend=False)
+    fig.update_xaxes(title_text="total tokens generated", row=1, col=1)
+    fig.update_xaxes(title_text="tokens generated one after another, per problem", row=1, col=2)
+    fig.update_yaxes(title_text="accuracy", row=1, col=1)
     return fig
 
 

@@ -12,9 +12,9 @@ from plotly.offline import get_plotlyjs
 
 from deepprune.config import Params, VariantConfig
 from deepprune.metric_names import accuracy_at_name, tnr_at_fnr_name, tnr_at_name, tpr_at_name
-from deepprune.plots import (plot_judge_comparison, plot_pareto, plot_redundancy, plot_roc, plot_score_distributions,
-                             plot_truncation)
-from deepprune.reference import PAPER_BASELINE_AUROC, PAPER_ONLINE, PAPER_TABLE1, paper_row_for
+from deepprune.plots import (plot_judge_comparison, plot_pareto, plot_redundancy, plot_reliability, plot_roc,
+                             plot_score_distributions, plot_truncation)
+from deepprune.reference import PAPER_BASELINE_AUROC, PAPER_ONLINE, PAPER_TABLE1, PAPER_TRANSFER, paper_row_for
 
 
 @dataclass
@@ -57,6 +57,12 @@ def build_figures(params: Params, results: Mapping[str, CorpusResults]) -> dict[
         for name, doc in res.folds["variants"].items():
             rocs[name] = (doc["roc"]["fpr"], doc["roc"]["tpr"], res.judge.get(f"judge/{name}/pooled_auroc") or float("nan"))
         figs[f"roc_{corpus}"] = plot_roc(rocs, corpus)
+        curves = {name: doc["reliability"] for name, doc in res.folds["variants"].items() if doc.get("calibrated")}
+        primary = res.folds["variants"].get(params.judge.primary, {})
+        if primary.get("calibrated"):
+            curves[f"{params.judge.primary} (uncalibrated)"] = primary["reliability_uncalibrated"]
+        if curves:
+            figs[f"reliability_{corpus}"] = plot_reliability(curves, corpus)
         if res.prune is not None:
             figs[f"pareto_{corpus}"] = plot_pareto(res.prune["summary"], corpus, res.prune["n"])
         if res.ablate is not None:
@@ -213,9 +219,9 @@ def _leaderboard(results: Mapping[str, CorpusResults]) -> str:
         return "<p>No prune results.</p>"
     methods = [m["name"] for m in next(iter(pruned.values()))["methods"]]  # the stage's order, not sorted
     columns = ("<th>accuracy</th><th>tokens</th><th>token reduction vs cons@N</th><th>accuracy change (points)</th>"
-               "<th>judge calls</th>")
+               "<th>sequential depth (tokens per problem)</th><th>judge calls</th>")
     head = ("<tr><th rowspan=2>method</th>"
-            + "".join(f"<th colspan=5>{html.escape(c)} (N = {p['n']}, k = {p['k']})</th>" for c, p in pruned.items())
+            + "".join(f"<th colspan=6>{html.escape(c)} (N = {p['n']}, k = {p['k']})</th>" for c, p in pruned.items())
             + "</tr><tr>" + columns * len(pruned) + "</tr>")
     rows = []
     for name in methods:
@@ -223,14 +229,63 @@ def _leaderboard(results: Mapping[str, CorpusResults]) -> str:
         for corpus, prune in pruned.items():
             row = prune["summary"].get(name, {})
             if "skipped" in row:
-                cells.append(f"<td colspan=5><i>{html.escape(str(row['skipped']))}</i></td>")
+                cells.append(f"<td colspan=6><i>{html.escape(str(row['skipped']))}</i></td>")
                 continue
             cells.append(f"<td>{_ci(row, 'accuracy', pct=True)}</td><td>{_ci(row, 'tokens')}</td>"
                          f"<td>{_ci(row, 'token_reduction', pct=True)}</td><td>{_ci(row, 'accuracy_change_pts')}</td>"
-                         f"<td>{row.get('judge_calls', 0):,.0f}</td>")
+                         f"<td>{_ci(row, 'sequential_depth')}</td><td>{row.get('judge_calls', 0):,.0f}</td>")
         headline = any(p["headline"] == name for p in pruned.values())
         rows.append(f"<tr><td>{'<b>' if headline else ''}{html.escape(name)}{'</b>' if headline else ''}</td>{''.join(cells)}</tr>")
     return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    """The mean of the values that are defined (None where none is)."""
+    kept = [v for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else None
+
+
+def _transfer_tables(params: Params, transfer: Mapping[str, Any]) -> str:
+    """The primary judge's matrix (rows: trained on, columns: scored on) with the untrained baseline under it, then
+    every variant's mean AUROC in and out of distribution, then the paper's figures, labelled as theirs."""
+    corpora, primary, tnr = transfer["corpora"], transfer["primary"], tnr_at_fnr_name(params.judge.fnr)
+    cells = {(c["train"], c["test"], c["variant"]): c for c in transfer["cells"]}
+    online = transfer.get("online_cells", {})
+
+    def cell(train: str, test: str, variant: str) -> str:
+        c = cells[(train, test, variant)]
+        m, mark = c["metrics"], " &dagger;" if f"{train}__{test}" in online and variant == primary else ""
+        style = " style='background:#eef5ff'" if c["kind"] == "out-of-fold" else ""
+        return f"<td{style}>{_fmt(m['auroc'])} / {_fmt(m[tnr])}{mark}</td>"
+
+    head = "<tr><th>trained on \\ scored on</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in corpora) + "</tr>"
+    rows = [f"<tr><td>{html.escape(train)}</td>" + "".join(cell(train, test, primary) for test in corpora) + "</tr>"
+            for train in corpora]
+    baseline = params.judge.baseline
+    if baseline in params.judge.variants and all((corpora[0], t, baseline) in cells for t in corpora):
+        rows.append(f"<tr><td><i>{html.escape(baseline)} (untrained)</i></td>"
+                    + "".join(cell(corpora[0], test, baseline) for test in corpora) + "</tr>")
+    matrix = f"<table>{head}{''.join(rows)}</table>"
+    summary = []
+    for variant in sorted({c["variant"] for c in transfer["cells"]}):
+        inside = [c["metrics"]["auroc"] for c in transfer["cells"] if c["variant"] == variant and c["kind"] == "out-of-fold"]
+        outside = [c["metrics"]["auroc"] for c in transfer["cells"] if c["variant"] == variant and c["kind"] == "transfer"]
+        summary.append(f"<tr><td>{'<b>' if variant == primary else ''}{html.escape(variant)}"
+                       f"{'</b>' if variant == primary else ''}</td><td>{_fmt(_mean(inside))}</td>"
+                       f"<td>{_fmt(_mean(outside)) if outside else 'untrained'}</td></tr>")
+    variants = ("<table><tr><th>variant</th><th>mean AUROC in distribution (diagonal)</th><th>mean AUROC across "
+                f"corpora (off the diagonal)</th></tr>{''.join(summary)}</table>")
+    paper = "".join(f"<tr><td>{html.escape(k)}</td><td class='theirs'>{v:.4f}</td></tr>" for k, v in PAPER_TRANSFER.items())
+    note = (f"<p>&dagger; the online stage runs this judge ({html.escape(', '.join(sorted(set(online.values()))))}) on "
+            "that corpus: its online results are a transfer result.</p>") if online else ""
+    prefixes = ", ".join(f"{html.escape(c)}: {html.escape(p)}" for c, p in transfer["prefixes"].items())
+    return (f"<p>AUROC / TNR at FNR = {params.judge.fnr:g} of <code>{html.escape(primary)}</code>, fitted on every "
+            "pair of the row's corpus and scored on every pair of the column's, each corpus cut at its own "
+            f"truncation ({prefixes}). The diagonal (shaded) is in-distribution: the judge stage's out-of-fold "
+            "scores on held-out problems, pooled over folds like every other cell. n/a: the column has one class "
+            "of pairs.</p>" + matrix + note + variants
+            + "<h3>The paper's transfer figures (theirs: Qwen3-4B judges, long traces of other models)</h3>"
+            + f"<table><tr><th>result</th><th class='theirs'>paper</th></tr>{paper}</table>")
 
 
 def _prune_verdicts(results: Mapping[str, CorpusResults]) -> str:
@@ -245,6 +300,15 @@ def _prune_verdicts(results: Mapping[str, CorpusResults]) -> str:
                    f"cons@N's tokens at accuracy {dp['accuracy']:.1%} (cons@N {cons['accuracy']:.1%}, change "
                    f"{dp['accuracy_change_pts']:+.1f} points); the oracle saves {oracle['token_reduction']:.1%}, so "
                    f"DeepPrune reaches {share:.0%} of the oracle's savings.</li>")
+        tuned = res.prune.get("tuned")
+        name = next((m["name"] for m in res.prune["methods"] if m["kind"] == "tuned"), None)
+        if tuned and name in summary and "skipped" not in summary[name]:
+            row = summary[name]
+            taus = ", ".join(f"{float(t):g}" for _, t in sorted(tuned["taus"].items(), key=lambda kv: int(kv[0])))
+            out.append(f"<li><b>{html.escape(corpus)}</b>, tau picked without peeking: <code>{html.escape(name)}</code> "
+                       f"(tau per fold, each picked on the other folds' problems: {taus}) saves "
+                       f"{row['token_reduction']:.1%} at an accuracy change of {row['accuracy_change_pts']:+.1f} "
+                       f"points [{row['accuracy_change_pts_lo']:+.1f}, {row['accuracy_change_pts_hi']:+.1f}].</li>")
     return f"<ul>{''.join(out)}</ul>"
 
 
@@ -254,7 +318,8 @@ def _online_table(res: CorpusResults) -> str:
     metrics, meta = res.online["metrics"], res.online["meta"]
     methods = list(dict.fromkeys(k.split("/")[1] for k in metrics if k.startswith("online/")))
     reasons = ("finished", "pruned", "confidence_stop", "length")
-    head = ("<tr><th>method</th><th>tokens</th><th>token reduction</th><th>accuracy</th>" + "".join(f"<th>{r}</th>" for r in reasons) + "</tr>")
+    head = ("<tr><th>method</th><th>tokens</th><th>token reduction</th><th>accuracy</th><th>sequential depth</th>"
+            + "".join(f"<th>{r}</th>" for r in reasons) + "</tr>")
     num = lambda v, spec: "n/a" if v is None else format(v, spec)
     order = lambda m: (0 if m == "cons" else 1 if m.startswith("deepprune") else 2, m)
     rows = []
@@ -262,6 +327,7 @@ def _online_table(res: CorpusResults) -> str:
         get = lambda key: metrics.get(f"online/{m}/{key}")
         rows.append(f"<tr><td>{html.escape(m)}</td><td>{num(get('tokens'), ',.0f')}</td>"
                     f"<td>{_fmt(get('token_reduction'), True)}</td><td>{_fmt(get('accuracy'), True)}</td>"
+                    f"<td>{num(get('sequential_depth'), ',.0f')}</td>"
                     + "".join(f"<td>{num(get(f'stopped_{r}'), '.0f')}</td>" for r in reasons) + "</tr>")
     engine = meta.get("engine", {})
     what = (f"<p>{len(meta.get('problems', []))} problems x N = {meta.get('n')}, at most {meta.get('max_tokens')} tokens "
@@ -272,29 +338,41 @@ def _online_table(res: CorpusResults) -> str:
     return what + f"<table>{head}{''.join(rows)}</table>"
 
 
-def render_index(params: Params, results: Mapping[str, CorpusResults], figures: Mapping[str, go.Figure]) -> str:
+def render_index(params: Params, results: Mapping[str, CorpusResults], figures: Mapping[str, go.Figure],
+                 transfer: Mapping[str, Any] | None = None) -> str:
     """The whole report page: tables, embedded figures, plotly.js inlined once (opens offline)."""
     def embed(name: str) -> str:
         return (f"<div class='fig'>{figures[name].to_html(include_plotlyjs=False, full_html=False, div_id=f'fig-{name}')}"
                 f"<p class='link'><a href='figures/{name}.html'>open {name} alone</a></p></div>")
 
-    trunc = params.judge.truncation
+    def unit(corpus: str) -> str:
+        t = params.truncation(corpus)
+        return f"{t.k} {'tokens' if t.strategy == 'tokens' else 'reasoning words'}"
+
+    sees = ", ".join(f"{unit(c)} ({html.escape(c)})" for c in results)
     sections = [
         "<h2>1. Inter-trace redundancy</h2>",
         "<p>Share of within-problem trace pairs whose final answers are equivalent (one equivalence function for "
         "labels, votes and grading). The paper's bars (grey) are its Figure 2(a), on long reasoning models.</p>",
         _redundancy_table(results), embed("redundancy"),
         "<h2>2. Judges on held-out problems</h2>",
-        f"<p>Every judge sees the first {trunc.k} {'tokens' if trunc.strategy == 'tokens' else 'reasoning words'} "
-        f"of each trace. Splits are grouped by problem ({params.label.folds}-fold); figures are the mean, sample "
-        "standard deviation and range over folds, and the AUROC of all out-of-fold scores pooled. The paper's "
+        f"<p>Every judge sees the first {sees} of each trace. Splits are grouped by problem ({params.label.folds}-fold); figures are the mean, sample "
+        "standard deviation and range over folds, and the AUROC of all out-of-fold scores pooled. Trained judges' "
+        "scores are calibrated (Platt scaling fitted on the training folds only), so a score is P(same answer) and "
+        "DeepPrune's tau a probability; the reliability diagram shows how well, beside the uncalibrated head. The "
+        "paper's "
         "numbers come from Qwen3-4B judges on long traces of other models (Table 1) and are shown for orientation, "
         "not as a like-for-like comparison.</p>",
     ]
     for corpus, res in results.items():
         sections += [f"<h3>{html.escape(corpus)}</h3>", _judge_table(params, corpus, res),
                      embed(f"roc_{corpus}"), embed(f"scores_{corpus}")]
+        if f"reliability_{corpus}" in figures:
+            sections.append(embed(f"reliability_{corpus}"))
     sections += ["<h2>3. All variants side by side</h2>", embed("judge_comparison")]
+    if transfer is not None:
+        sections += ["<h3>Transfer across corpora (the revised paper's headline protocol)</h3>",
+                     _transfer_tables(params, transfer)]
     if any(r.prune is not None for r in results.values()):
         paper = "".join(f"<tr><td>{html.escape(k)}</td><td class='theirs'>{html.escape(v)}</td></tr>"
                         for k, v in PAPER_ONLINE.items())
@@ -305,7 +383,11 @@ def render_index(params: Params, results: Mapping[str, CorpusResults], figures: 
             "prefix costs min(length, k) tokens, a completed trace its full length, and a trace that ends within "
             "its prefix has completed and votes; DeepPrune's judge scores are "
             "out-of-fold (the judge never saw the problem). Intervals are 2.5th to 97.5th percentiles over the "
-            "draws. Judge calls count the pairs greedy clustering scored. DeepConf "
+            "draws. Judge calls count the pairs greedy clustering scored. Sequential depth is the latency: the "
+            "longest chain of tokens a problem generates one after another, every trace of a round decoded in "
+            "parallel (cons@N: its longest trace; DeepPrune: the prefix round, then the longest tail; ESC: one "
+            "whole round per window). <code>settle</code> is ours, not the paper's: DeepPrune over arriving "
+            "windows that stops starting traces once a window seeds no new cluster. DeepConf "
             "needs per-token logprobs, which the recorded corpora do not carry (the live corpus does).</p>",
             _prune_verdicts(results), _leaderboard(results),
             *[embed(f"pareto_{c}") for c, r in results.items() if r.prune is not None],

@@ -21,7 +21,8 @@ from deepprune.sampling.problems import DATASETS, build_messages, load_problems
 from flows._stage import child_run, run_stage, stage_params, stage_run, write_output, write_output_rows
 from tasks.online import judge_model_path, load_online_judge, run_online
 
-FIGURES = ("tokens", "token_reduction", "accuracy", "wall_seconds", "tokens_per_second", "judge_seconds")
+FIGURES = ("tokens", "token_reduction", "accuracy", "sequential_depth", "wall_seconds", "tokens_per_second",
+           "judge_seconds")
 REASONS = ("finished", "pruned", "confidence_stop", "length")
 
 

@@ -10,11 +10,12 @@ from prefect import flow
 
 from deepprune import paths
 from deepprune.metrics import finite_or_none
-from deepprune.pruning.simulate import add_judge_seconds, deepconf_warmup_error, method_specs, summarize
+from deepprune.pruning.simulate import (add_judge_seconds, clustering_settings, deepconf_warmup_error, method_specs,
+                                       summarize)
 from flows._stage import child_run, run_stage, stage_params, stage_run, write_output
 from tasks.label import load_traces
 from deepprune.truncate import prefix_name
-from tasks.prune import load_problems, measure_judge_cost, run_simulation
+from tasks.prune import load_problems, measure_judge_cost, run_simulation, tune_taus
 
 
 @flow(name="prune", flow_run_name="prune@{corpus}", log_prints=True)
@@ -22,7 +23,7 @@ def prune_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
     """Online pruning on one recorded corpus, replayed: every method, same draws, same accounting."""
     params = stage_params(params_path)
     cfg, spec = params.prune, params.corpus(corpus).answer.spec()
-    k = params.judge.truncation.k
+    k = params.truncation(corpus).k  # a tokens prefix (params refuse another strategy)
     with stage_run("prune", corpus, {"seed": params.seed, "prune": cfg.model_dump(), "k": k}) as run:
         by_problem, _ = load_traces(paths.traces(corpus), params.sample.skip_invalid)
         problems, engine = load_problems(by_problem, paths.judge_scores(corpus), spec, cfg.judge,
@@ -33,13 +34,18 @@ def prune_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
             if error:
                 raise ValueError(error)
         methods = method_specs(cfg)
-        results = run_simulation(problems, engine, methods, n, k, cfg.repetitions, params.seed)
+        tuned = None
+        if cfg.tune is not None:  # tau per fold, picked on the other folds' problems, before any method is scored
+            tuned = tune_taus(problems, engine, clustering_settings(cfg), list(cfg.tune.grid), cfg.tune.target_change_pts, n, k,
+                              cfg.repetitions, params.seed)
+        results = run_simulation(problems, engine, methods, n, k, cfg.repetitions, params.seed,
+                                 tuned["taus"] if tuned else None)
         summary = summarize(results, "cons")
         # replay reuses the judge stage's scores; what judging online would cost is measured on the saved judge
         cost = measure_judge_cost(paths.judge_model(corpus, cfg.judge),
                                   paths.prefixes(corpus), prefix_name("tokens", k),
                                   params.judge.encoder_path, params.judge.max_length)
-        add_judge_seconds(summary, methods, cost, prefixes_encoded=n * len(problems))
+        add_judge_seconds(summary, methods, cost)
         metrics: dict[str, float | None] = {"prune/n": n, "prune/k": k, "prune/problems": len(problems),
                                             **{f"prune/judge_cost/{key}": v for key, v in cost.items()}}
         for method in methods:
@@ -53,8 +59,10 @@ def prune_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
         saved = summary[headline]["token_reduction"]
         metrics["prune/headline/oracle_savings_share"] = finite_or_none(saved / oracle["token_reduction"]) \
             if oracle["token_reduction"] else None
+        if tuned is not None:
+            metrics["prune/tuned/mean_tau"] = float(sum(tuned["taus"].values()) / len(tuned["taus"]))
         write_output(paths.prune_results(corpus), {
-            "n": n, "k": k, "headline": headline, "summary": summary,
+            "n": n, "k": k, "headline": headline, "summary": summary, "tuned": tuned,
             "methods": [asdict(m) for m in methods],
             "per_repetition": {name: asdict(r) for name, r in results.items()}})
         write_output(paths.metrics("prune", corpus), metrics)

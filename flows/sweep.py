@@ -31,12 +31,15 @@ def _clean(summary: dict[str, float]) -> dict[str, float | None]:
 
 @flow(name="sweep-point", log_prints=True, validate_parameters=False)
 def sweep_point_flow(point: SweepPoint, parent: Run, params: Params, corpus: str, data: PairData | None = None,
-                     encoder: Any = None, lm: tuple[Any, Any] | None = None) -> dict[str, float]:
-    """One grid point: its recipe cross-validated on the corpus's grouped folds, logged as a child run."""
+                     encoder: Any = None, lm: tuple[Any, Any] | None = None) -> tuple[dict[str, float], Any]:
+    """One grid point: its recipe cross-validated on the corpus's grouped folds, logged as a child run. Returns
+    its summary and, for a calibrated encoder judge, its uncalibrated out-of-fold scores (the final fit's map)."""
+    raw = None
     sweep = params.sweep
     if sweep.judge == "encoder":
         variant, cfg = encoder_recipe(point, params.judge)
-        cell = cell_params(params, corpus, cfg.truncation, judge=sweep.judge, **variant_recipe(variant, cfg.train))
+        cell = cell_params(params, corpus, params.truncation(corpus), judge=sweep.judge,
+                           **variant_recipe(variant, cfg.train))
     else:
         cfg_lm = lm_recipe(point, params.judge_lm)
         cell = cell_params(params, corpus, cfg_lm.truncation, judge=sweep.judge, **lm_judge_recipe(cfg_lm, True))
@@ -44,6 +47,7 @@ def sweep_point_flow(point: SweepPoint, parent: Run, params: Params, corpus: str
         if sweep.judge == "encoder":
             result = cross_validate(data, cfg, encoder, params.seed)[point.name]  # type: ignore[arg-type]
             summary, roc = result.summary, (data.labels, result.oof_scores)  # type: ignore[union-attr]
+            raw = result.raw_oof  # type: ignore[union-attr]
         else:
             model, tokenizer = lm  # type: ignore[misc]
             lm_result = evaluate_lm_judge.fn(data.texts_a, data.texts_b, data.labels, data.folds, cfg_lm,  # type: ignore[union-attr]
@@ -53,14 +57,15 @@ def sweep_point_flow(point: SweepPoint, parent: Run, params: Params, corpus: str
         run.log_metrics({k: v for k, v in summary.items()})
         log_roc(run, {point.name: roc}, f"{corpus}: sweep point {point.name}")
         print(f"sweep[{corpus}] {point.name}: {sweep.metric} {summary.get(sweep.metric, float('nan')):.4f}")
-        return summary
+        return summary, raw
 
 
 def _point_data(params: Params, corpus: str) -> tuple[PairData, Any, tuple[Any, Any] | None]:
     pairs, prefixes = load_labels(corpus)
     path = paths.prefixes(corpus)
     if params.sweep.judge == "encoder":
-        prefix = prefix_name(params.judge.truncation.strategy, params.judge.truncation.k)
+        truncation = params.truncation(corpus)
+        prefix = prefix_name(truncation.strategy, truncation.k)
         data = make_pair_data(pairs, prefixes, load_embeddings(paths.embeddings(corpus)), prefix, path)
         return data, load_encoder(params.judge.encoder_path, params.judge.max_length), None
     cfg = params.judge_lm
@@ -77,11 +82,13 @@ def sweep_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
     with stage_run("sweep", corpus, {"seed": params.seed, "sweep": sweep.model_dump(), "points": len(points)}) as run:
         data, encoder, lm = _point_data(params, corpus)
         results = []
+        raw_oof: dict[str, Any] = {}
         with track("evaluating", len(points), "points") as progress:  # open first: the points' loops stay silent
             futures = [run_point.submit(sweep_point_flow, point=point, parent=run, params=params, corpus=corpus,
                                         data=data, encoder=encoder, lm=lm) for point in points]
             for point, future in zip(points, futures):
-                results.append((point, future.result()))
+                summary, raw_oof[point.name] = future.result()
+                results.append((point, summary))
                 progress.advance()
         ranked = best_point(results, sweep.metric)
         doc: dict[str, Any] = {"judge": sweep.judge, "metric": sweep.metric, "best": ranked and ranked[0].name,
@@ -100,7 +107,7 @@ def sweep_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
                    **{f"sweep/best/{k}": v for k, v in _clean(dict(best_summary)).items()}}
         if sweep.judge == "encoder":
             variant, cfg = encoder_recipe(best, params.judge)
-            final = train_final(data, cfg, variant, encoder, params.seed)
+            final = train_final(data, cfg, variant, encoder, params.seed, raw_oof[best.name])
             path = paths.sweep_best(corpus)
             final.save(path, {"variant": best.name, "corpus": corpus, "sweep_metric": sweep.metric})
             run.log_artifact(path, folder="best")

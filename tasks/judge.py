@@ -57,6 +57,6 @@ def evaluate_judges(data: PairData, cfg: JudgeConfig, encoder: SentenceEncoder, 
 
 @task(cache_policy=NO_CACHE)
 def fit_final_judge(data: PairData, cfg: JudgeConfig, variant: VariantConfig, encoder: SentenceEncoder,
-                    seed: int) -> EncoderJudge:
-    """A trained variant fitted on every pair of the corpus."""
-    return train_final(data, cfg, variant, encoder, seed)
+                    seed: int, raw_oof) -> EncoderJudge:  # type: ignore[no-untyped-def]
+    """A trained variant fitted on every pair of the corpus, calibrated on the out-of-fold scores."""
+    return train_final(data, cfg, variant, encoder, seed, raw_oof)

@@ -29,10 +29,11 @@ def label_pairs(problems: dict[str, list[Trace]], spec: AnswerSpec, folds: int, 
 
 
 @task(cache_policy=NO_CACHE)
-def make_prefixes(problems: dict[str, list[Trace]], cfg: LabelConfig, tokenizer: str) -> dict[tuple[str, str], dict[str, str]]:
-    """Every configured prefix of every trace."""
+def make_prefixes(problems: dict[str, list[Trace]], cfg: LabelConfig, tokens_k: list[int],
+                  tokenizer: str) -> dict[tuple[str, str], dict[str, str]]:
+    """Every configured prefix of every trace (`tokens_k`: the corpus's own, else label.tokens_k)."""
     texts = {(t.problem_id, t.trace_id): t.text for ts in problems.values() for t in ts}
-    return build_prefixes(texts, cfg.tokens_k, cfg.reasoning_words_k, cfg.reasoning_words, get_tokenizer(tokenizer))
+    return build_prefixes(texts, tokens_k, cfg.reasoning_words_k, cfg.reasoning_words, get_tokenizer(tokenizer))
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)

@@ -10,7 +10,7 @@ from prefect import task
 from deepprune.answers import AnswerSpec
 from deepprune.data.schema import Trace
 from deepprune.pruning.controller import MethodSpec
-from deepprune.pruning.simulate import MethodResult, ReplayProblem, build_problems, simulate
+from deepprune.pruning.simulate import MethodResult, ReplayProblem, build_problems, pick_taus, simulate
 from tasks import IO_RETRIES, NO_CACHE
 
 
@@ -37,6 +37,13 @@ def measure_judge_cost(model_path: str, prefixes_path: str, prefix: str, encoder
 
 @task(cache_policy=NO_CACHE)
 def run_simulation(problems: list[ReplayProblem], engine: Any, methods: list[MethodSpec], n: int, k: int,
-                   repetitions: int, seed: int) -> dict[str, MethodResult]:
+                   repetitions: int, seed: int, fold_taus: dict[int, float] | None = None) -> dict[str, MethodResult]:
     """Every method through the pruning controller over the replay engine, on the same seeded draws."""
-    return simulate(problems, engine, methods, n, k, repetitions, seed)
+    return simulate(problems, engine, methods, n, k, repetitions, seed, fold_taus=fold_taus)
+
+
+@task(cache_policy=NO_CACHE)
+def tune_taus(problems: list[ReplayProblem], engine: Any, common: dict[str, Any], grid: list[float],
+              target_change_pts: float, n: int, k: int, repetitions: int, seed: int) -> dict[str, Any]:
+    """DeepPrune's tau per grouped fold, picked on the other folds' problems (deepprune.pruning.simulate.pick_taus)."""
+    return pick_taus(problems, engine, common, grid, target_change_pts, n, k, repetitions, seed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 from prefect import task
 
@@ -48,6 +49,12 @@ def load_corpus_results(corpus: str, compare: list[str], fnr: float, threshold: 
         ablate=optional(paths.ablate_results(corpus)),
         online=({"metrics": read_json(paths.metrics("online", corpus)), "meta": read_json(paths.online_meta(corpus))}
                 if online else None))
+
+
+@task(cache_policy=NO_CACHE, **IO_RETRIES)
+def read_transfer(path: str) -> dict[str, Any] | None:
+    """The transfer stage's matrix, or None where it has not run (a report of a workspace without it)."""
+    return read_json(path) if os.path.exists(path) else None
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)

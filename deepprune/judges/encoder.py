@@ -155,6 +155,7 @@ class EncoderJudge:
         self.head = PairHead(encoder.dim, cfg.hidden, cfg.dropout, seed)  # weights and dropout from the one seed
         self.finetuned_state: dict[str, torch.Tensor] | None = None
         self.train_log: list[float] = []
+        self.calibration: tuple[float, float] | None = None  # Platt (a, b) applied by score (judges/calibration.py)
 
     def _training_order(self, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         idx = oversample_minority(labels, self.cfg.oversample_ratio, rng) if self.oversample else np.arange(len(labels))
@@ -221,7 +222,12 @@ class EncoderJudge:
     def score(self, emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
         """P(same final answer) for aligned pair embeddings."""
         logits = self.head(pair_features(torch.from_numpy(emb_a), torch.from_numpy(emb_b)))
-        return torch.sigmoid(logits).double().numpy()
+        scores = torch.sigmoid(logits).double().numpy()
+        if self.calibration is None:
+            return scores
+        from deepprune.judges.calibration import apply_platt
+
+        return apply_platt(scores, self.calibration)
 
     def save(self, path: str | os.PathLike, metadata: dict[str, str | float | int | bool]) -> None:
         """Write the head (and fine-tuned encoder weights, if any) as safetensors, with the config as metadata."""
@@ -234,7 +240,8 @@ class EncoderJudge:
             tensors.update({f"encoder.{k}": v.contiguous() for k, v in self.finetuned_state.items()})
         meta = {"config": json.dumps({**metadata, "loss": self.loss, "oversample": self.oversample,
                                       "seed": self.seed, "encoder_path": self.encoder.path, "dim": self.encoder.dim,
-                                      "train": self.cfg.model_dump()}, sort_keys=True)}
+                                      "train": self.cfg.model_dump(), "calibration": self.calibration},
+                                     sort_keys=True)}
         with atomic_open(path, "wb") as handle:
             handle.write(save(tensors, metadata=meta))
 
@@ -254,4 +261,6 @@ def load_encoder_judge(path: str | os.PathLike, encoder: SentenceEncoder | None 
                          int(meta.get("seed", 0)))
     judge.head.load_state_dict({k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")})
     judge.head.eval()
+    calibration = meta.get("calibration")
+    judge.calibration = None if calibration is None else (float(calibration[0]), float(calibration[1]))
     return judge

@@ -10,6 +10,7 @@ import numpy as np
 
 from deepprune.config import JudgeConfig, JudgeLMConfig, TrainConfig, VariantConfig
 from deepprune.judges import judge_class
+from deepprune.judges.calibration import cross_fold_calibrate, fit_platt
 from deepprune.judges.encoder import EncoderJudge, SentenceEncoder
 from deepprune.metrics import judge_metrics, summarize_folds
 from deepprune.pairs import Pair
@@ -29,6 +30,8 @@ class VariantResult:
     summary: dict[str, float]
     pooled: dict[str, float]
     train_loss: list[list[float]] = field(default_factory=list)
+    raw_oof: np.ndarray | None = None        # before calibration (None: the variant is not calibrated)
+    calibration: list[tuple[float, float]] = field(default_factory=list)  # each fold's Platt (a, b)
 
 
 def _variant_scores(variant: VariantConfig, cfg: JudgeConfig, encoder: SentenceEncoder, seed: int,
@@ -81,19 +84,23 @@ def cross_validate(data: PairData, cfg: JudgeConfig, encoder: SentenceEncoder, s
     fold_ids = sorted(set(folds.tolist()))
     with track("cross-validating", len(cfg.variants) * len(fold_ids), "folds") as progress:  # variants x folds
         for offset, (name, variant) in enumerate(sorted(cfg.variants.items())):
-            oof = np.full(len(labels), np.nan)
-            per_fold, logs = [], []
+            raw = np.full(len(labels), np.nan)
+            logs = []
             for fold in fold_ids:
                 test = np.flatnonzero(folds == fold)
                 train = np.flatnonzero(folds != fold)
                 scores, log = _variant_scores(variant, cfg, encoder, seed + 1000 * offset + fold, data, train, test,
                                               frozen_state)
-                oof[test] = scores
+                raw[test] = scores
                 logs.append(log)
-                per_fold.append(judge_metrics(labels[test], scores, cfg.fnr, cfg.threshold))
                 progress.advance()
+            calibrated = cfg.calibration == "platt" and judge_class(variant.kind).trainable
+            oof, maps = cross_fold_calibrate(raw, labels, folds) if calibrated else (raw, [])
+            per_fold = [judge_metrics(labels[folds == fold], oof[folds == fold], cfg.fnr, cfg.threshold)
+                        for fold in fold_ids]
             results[name] = VariantResult(name, oof, per_fold, summarize_folds(per_fold),
-                                          judge_metrics(labels, oof, cfg.fnr, cfg.threshold), logs)
+                                          judge_metrics(labels, oof, cfg.fnr, cfg.threshold), logs,
+                                          raw if calibrated else None, maps)
     return results
 
 
@@ -137,10 +144,18 @@ def lm_scores(result: "LMEvaluation", labels: np.ndarray, name: str) -> tuple[np
 
 
 def train_final(data: PairData, cfg: JudgeConfig, variant: VariantConfig, encoder: SentenceEncoder,
-                seed: int) -> EncoderJudge:
-    """A trained variant fitted on every pair (the judge that later stages load)."""
+                seed: int, raw_oof: np.ndarray | None) -> EncoderJudge:
+    """A trained variant fitted on every pair (the judge that later stages load); its scores are calibrated by the
+    Platt map fitted on every pair's out-of-fold score (`raw_oof`, cross_validate's `raw_oof`), where params
+    calibrate (deepprune.judges.calibration)."""
     judge = EncoderJudge(encoder, cfg.train, variant.loss, variant.oversample, seed)
-    return judge.fit(data.emb_a, data.emb_b, data.labels, texts_a=data.texts_a, texts_b=data.texts_b)
+    judge.fit(data.emb_a, data.emb_b, data.labels, texts_a=data.texts_a, texts_b=data.texts_b)
+    if cfg.calibration == "platt":
+        if raw_oof is None:
+            raise ValueError("judge.calibration is platt: the final judge needs its variant's uncalibrated "
+                             "out-of-fold scores")
+        judge.calibration = fit_platt(raw_oof, data.labels)
+    return judge
 
 
 def time_judge(encoder: SentenceEncoder, judge: EncoderJudge, texts: Sequence[str], repeats: int = 3,

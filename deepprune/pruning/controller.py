@@ -13,6 +13,11 @@ One rule for every path:
   still takes part in clustering (its prefix is its whole text), but nothing is left to prune or resume.
 - **Resumed members**: the q members of the largest cluster that are resumed are its first q members after the
   seed (arrival order) that have not finished already.
+- **Latency** is the sequential depth: the longest chain of tokens generated one after another on the problem, with
+  every trace of a round decoded in parallel (one decoding step writes one token of each). A method's rounds run
+  one after another: cons@N and DeepConf offline are one round (the longest trace); DeepPrune a prefix round then
+  a resume round; ESC one round per window; DeepConf online its warm-up, then the rest. Token counts say what a
+  method costs; depth says how long a user waits for its answer.
 - **Vote** (`all_completed`): every trace that ran to the end (finished or hit the token budget) votes, so
   tau = 1 is cons@N; `largest_cluster`: only the largest cluster's completed members vote. Ties between answers
   go to the class whose member finished first (fewest tokens), then to the earliest arrival.
@@ -34,7 +39,8 @@ from deepprune.sampling.engines import GenJob, GenResult
 
 RESUME_SEED_OFFSET = 1_000_003  # an engine without exact resume samples a continuation from seed_i + this
 VOTES = ("all_completed", "largest_cluster")
-METHOD_KINDS = ("cons", "deepprune", "sbert", "random", "esc", "oracle", "deepconf_offline", "deepconf_online")
+METHOD_KINDS = ("cons", "deepprune", "sbert", "settle", "random", "esc", "oracle", "deepconf_offline",
+                "deepconf_online")  # and the prune stage's "tuned": DeepPrune at a tau per fold (pruning/simulate.py)
 RAN_TO_END = ("finished", "length")
 
 # (seeds of the traces, their prefix texts) -> n x n P(same answer); the replay looks scores up by seed,
@@ -129,11 +135,16 @@ class Outcome:
     judge_calls: int = 0
     judge_seconds: float = 0.0
     clusters: list[list[int]] = field(default_factory=list)  # positions in arrival order, seed first
+    depth: int = 0      # sequential depth in tokens (module docstring: latency)
     extra: dict[str, float] = field(default_factory=dict)
 
     @property
     def completed(self) -> int:
         return sum(t.stop_reason in RAN_TO_END for t in self.traces)
+
+    @property
+    def started(self) -> int:
+        return sum(t.stop_reason != "unsampled" for t in self.traces)
 
 
 @dataclass(frozen=True)
@@ -153,6 +164,11 @@ def stable_seed(name: str) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 def _reason(result: GenResult) -> str:
     return {"stop": "finished", "cancelled": "confidence_stop"}.get(result.finish_reason, result.finish_reason)
+
+
+def _round(results: Sequence[GenResult]) -> int:
+    """Depth of one parallel round: its longest generation."""
+    return max((r.n_tokens for r in results), default=0)
 
 
 def _start(engine: Engine, task: Task, positions: Sequence[int], max_tokens: int, traces: list[TraceRun],
@@ -233,8 +249,8 @@ def run_cons(engine: Engine, task: Task, name: str = "cons") -> Outcome:
     """cons@N: every trace runs to the end; majority vote by answer equivalence."""
     start = time.perf_counter()
     traces = [TraceRun(s) for s in task.seeds]
-    _start(engine, task, range(task.n), task.max_tokens, traces)
-    return _finish(name, task, traces, list(range(task.n)), start)
+    depth = _round(_start(engine, task, range(task.n), task.max_tokens, traces))
+    return _finish(name, task, traces, list(range(task.n)), start, depth=depth)
 
 
 def greedy_cluster(order: Sequence[int], sim: np.ndarray, tau: float, r: int = 1,
@@ -292,11 +308,73 @@ def run_clustering(engine: Engine, task: Task, k: int, similarity: Similarity, t
     for p in paused:
         if p not in runs_on:
             traces[p].stop_reason = "pruned"
-    _resume(engine, task, [(p, first[p], task.max_tokens - traces[p].n_tokens) for p in runs_on if p in open_], traces)
+    tails = _resume(engine, task, [(p, first[p], task.max_tokens - traces[p].n_tokens) for p in runs_on if p in open_],
+                    traces)
     completed = [p for p in range(task.n) if traces[p].stop_reason in RAN_TO_END]
     voters = completed if vote_over == "all_completed" else [p for p in largest if traces[p].stop_reason in RAN_TO_END]
     return _finish(name or f"deepprune_tau{tau:g}", task, traces, voters, start, judge_calls=calls,
-                   judge_seconds=judge_seconds, clusters=clusters)
+                   judge_seconds=judge_seconds, clusters=clusters, depth=_round(first) + _round(tails))
+
+
+def run_settle(engine: Engine, task: Task, k: int, similarity: Similarity, tau: float, window: int, r: int = 1,
+               q: int = 2, max_clusters: int | None = None, vote_over: str = "all_completed",
+               name: str | None = None) -> Outcome:
+    """DeepPrune in arriving windows, stopping once the clusters settle (ours; neither the paper nor its peers).
+
+    Traces start `window` at a time. Each window writes its k-token prefixes and joins DeepPrune's greedy
+    clustering of every trace so far (same judge, tau, r and cap); a trace that seeds a new cluster runs on at once,
+    one that joins a cluster pauses. Sampling stops after the first window in which no trace seeds a new cluster
+    (the very first trace excepted): the answers' clusters have settled, so later traces would most likely join
+    them and be pruned after paying their prefix. Then, as in DeepPrune, q unfinished members of the largest cluster
+    resume; the rest are pruned and traces never started cost nothing; the vote follows `vote_over`.
+
+    Against DeepPrune it saves the prefixes of the traces never started; against ESC (windows of whole traces)
+    only prefix rounds are sequential, since seeds run on alongside the next window, so its depth is the
+    windows' prefix rounds plus the longest tail."""
+    if vote_over not in VOTES:
+        raise ValueError(f"unknown vote {vote_over!r}; known: {', '.join(VOTES)}")
+    if window < 1:
+        raise ValueError(f"settle window must be >= 1, got {window}")
+    start = time.perf_counter()
+    traces = [TraceRun(s) for s in task.seeds]
+    first: dict[int, GenResult] = {}
+    clusters: list[list[int]] = []
+    calls, judge_seconds = 0, 0.0
+    ends = [0] * task.n  # when each trace stops writing, in decoding steps from the start
+    clock, upto = 0, 0
+    runs_on = lambda p: first[p].finish_reason != "stop" and traces[p].n_tokens < task.max_tokens  # noqa: E731
+    for lo in range(0, task.n, window):
+        chunk = list(range(lo, min(lo + window, task.n)))
+        results = _start(engine, task, chunk, min(k, task.max_tokens), traces)
+        for p, res in zip(chunk, results):
+            first[p], traces[p].prefix_tokens = res, traces[p].n_tokens
+        upto = chunk[-1] + 1
+        judge_start = time.perf_counter()
+        sim = similarity(task.seeds[:upto], [t.text for t in traces[:upto]])
+        judge_seconds += time.perf_counter() - judge_start
+        before = len(clusters)
+        clusters, calls = greedy_cluster(range(upto), sim, tau, r, max_clusters)  # online: earlier clusters stay
+        seeds = [c[0] for c in clusters[before:] if runs_on(c[0])]
+        _resume(engine, task, [(p, first[p], task.max_tokens - traces[p].n_tokens) for p in seeds], traces)
+        for p in chunk:
+            ends[p] = clock + traces[p].n_tokens
+        clock += _round(results)
+        if len(clusters) - before - (lo == 0) == 0:
+            break
+    largest = _largest(clusters)
+    seeds = {c[0] for c in clusters}
+    paused = [p for p in range(upto) if p not in seeds and runs_on(p)]
+    resumed = [p for p in largest[1:] if p in paused][:q]
+    for p in paused:
+        if p not in resumed:
+            traces[p].stop_reason = "pruned"
+    _resume(engine, task, [(p, first[p], task.max_tokens - traces[p].n_tokens) for p in resumed], traces)
+    for p in resumed:  # resumed once sampling stopped, from where it paused
+        ends[p] = clock + traces[p].n_tokens - traces[p].prefix_tokens
+    completed = [p for p in range(upto) if traces[p].stop_reason in RAN_TO_END]
+    voters = completed if vote_over == "all_completed" else [p for p in largest if traces[p].stop_reason in RAN_TO_END]
+    return _finish(name or f"settle_tau{tau:g}_w{window}", task, traces, voters, start, judge_calls=calls,
+                   judge_seconds=judge_seconds, clusters=clusters, depth=max(ends))
 
 
 def run_oracle(engine: Engine, task: Task, k: int, name: str = "oracle") -> Outcome:
@@ -326,7 +404,7 @@ def run_oracle(engine: Engine, task: Task, k: int, name: str = "oracle") -> Outc
     for p, full in enumerate(whole.traces):
         traces[p].votes = full.votes and traces[p].stop_reason != "pruned"  # the answer is cons@N's all the same
     return Outcome(name, traces, whole.answer, whole.correct, sum(t.n_tokens for t in traces),
-                   time.perf_counter() - start, clusters=clusters)
+                   time.perf_counter() - start, clusters=clusters, depth=max(t.n_tokens for t in traces))
 
 
 def run_random(engine: Engine, task: Task, k: int, budget: int, rng: np.random.Generator, name: str = "random") -> Outcome:
@@ -343,6 +421,7 @@ def run_random(engine: Engine, task: Task, k: int, budget: int, rng: np.random.G
     for p in open_:
         traces[p].stop_reason = "pruned"
     resumed_any = False
+    tail = 0  # the resumed traces form one round: the budget could be split among them up front
     for i in rng.permutation(len(open_)):
         p = open_[int(i)]
         room = task.max_tokens - traces[p].n_tokens
@@ -352,11 +431,12 @@ def run_random(engine: Engine, task: Task, k: int, budget: int, rng: np.random.G
             room = min(room, budget - spent)
         res = _resume(engine, task, [(p, first[p], room)], traces)[0]
         spent += res.n_tokens
+        tail = max(tail, res.n_tokens)
         if resumed_any and res.finish_reason == "length" and traces[p].n_tokens < task.max_tokens:
             traces[p].stop_reason = "budget"
         resumed_any = True
     completed = [p for p in range(task.n) if traces[p].stop_reason in RAN_TO_END]
-    return _finish(name, task, traces, completed, start, extra={"budget": float(budget)})
+    return _finish(name, task, traces, completed, start, extra={"budget": float(budget)}, depth=_round(first) + tail)
 
 
 def run_esc(engine: Engine, task: Task, window: int, name: str = "esc") -> Outcome:
@@ -365,15 +445,16 @@ def run_esc(engine: Engine, task: Task, window: int, name: str = "esc") -> Outco
     start = time.perf_counter()
     traces = [TraceRun(s) for s in task.seeds]
     sampled: list[int] = []
+    depth = 0
     for lo in range(0, task.n, window):
         chunk = list(range(lo, min(lo + window, task.n)))
-        _start(engine, task, chunk, task.max_tokens, traces)
+        depth += _round(_start(engine, task, chunk, task.max_tokens, traces))
         sampled += chunk
         _grade(task, traces, chunk)
         classes = {task.grader.answer_class(traces[p].answer) for p in chunk}
         if len(classes) == 1 and min(classes) >= 0:
             break
-    return _finish(name, task, traces, sampled, start)
+    return _finish(name, task, traces, sampled, start, depth=depth)
 
 
 def _scores(traces: Sequence[TraceRun], positions: Sequence[int], window: int) -> dict[int, float]:
@@ -387,11 +468,12 @@ def run_deepconf_offline(engine: Engine, task: Task, eta: float, window: int, na
     """DeepConf offline: every trace completes; the top eta% by trace score vote, weighted by the score."""
     start = time.perf_counter()
     traces = [TraceRun(s) for s in task.seeds]
-    _start(engine, task, range(task.n), task.max_tokens, traces)
+    depth = _round(_start(engine, task, range(task.n), task.max_tokens, traces))
     scores = _scores(traces, range(task.n), window)
     threshold = deepconf_threshold(list(scores.values()), eta)
     keep = [p for p in range(task.n) if scores[p] >= threshold]
-    return _finish(name, task, traces, keep, start, [scores[p] for p in keep], extra={"threshold": threshold})
+    return _finish(name, task, traces, keep, start, [scores[p] for p in keep], extra={"threshold": threshold},
+                   depth=depth)
 
 
 def _consensus(task: Task, traces: Sequence[TraceRun], voters: Sequence[int], weights: Sequence[float]) -> float:
@@ -417,14 +499,14 @@ def run_deepconf_online(engine: Engine, task: Task, warmup: int, eta: float, win
     start = time.perf_counter()
     traces = [TraceRun(s) for s in task.seeds]
     warm = list(range(warmup))
-    _start(engine, task, warm, task.max_tokens, traces)
+    depth = _round(_start(engine, task, warm, task.max_tokens, traces))
     scores = _scores(traces, warm, window)
     threshold = deepconf_threshold([scores[p] for p in warm], eta)
     rest = list(range(warmup, task.n))
     watch = lambda p: ConfidenceStop(threshold, window)  # noqa: E731
     stopped_by_consensus = 0.0
     if consensus is None:
-        _start(engine, task, rest, task.max_tokens, traces, watch)
+        depth += _round(_start(engine, task, rest, task.max_tokens, traces, watch))
     else:
         _grade(task, traces, warm)
         for i, p in enumerate(rest):
@@ -432,7 +514,7 @@ def run_deepconf_online(engine: Engine, task: Task, warmup: int, eta: float, win
             if voters and _consensus(task, traces, voters, [scores[v] for v in voters]) >= consensus:
                 stopped_by_consensus = float(len(rest) - i)
                 break
-            _start(engine, task, [p], task.max_tokens, traces, watch)
+            depth += _round(_start(engine, task, [p], task.max_tokens, traces, watch))
             _grade(task, traces, [p])
             if traces[p].stop_reason in RAN_TO_END:
                 scores.update(_scores(traces, [p], window))
@@ -442,7 +524,7 @@ def run_deepconf_online(engine: Engine, task: Task, warmup: int, eta: float, win
     voters = [p for p in range(task.n) if traces[p].stop_reason in RAN_TO_END and scores[p] >= threshold]
     return _finish(name, task, traces, voters, start, [scores[p] for p in voters],
                    extra={"threshold": threshold, "stopped": float(sum(t.stop_reason == "confidence_stop" for t in traces)),
-                          "unsampled_by_consensus": stopped_by_consensus})
+                          "unsampled_by_consensus": stopped_by_consensus}, depth=depth)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -462,6 +544,13 @@ def run_method(spec: MethodSpec, engine: Engine, task: Task, k: int, similaritie
         return run_clustering(engine, task, k, similarities[key], float(s["tau"]), int(s.get("r", 1)),
                               int(s.get("q", 2)), None if max_clusters is None else int(max_clusters),
                               str(s.get("vote", "all_completed")), spec.name)
+    if kind == "settle":
+        if "judge" not in similarities:
+            raise ValueError(f"{spec.name}: no judge similarity for problem {task.problem_id}")
+        max_clusters = s.get("max_clusters")
+        return run_settle(engine, task, k, similarities["judge"], float(s["tau"]), int(s["window"]), int(s.get("r", 1)),
+                          int(s.get("q", 2)), None if max_clusters is None else int(max_clusters),
+                          str(s.get("vote", "all_completed")), spec.name)
     if kind == "random":
         key = f"{s['match']}:{task.problem_id}"
         if budgets is None or key not in budgets:

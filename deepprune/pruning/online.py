@@ -13,7 +13,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +64,10 @@ def outcome_to_json(outcome: Outcome) -> dict:
     return row
 
 
-def outcome_from_json(row: dict) -> Outcome:
+def outcome_from_json(row: dict) -> Outcome | None:
+    """The outcome a shard holds, or None when the shard predates a field of Outcome (it is generated again)."""
+    if set(row) != {f.name for f in fields(Outcome)}:
+        return None
     return Outcome(**{**row, "traces": [TraceRun(**t) for t in row["traces"]]})
 
 
@@ -86,9 +89,10 @@ def compare_methods(engine, problems: Sequence[OnlineProblem], n: int, max_token
             for problem in problems:
                 shard = Path(shard_dir) / f"{method.name}__{_safe(problem.problem_id)}.json" if shard_dir else None
                 generated = 0  # tokens/s counts tokens generated now, not outcomes read back
+                result = None
                 if shard is not None and shard.exists():
                     result = outcome_from_json(json.loads(shard.read_text(encoding="utf-8")))
-                else:
+                if result is None:
                     task = Task(problem.problem_id, problem.prompt,
                                 tuple(trace_seed(seed, problem.problem_id, j) for j in range(n)),
                                 graders[problem.problem_id], max_tokens)
@@ -107,6 +111,7 @@ def compare_methods(engine, problems: Sequence[OnlineProblem], n: int, max_token
                 "tokens": tokens, "accuracy": sum(bool(r.correct) for r in runs) / max(len(runs), 1),
                 "wall_seconds": seconds, "tokens_per_second": tokens / seconds if seconds else float("nan"),
                 "judge_seconds": float(sum(r.judge_seconds for r in runs)),
+                "sequential_depth": float(np.mean([r.depth for r in runs])) if runs else float("nan"),
                 **{f"stopped_{reason}": float(count) for reason, count in sorted(reasons.items())}}
     base = table["cons"]["tokens"] if "cons" in table else float("nan")
     for row in table.values():
@@ -123,10 +128,11 @@ def format_comparison(table: dict[str, dict[str, float]], timings: bool = True) 
     `timings` is false, as the stage's output file is written: outputs are a function of the inputs."""
     reasons = sorted({k for row in table.values() for k in row if k.startswith("stopped_")})
     timed = ("wall s", "tokens/s", "judge s") if timings else ()
-    columns = ("method", "tokens", "token reduction", "accuracy", *timed, *(r.replace("stopped_", "") for r in reasons))
+    columns = ("method", "tokens", "token reduction", "accuracy", "sequential depth", *timed, *(r.replace("stopped_", "") for r in reasons))
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for name, row in table.items():
-        cells = [name, f"{row['tokens']:,.0f}", f"{row['token_reduction']:.1%}", f"{row['accuracy']:.2f}"]
+        cells = [name, f"{row['tokens']:,.0f}", f"{row['token_reduction']:.1%}", f"{row['accuracy']:.2f}",
+                 f"{row['sequential_depth']:,.0f}"]
         if timings:
             cells += [f"{row['wall_seconds']:.1f}", f"{row['tokens_per_second']:.1f}", f"{row['judge_seconds']:.2f}"]
         cells += [f"{row.get(r, 0):.0f}" for r in reasons]

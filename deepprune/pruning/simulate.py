@@ -33,6 +33,7 @@ class ReplayProblem:
     grader: Grader
     similarities: dict[str, MatrixSimilarity] = field(default_factory=dict)  # 'judge', 'cosine'
     has_logprobs: bool = False
+    fold: int | None = None  # the label stage's grouped fold (tau tuning holds it out)
 
     def task(self, order: Sequence[int]) -> Task:
         """The draw `order` (trace indices in arrival order) as the controller's task."""
@@ -62,6 +63,7 @@ def build_problems(problems: Mapping[str, Sequence[Trace]], score_rows: Iterable
                    judge: str, cosine: str | None) -> tuple[list[ReplayProblem], ReplayEngine]:
     """The pipeline's traces with n x n matrices of the named judges' out-of-fold scores (judge stage)."""
     index = {pid: {t.trace_id: i for i, t in enumerate(ts)} for pid, ts in problems.items()}
+    folds: dict[str, int] = {}
     mats: dict[str, dict[str, np.ndarray]] = {}
     for name in filter(None, (judge, cosine)):
         mats[name] = {pid: np.full((len(ts), len(ts)), np.nan) for pid, ts in problems.items()}
@@ -70,6 +72,8 @@ def build_problems(problems: Mapping[str, Sequence[Trace]], score_rows: Iterable
         if pid not in index:
             continue
         a, b = index[pid][row["trace_a"]], index[pid][row["trace_b"]]
+        if row.get("fold") is not None:
+            folds[pid] = int(row["fold"])
         for name, per_problem in mats.items():
             value = row["scores"].get(name)
             if value is None:
@@ -82,8 +86,11 @@ def build_problems(problems: Mapping[str, Sequence[Trace]], score_rows: Iterable
     recorded = {pid: [RecordedTrace(t.text, t.n_tokens, t.finish_reason, t.logprobs) for t in ts]
                 for pid, ts in problems.items()}
     named = {"judge": mats[judge], **({"cosine": mats[cosine]} if cosine else {})}
-    return replay_corpus(recorded, spec, {pid: ts[0].gold if ts else None for pid, ts in problems.items()}, named,
-                         {pid: [t.answer for t in ts] for pid, ts in problems.items()})
+    replayed, engine = replay_corpus(recorded, spec, {pid: ts[0].gold if ts else None for pid, ts in problems.items()},
+                                     named, {pid: [t.answer for t in ts] for pid, ts in problems.items()})
+    for problem in replayed:
+        problem.fold = folds.get(problem.problem_id)
+    return replayed, engine
 
 
 @dataclass
@@ -95,6 +102,8 @@ class MethodResult:
     tokens: list[int] = field(default_factory=list)
     judge_calls: list[int] = field(default_factory=list)
     completed: list[int] = field(default_factory=list)
+    started: list[int] = field(default_factory=list)  # traces that wrote a token (ESC and settle start fewer)
+    depth: list[float] = field(default_factory=list)  # sequential depth in tokens, mean over problems
     skipped: str | None = None
     seconds: float = 0.0
 
@@ -108,10 +117,59 @@ def deepconf_warmup_error(warmup: int, n: int, corpus: str, n_from_params: bool)
             f"trace and equals cons@N; lower prune.deepconf.warmup" + ("" if n_from_params else " or set prune.n"))
 
 
+def draws(problems: Sequence[ReplayProblem], n: int, seed: int, rep: int) -> list[Task]:
+    """Repetition `rep`'s draw: N traces of every problem in a seeded arrival order (every method sees it)."""
+    rng = np.random.default_rng([seed, rep])
+    return [p.task(rng.choice(p.n, size=n, replace=False)) for p in problems]
+
+
+def pick_taus(problems: Sequence[ReplayProblem], engine, common: Mapping[str, object], grid: Sequence[float],
+              target_change_pts: float, n: int, k: int, repetitions: int, seed: int) -> dict[str, object]:
+    """tau for each grouped fold, picked on the other folds' problems only: DeepPrune at every tau of `grid` on the
+    same draws as the prune stage; the tau with the largest token reduction whose accuracy change against cons@N
+    (points, over the training problems and draws) is at least `target_change_pts`; ties go to the larger tau, and
+    where no tau qualifies, tau = 1 (nothing merges: cons@N's accuracy). Returns {"taus": {fold: tau}, "table":
+    every fold's (tau, change, reduction) rows}."""
+    if any(p.fold is None for p in problems):
+        raise ValueError("tau tuning needs every problem's fold (the judge stage's scores carry it)")
+    folds = sorted({int(p.fold) for p in problems})  # type: ignore[arg-type]
+    if len(folds) < 2:
+        raise ValueError("tau tuning needs at least 2 folds")
+    grid = sorted(set(float(t) for t in grid))
+    correct = np.zeros((len(grid) + 1, len(problems)))  # row 0: cons@N; summed over draws
+    tokens = np.zeros((len(grid) + 1, len(problems)))
+    specs = [MethodSpec("cons", "cons")] + [MethodSpec(f"tau{t:g}", "deepprune", {**common, "tau": t}) for t in grid]
+    with track("tuning tau", repetitions * len(specs), "runs") as progress:
+        for rep in range(repetitions):
+            tasks = draws(problems, n, seed, rep)
+            for row, spec in enumerate(specs):
+                for col, (p, t) in enumerate(zip(problems, tasks)):
+                    out = run_method(spec, engine, t, k, p.similarities)
+                    correct[row, col] += bool(out.correct)
+                    tokens[row, col] += out.tokens
+                progress.advance()
+    fold_of = np.array([p.fold for p in problems])
+    taus: dict[int, float] = {}
+    table: dict[int, list[dict[str, float]]] = {}
+    for fold in folds:
+        train = fold_of != fold
+        base_acc, base_tokens = correct[0, train].sum(), tokens[0, train].sum()
+        rows = []
+        for i, tau in enumerate(grid, start=1):
+            change = 100.0 * (correct[i, train].sum() - base_acc) / (train.sum() * repetitions)
+            rows.append({"tau": tau, "accuracy_change_pts": change, "token_reduction": 1 - tokens[i, train].sum() / base_tokens})
+        table[fold] = rows
+        ok = [r for r in rows if r["accuracy_change_pts"] >= target_change_pts - 1e-9]
+        taus[fold] = max(ok, key=lambda r: (round(r["token_reduction"], 12), r["tau"]))["tau"] if ok else 1.0
+    return {"taus": taus, "table": table}
+
+
 def simulate(problems: Sequence[ReplayProblem], engine, methods: Sequence[MethodSpec], n: int, k: int,
-             repetitions: int, seed: int, keep: list | None = None) -> dict[str, MethodResult]:
+             repetitions: int, seed: int, keep: list | None = None,
+             fold_taus: Mapping[int, float] | None = None) -> dict[str, MethodResult]:
     """Every method on the same seeded draws through the controller; `random` methods match the budget of the
-    method they name, so they must come after it in `methods`. `keep` collects every Outcome (tests)."""
+    method they name, so they must come after it in `methods`; a `tuned` method is DeepPrune at the tau
+    `fold_taus` gives its problem's fold (pick_taus). `keep` collects every Outcome (tests)."""
     if n < 1:
         raise ValueError("budget N must be >= 1")
     short = [p.problem_id for p in problems if p.n < n]
@@ -124,8 +182,7 @@ def simulate(problems: Sequence[ReplayProblem], engine, methods: Sequence[Method
             results[spec.name].skipped = NEEDS_LOGPROBS
     with track("simulating", repetitions * sum(not r.skipped for r in results.values()), "runs") as progress:
         for rep in range(repetitions):
-            rng = np.random.default_rng([seed, rep])
-            tasks = [p.task(rng.choice(p.n, size=n, replace=False)) for p in problems]
+            tasks = draws(problems, n, seed, rep)
             budgets: dict[str, int] = {}
             for spec in methods:
                 res = results[spec.name]
@@ -133,19 +190,30 @@ def simulate(problems: Sequence[ReplayProblem], engine, methods: Sequence[Method
                     continue
                 start = time.perf_counter()
                 method_rng = np.random.default_rng([seed, rep, stable_seed(spec.name)])
-                outs: list[Outcome] = [run_method(spec, engine, t, k, p.similarities, method_rng, budgets)
-                                       for p, t in zip(problems, tasks)]
+                outs: list[Outcome] = [run_method(_concrete(spec, p, fold_taus), engine, t, k, p.similarities,
+                                                  method_rng, budgets) for p, t in zip(problems, tasks)]
                 res.seconds += time.perf_counter() - start
                 res.accuracy.append(float(np.mean([bool(o.correct) for o in outs])))
                 res.tokens.append(int(sum(o.tokens for o in outs)))
                 res.judge_calls.append(int(sum(o.judge_calls for o in outs)))
                 res.completed.append(int(sum(o.completed for o in outs)))
+                res.started.append(int(sum(o.started for o in outs)))
+                res.depth.append(float(np.mean([o.depth for o in outs])))
                 progress.advance()  # one method on one draw of every problem
                 for p, o in zip(problems, outs):  # random pruning matches a budget per problem and draw
                     budgets[f"{spec.name}:{p.problem_id}"] = o.tokens
                 if keep is not None:
                     keep.append((rep, spec.name, outs))
     return results
+
+
+def _concrete(spec: MethodSpec, problem: ReplayProblem, fold_taus: Mapping[int, float] | None) -> MethodSpec:
+    """A `tuned` method on one problem: DeepPrune at its fold's tau."""
+    if spec.kind != "tuned":
+        return spec
+    if fold_taus is None or problem.fold not in fold_taus:
+        raise ValueError(f"{spec.name}: no tau picked for the fold of problem {problem.problem_id} (run pick_taus)")
+    return MethodSpec(spec.name, "deepprune", {**spec.settings, "tau": fold_taus[problem.fold]})
 
 
 def interval(values: Sequence[float]) -> tuple[float, float, float]:
@@ -167,7 +235,8 @@ def summarize(results: Mapping[str, MethodResult], reference: str) -> dict[str, 
         row: dict[str, float | str | None] = {}
         for key, values in (("accuracy", res.accuracy), ("tokens", res.tokens), ("token_reduction", reduction),
                             ("accuracy_change_pts", delta), ("judge_calls", res.judge_calls),
-                            ("completed", res.completed)):
+                            ("completed", res.completed), ("started", res.started), ("sequential_depth", res.depth),
+                            ("depth_reduction", [1.0 - d / rd for d, rd in zip(res.depth, ref.depth)])):
             mean, lo, hi = interval(values)
             row[key], row[f"{key}_lo"], row[f"{key}_hi"] = mean, lo, hi
         row["seconds"] = res.seconds
@@ -175,14 +244,24 @@ def summarize(results: Mapping[str, MethodResult], reference: str) -> dict[str, 
     return out
 
 
+def clustering_settings(cfg: "PruneConfig") -> dict[str, object]:
+    """The settings every clustering method of the prune stage shares (r, q, the cap, the vote)."""
+    return {"r": cfg.r, "q": cfg.q, "max_clusters": cfg.max_clusters, "vote": cfg.vote}
+
+
 def method_specs(cfg: "PruneConfig") -> list[MethodSpec]:
     """Every method the prune stage runs, in an order where each budget-matched method follows its reference."""
     specs = [MethodSpec("cons", "cons"), MethodSpec("oracle", "oracle")]
-    common = {"r": cfg.r, "q": cfg.q, "max_clusters": cfg.max_clusters, "vote": cfg.vote}
+    common = clustering_settings(cfg)
     specs += [MethodSpec(f"deepprune_tau{t:g}", "deepprune", {"tau": t, **common}) for t in cfg.taus]
     specs += [MethodSpec(f"sbert_tau{t:g}", "sbert", {"tau": t, **common}) for t in cfg.sbert_taus]
+    if cfg.tune is not None:
+        specs.append(MethodSpec(f"deepprune_tuned{cfg.tune.target_change_pts:+g}pts", "tuned",
+                                {"target_change_pts": cfg.tune.target_change_pts, **common}))
     specs.append(MethodSpec(f"random_at_deepprune_tau{cfg.tau:g}", "random", {"match": f"deepprune_tau{cfg.tau:g}"}))
     specs.append(MethodSpec(f"esc_w{cfg.esc_window}", "esc", {"window": cfg.esc_window}))
+    specs.append(MethodSpec(f"settle_tau{cfg.tau:g}_w{cfg.settle_window}", "settle",
+                            {"tau": cfg.tau, "window": cfg.settle_window, **common}))
     dc = cfg.deepconf
     for label, eta in (("low", dc.low_eta), ("high", dc.high_eta)):
         specs.append(MethodSpec(f"deepconf_{label}_offline", "deepconf_offline", {"eta": eta, "window": dc.window}))
@@ -192,12 +271,12 @@ def method_specs(cfg: "PruneConfig") -> list[MethodSpec]:
 
 
 def add_judge_seconds(summary: dict[str, dict[str, float | str | None]], methods: Sequence[MethodSpec],
-                      cost: Mapping[str, float], prefixes_encoded: int) -> None:
+                      cost: Mapping[str, float]) -> None:
     """What judging online would cost each clustering method: every arriving prefix encoded once, and every
     call scored by the judge head (cosine for SBERT clustering, whose cost per pair is negligible)."""
     for method in methods:
         row = summary[method.name]
-        if method.kind not in ("deepprune", "sbert") or "skipped" in row:
+        if method.kind not in ("deepprune", "sbert", "settle", "tuned") or "skipped" in row:
             continue
-        per_pair = cost["score_seconds_per_pair"] if method.kind == "deepprune" else 0.0
-        row["judge_seconds"] = prefixes_encoded * cost["encode_seconds_per_prefix"] + float(row["judge_calls"]) * per_pair
+        per_pair = cost["score_seconds_per_pair"] if method.kind != "sbert" else 0.0
+        row["judge_seconds"] = float(row["started"]) * cost["encode_seconds_per_prefix"] + float(row["judge_calls"]) * per_pair

@@ -111,11 +111,52 @@ def test_recorded_corpora_through_every_fast_stage(workspace):
     _ablation_keys(workspace)
     for corpus in RECORDED:
         _check_prune(workspace, corpus, k=32)
+    _check_transfer(workspace)
     text = (workspace / report_flow()).read_text()
     assert "Inter-trace redundancy" in text and "Online pruning" in text and "Table 1" in text
+    assert "Transfer across corpora" in text and "0.7072" in text
+    before = (workspace / paths.report_index()).read_bytes()
+    alone = (workspace / report_flow("date")).read_text()  # one corpus alone, beside the pipeline's report
+    assert (workspace / "reports/corpora/date/index.html").exists()
+    assert "<h3>date</h3>" in alone and "<h3>math</h3>" not in alone  # its sections and its transfer cell only
+    assert "<th>date</th>" in alone and "<th>math</th>" not in alone
+    assert (workspace / paths.report_index()).read_bytes() == before
     assert "Focal-loss sweep" in text and "causal-LM judge" not in text  # judge_lm ran on no corpus
     _judge_runs_in_mlflow(workspace, {"judge@date", "judge@math"})
     _child_runs_carry_their_cell_and_roc(workspace, root)
+
+
+def _check_transfer(workspace) -> None:
+    """The matrix's diagonal is the judge stage's pooled out-of-fold figure; an off-diagonal cell is the saved judge
+    of one corpus scoring the other corpus's pairs; one MLflow child run per ordered pair of corpora."""
+    import numpy as np
+
+    from deepprune.judges.embeddings import load_table
+    from deepprune.judges.encoder import load_encoder_judge
+    from deepprune.metrics import auroc
+    from deepprune.pairs import prefix_texts, read_pairs, read_prefixes
+    from deepprune.judges.evaluate import pair_data
+    from flows.transfer import transfer_flow
+
+    primary = "encoder_focal_oversample"
+    metrics = transfer_flow()
+    assert set(metrics) == {f"transfer/{a}__{b}/{key}" for a in RECORDED for b in RECORDED
+                            for key in ("auroc", "tnr_at_fnr_0.2", "n_pairs")}
+    for corpus in RECORDED:
+        judged = read_json(workspace / paths.metrics("judge", corpus))
+        assert metrics[f"transfer/{corpus}__{corpus}/auroc"] == pytest.approx(judged[f"judge/{primary}/pooled_auroc"])
+    pairs = read_pairs(workspace / paths.pairs("date"))
+    texts = prefix_texts(read_prefixes(workspace / paths.prefixes("date")), "tokens_32", paths.prefixes("date"))
+    data = pair_data(pairs, texts, load_table(workspace / paths.embeddings("date")).lookup("tokens_32"))
+    judge = load_encoder_judge(workspace / paths.judge_model("math", primary))
+    assert metrics["transfer/math__date/auroc"] == pytest.approx(auroc(data.labels, judge.score(data.emb_a, data.emb_b)))
+    assert metrics["transfer/math__date/n_pairs"] == len(pairs)
+    assert np.isfinite(metrics["transfer/date__math/auroc"])
+    children = [r for r in mlflow_runs(f"sqlite:///{workspace / 'mlflow.db'}", "deepprune/transfer")
+                if "mlflow.parentRunId" in r.data.tags]
+    assert sorted((r.data.params["train_corpus"], r.data.params["test_corpus"]) for r in children) == sorted(
+        (a, b) for a in RECORDED for b in RECORDED)
+    assert len({frozenset(r.data.metrics) for r in children}) == 1 and "auroc" in children[0].data.metrics
 
 
 def _sweep_by_tnr(workspace):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,60 +13,10 @@ from mlflow.tracking import MlflowClient
 
 from deepprune.config import load_params, read_params
 from deepprune.metric_names import split_timings
-from deepprune.services import free_port
-from tests.conftest import copy_project, mlflow_runs, tiny_params, wait_for
+from tests.conftest import mlflow_runs
+from tests.integration.conftest import run as _run, stop as _stop
 
 pytestmark = pytest.mark.slow
-
-
-def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 2400) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc.stdout + proc.stderr
-
-
-@pytest.fixture(scope="module")
-def repo_copy(tmp_path_factory, tiny_lm):
-    """The tracked files of this repository (plus the work tree's edits), as a fresh git + DVC repo."""
-    dest = tmp_path_factory.mktemp("repo")
-    copy_project(dest)
-    params = tiny_params(limit=6)
-    params["judge_lm"]["model_path"] = str(tiny_lm)
-    params["sample"]["model_path"] = str(tiny_lm)
-    (dest / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PREFECT_HOME": str(dest / ".prefect"), "MLFLOW_TRACKING_URI": f"sqlite:///{dest / 'mlflow.db'}",
-           "DEEPPRUNE_MLFLOW_ARTIFACTS": str(dest / "mlartifacts"), "PYTHONPATH": str(dest)}
-    env.pop("DEEPPRUNE_PARENT_RUN_ID", None)
-    git = ["git", "-c", "user.name=ci", "-c", "user.email=ci@localhost"]
-    _run(["git", "init", "-q"], dest, env)
-    _run(["git", "config", "user.name", "ci"], dest, env)  # `dvc exp run` commits experiments: it needs an identity
-    _run(["git", "config", "user.email", "ci@localhost"], dest, env)
-    _run([*git, "add", "-A"], dest, env)
-    _run([*git, "commit", "-qm", "copy"], dest, env)
-    # One Prefect server for the module on 127.0.0.1 (as `make prefect-ui` runs one): every stage's flow reports
-    # to it, instead of each process starting a temporary server of its own (about 10 s each).
-    port = free_port()
-    env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
-    log = open(dest / "prefect-server.log", "w")
-    server = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], cwd=dest, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for(f"http://127.0.0.1:{port}/api/health")
-        yield dest, env
-    finally:
-        _stop(server)
-        log.close()
-
-
-def _stop(proc: subprocess.Popen | None) -> None:
-    if proc is None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def test_dvc_repro_builds_everything_then_reruns_nothing(repo_copy):
@@ -164,7 +112,7 @@ def test_changing_a_judge_param_reruns_only_what_reads_it(repo_copy):
     # the causal-LM judge (slow) and the embeddings do not read judge.train: they stay cached; the online stage
     # loads the retrained math judge, so it reruns
     assert ran == {f"{stage}@{corpus}" for stage in ("judge", "sweep", "ablate", "prune")
-                   for corpus in ("math", "date", "live")} | {"online@live", "report"}
+                   for corpus in ("math", "date", "live")} | {"online@live", "transfer", "report"}
 
 
 def _experiments(repo: Path, env: dict[str, str]) -> list[dict]:

@@ -85,3 +85,11 @@ def test_regex_number_normaliser():
 def test_unknown_extractor_is_an_error():
     with pytest.raises(ValueError, match="unknown answer extractor"):
         extract_answer("x", AnswerSpec("nonsense"))
+
+
+def test_a_gold_field_is_read_through_its_own_pattern_then_normalized_like_answers():
+    spec = AnswerSpec(extractor="regex", pattern=r"(\d{1,2}/\d{1,2}/\d{4})", normalizer="date_mdy",
+                      gold_pattern=r"####\s*(\S+)\s*$")
+    assert is_correct("05/01/2021", "The date is... #### 5/1/2021", spec) is True
+    assert is_correct("05/02/2021", "#### 5/1/2021", spec) is False
+    assert is_correct("05/01/2021", "no marker here", spec) is None  # nothing to grade against

@@ -17,6 +17,16 @@ def test_shipped_params_are_valid():
     assert params.judge.primary in params.judge.variants
 
 
+def test_a_corpus_cuts_its_own_prefixes_and_the_others_keep_the_global_ones(tmp_path):
+    raw = read_params(ROOT / "params.yaml")
+    raw["corpora"]["date"].update(tokens_k=[16, 32], truncation={"strategy": "tokens", "k": 16})
+    raw["ablate"]["table_k"]["tokens"] = 32  # every corpus builds 32
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    params = load_params(tmp_path / "params.yaml")
+    assert (params.tokens_k("date"), params.truncation("date").k) == ([16, 32], 16)
+    assert (params.tokens_k("math"), params.truncation("math")) == ([32, 128], params.judge.truncation)
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda p: p["judge"]["train"].update(epochz=3), "judge.train.epochz"),
     (lambda p: p["judge"].update(primary="nope"), "primary 'nope'"),
@@ -56,6 +66,15 @@ def test_shipped_params_are_valid():
     (lambda p: p["prune"].update(repetitions="50"), r"prune.repetitions: Input should be a valid integer"),
     (lambda p: p["judge"]["train"].update(lr=True), r"judge.train.lr: Input should be a valid number"),
     (lambda p: p.update(sede=1), r"sede: Extra inputs are not permitted"),
+    # per-corpus prefixes: a corpus's truncation must be one its own prefixes have
+    (lambda p: p["corpora"]["date"].update(truncation={"strategy": "tokens", "k": 48}),
+     r"corpora.date.truncation: corpus 'date' has no tokens prefix with k=48 \(label.tokens_k is \[32, 128\]\)"),
+    (lambda p: p["corpora"]["date"].update(tokens_k=[16]),
+     r"judge.truncation: corpus 'date' has no tokens prefix with k=128 \(corpora.date.tokens_k is \[16\]\)"),
+    (lambda p: p["corpora"]["date"].update(tokens_k=[16], truncation={"strategy": "reasoning_words", "k": 25}),
+     r"corpora.date.truncation: the prune stage needs strategy 'tokens'"),
+    (lambda p: p["corpora"]["date"]["answer"].update(gold_pattern="####"),
+     r"corpora.date.answer: Value error, gold_pattern '####' has no group"),
 ])
 def test_bad_params_name_the_key(tmp_path, edit, message):
     raw = read_params(ROOT / "params.yaml")

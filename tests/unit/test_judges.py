@@ -51,6 +51,11 @@ def test_safetensors_round_trip(tmp_path):
     back = load_encoder_judge(path, encoder=encoder)
     np.testing.assert_array_equal(back.score(a, b), judge.score(a, b))
     assert back.loss == "focal" and back.oversample is True
+    judge.calibration = (0.5, -1.0)  # a calibrated judge keeps its map through the file
+    judge.save(path, {"variant": "x"})
+    back = load_encoder_judge(path, encoder=encoder)
+    assert back.calibration == (0.5, -1.0)
+    np.testing.assert_array_equal(back.score(a, b), judge.score(a, b))
 
 
 def test_registry():

@@ -101,6 +101,32 @@ def test_a_trace_that_finishes_within_its_prefix_has_completed_and_votes():
     assert [t.stop_reason for t in out.traces] == ["finished", "pruned"] and out.tokens == 400
 
 
+def test_sequential_depth_counts_rounds_one_after_another():
+    p, engine = _one([0, 0, 1, 0, 1, 0], [300, 150, 200, 400, 250, 50])
+    order = list(range(6))
+    assert _run(p, engine, order, 100, "cons").depth == 400  # all in parallel: the longest trace
+    # DeepPrune: a prefix round (100), then seeds 0 and 2 and the resumed 1 and 3 go on: the longest tail is 300
+    dp = _run(p, engine, order, 100, "deepprune", tau=0.5, q=2)
+    assert dp.depth == 100 + 300
+    # ESC, windows of 4: [300, 150, 200, 400] disagree, then [250, 50]: one window after the other
+    assert _run(p, engine, order, 100, "esc", window=4).depth == 400 + 250
+
+
+def test_settle_stops_sampling_once_a_window_seeds_no_new_cluster():
+    p, engine = _one([0, 0, 0, 0, 1, 1, 0, 0], [100] * 8)
+    out = _run(p, engine, list(range(8)), 10, "settle", tau=0.5, window=4, q=2)
+    # the first window is one cluster: sampling stops; the seed and two resumed members run, one member is pruned
+    assert out.started == 4 and out.answer == "0"
+    assert [t.stop_reason for t in out.traces] == ["finished"] * 3 + ["pruned"] + ["unsampled"] * 4
+    assert out.tokens == 3 * 100 + 10 and out.depth == 100  # the resumed go on from token 10, finishing at 100
+    # a second answer in the first window: the second window is started; it only joins clusters, so sampling stops
+    p, engine = _one([0, 1, 0, 0, 0, 1, 0, 0], [100] * 8)
+    out = _run(p, engine, list(range(8)), 10, "settle", tau=0.5, window=3, q=1)
+    assert out.started == 6 and len(out.clusters) == 2
+    # seeds 0 and 1 finish at 100; window 2 starts at step 10; the resumed member (2) finishes at 20 + 90
+    assert out.depth == 110 and out.tokens == 2 * 100 + 100 + 3 * 10
+
+
 def test_vote_breaks_ties_by_earliest_finish_and_ignores_missing_answers():
     p, engine = _one([0, 1, -1, -1], [500, 100, 10, 10], correct_class=1)
     assert _run(p, engine, [0, 1, 2, 3], 10, "cons").answer == "1"  # 0 and 1 tie; trace 1 finishes first
@@ -273,6 +299,9 @@ def test_every_method_through_the_controller_keeps_the_invariants():
                                     {"tau": tau, "r": r, "q": q, "max_clusters": cap, "vote": vote}))
     specs += [MethodSpec("sbert", "sbert", {"tau": 0.5}), MethodSpec("rand", "random", {"match": "dp0.5_12Nonea"}),
               MethodSpec("esc", "esc", {"window": 3}),
+              MethodSpec("settle", "settle", {"tau": 0.5, "window": 3}),
+              MethodSpec("settle_all", "settle", {"tau": 0.5, "window": n}),
+              MethodSpec("settle_tau1", "settle", {"tau": 1.0, "window": 2}),
               MethodSpec("dc_off", "deepconf_offline", {"eta": 10, "window": 4}),
               MethodSpec("dc_low", "deepconf_online", {"eta": 10, "window": 4, "warmup": 3}),
               MethodSpec("dc_high", "deepconf_online", {"eta": 90, "window": 4, "warmup": 3, "consensus": 0.95})]
@@ -289,7 +318,7 @@ def test_every_method_through_the_controller_keeps_the_invariants():
             for t in out.traces:  # pruned or stopped traces never vote; voters ran to the end
                 assert not t.votes or t.stop_reason in RAN_TO_END, (name, t)
             if out.clusters:  # each trace in exactly one cluster
-                assert sorted(i for c in out.clusters for i in c) == list(range(n)), name
+                assert sorted(i for c in out.clusters for i in c) == list(range(out.started)), name
             if name.startswith(("dp", "sbert", "tau1", "rand")):
                 for t, L in zip(out.traces, task_lengths):
                     assert t.prefix_tokens == min(L, k)
@@ -311,6 +340,17 @@ def test_every_method_through_the_controller_keeps_the_invariants():
                 if pure:  # the oracle is the floor of this scheme's tokens at cons@N's accuracy
                     assert out.tokens >= oracle.tokens, name
                     checked_bound += 1
+            # latency: every method waits at least for its longest trace, and never longer than its tokens
+            assert max(t.n_tokens for t in out.traces) <= out.depth <= out.tokens, name
+            if name in ("cons", "dc_off"):
+                assert out.depth == max(t.n_tokens for t in out.traces)
+            if name == "settle_all":  # one window of N traces is DeepPrune itself
+                dp = by[(rep, "dp0.5_12Nonea")][problems.index(p)]
+                assert (out.tokens, out.answer, out.depth, out.clusters) == (dp.tokens, dp.answer, dp.depth, dp.clusters)
+            if name == "settle_tau1":  # nothing joins a cluster at tau = 1: every trace runs, as cons@N
+                assert (out.tokens, out.answer, out.started) == (cons.tokens, cons.answer, n)
+            if name == "settle":
+                assert out.started in (3, 6, 8) and all(t.stop_reason == "unsampled" for t in out.traces[out.started:])
             if name == "rand":
                 resumed = sum(t.n_tokens > t.prefix_tokens for t in out.traces)
                 assert out.tokens <= out.extra["budget"] or resumed <= 1
@@ -330,8 +370,44 @@ def test_judge_seconds_count_every_prefix_and_call():
 
     methods = [MethodSpec("dp", "deepprune", {"tau": 0.5}), MethodSpec("sb", "sbert", {"tau": 0.9}),
                MethodSpec("cons", "cons")]
-    summary = {"dp": {"judge_calls": 100.0}, "sb": {"judge_calls": 50.0}, "cons": {"judge_calls": 0.0}}
-    add_judge_seconds(summary, methods, {"encode_seconds_per_prefix": 0.5, "score_seconds_per_pair": 0.01}, 10)
+    summary = {"dp": {"judge_calls": 100.0, "started": 10.0}, "sb": {"judge_calls": 50.0, "started": 10.0},
+               "cons": {"judge_calls": 0.0, "started": 10.0}}
+    add_judge_seconds(summary, methods, {"encode_seconds_per_prefix": 0.5, "score_seconds_per_pair": 0.01})
     assert summary["dp"]["judge_seconds"] == pytest.approx(10 * 0.5 + 100 * 0.01)
     assert summary["sb"]["judge_seconds"] == pytest.approx(10 * 0.5)
     assert "judge_seconds" not in summary["cons"]
+
+
+def test_tau_is_picked_on_the_other_folds_only_and_the_tuned_method_uses_its_fold_tau():
+    from deepprune.pruning.simulate import pick_taus
+
+    rng = np.random.default_rng(3)
+    specs = []
+    for i in range(8):
+        classes = [0, 0, 1, 0, 2, 0]
+        specs.append({"classes": classes, "lengths": [100 + 10 * j for j in range(6)], "correct_class": 0,
+                      "judge": _judge(classes, noise=0.3, seed=i)})
+    problems, engine = _corpus(specs)
+    for i, p in enumerate(problems):
+        p.fold = i % 2
+    grid = [0.2, 0.4, 0.6, 0.8]
+    picked = pick_taus(problems, engine, {"q": 1}, grid, -1.0, n=6, k=20, repetitions=3, seed=5)
+    assert set(picked["taus"]) == {0, 1} and all(t in grid or t == 1.0 for t in picked["taus"].values())
+    for fold, rows in picked["table"].items():  # the pick is the cheapest tau that keeps the target
+        ok = [r for r in rows if r["accuracy_change_pts"] >= -1.0]
+        assert picked["taus"][fold] == (max(ok, key=lambda r: (r["token_reduction"], r["tau"]))["tau"] if ok else 1.0)
+    # fold 0's problems get a judge that merges everything: fold 0's own tau (picked on fold 1) does not move
+    poisoned, engine2 = _corpus([{**s, "judge": np.full((6, 6), 0.95)} if i % 2 == 0 else s for i, s in enumerate(specs)])
+    for i, p in enumerate(poisoned):
+        p.fold = i % 2
+    again = pick_taus(poisoned, engine2, {"q": 1}, grid, -1.0, n=6, k=20, repetitions=3, seed=5)
+    assert again["taus"][0] == picked["taus"][0] and again["table"][0] == picked["table"][0]
+    # the tuned method is DeepPrune at its problem's fold tau
+    same = {0: 0.6, 1: 0.6}
+    tuned = simulate(problems, engine, [MethodSpec("t", "tuned", {"q": 1})], n=6, k=20, repetitions=2, seed=1,
+                     fold_taus=same)
+    plain = simulate(problems, engine, [MethodSpec("t", "deepprune", {"q": 1, "tau": 0.6})], n=6, k=20,
+                     repetitions=2, seed=1)
+    assert (tuned["t"].tokens, tuned["t"].accuracy) == (plain["t"].tokens, plain["t"].accuracy)
+    with pytest.raises(ValueError, match="no tau picked"):
+        simulate(problems, engine, [MethodSpec("t", "tuned", {"q": 1})], n=6, k=20, repetitions=1, seed=1)
