@@ -34,6 +34,43 @@ def published(path: str) -> str:
     return path
 
 
+PACKAGED = "packaged:"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _site_dirs() -> list[Path]:
+    import sysconfig
+
+    return [Path(sysconfig.get_paths()[key]).resolve() for key in ("purelib", "platlib")]
+
+
+def portable(path: str | os.PathLike) -> str:
+    """A model or tokenizer path as outputs record it, the same on every clone: a file of an installed package as
+    'packaged:<package>/<file>', one inside the project relative to it, any other path as given (the user's own).
+    An absolute path into this clone's .venv in an output made every clone's outputs differ."""
+    text = str(path)
+    if text.startswith(PACKAGED):
+        return text
+    resolved = Path(text).resolve()
+    for site in _site_dirs():
+        if resolved.is_relative_to(site):
+            return PACKAGED + resolved.relative_to(site).as_posix()
+    if resolved.is_relative_to(PROJECT_ROOT):
+        return resolved.relative_to(PROJECT_ROOT).as_posix()
+    return text
+
+
+def resolve_portable(path: str) -> str:
+    """The file a `portable` path names on this machine (a 'packaged:' one in this environment's packages)."""
+    if not path.startswith(PACKAGED):
+        return path
+    rest = path[len(PACKAGED):]
+    for site in _site_dirs():
+        if (site / rest).exists():
+            return str(site / rest)
+    raise FileNotFoundError(f"{path}: no installed package holds {rest} (make setup installs the packaged models)")
+
+
 def _sibling(path: str, tag: str) -> Path:
     path_ = Path(path)
     return path_.with_name(f".{path_.name}.{tag}")

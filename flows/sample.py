@@ -36,8 +36,8 @@ def sample_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
                 "generation": params.sample.generation.model_dump() if live else None,
                 "n": params.sample.n if live else None,
                 # lengths, k and prefixes of this corpus are all in this tokenizer's tokens
-                "token_unit": token_unit(cfg.tokenizer, params.sample.backend, params.sample.model_path,
-                                         params.sample.server.tokenizer_path),
+                "token_unit": paths.portable(token_unit(cfg.tokenizer, params.sample.backend, params.sample.model_path,
+                                                  params.sample.server.tokenizer_path)),
                 "trace_seed": f"{TRACE_SEED_RULE}; trace_id = 's<seed>'" if live else None}
         write_output(paths.traces_meta(corpus), meta)
         run.log_params({"engine": meta["engine"]})

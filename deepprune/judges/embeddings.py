@@ -39,7 +39,7 @@ def embed_table(prefixes: Mapping[tuple[str, str], Mapping[str, str]], encoder: 
     texts = [prefixes[key][name] for name in names for key in keys]
     emb = encoder.embed(texts, batch_size)
     matrices = {name: emb[i * len(keys):(i + 1) * len(keys)] for i, name in enumerate(names)}
-    return EmbeddingTable(keys, matrices, encoder.path)
+    return EmbeddingTable(keys, matrices, encoder.source)
 
 
 def save_table(path: str | os.PathLike, table: EmbeddingTable) -> None:

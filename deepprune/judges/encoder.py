@@ -38,10 +38,13 @@ class SentenceEncoder(nn.Module):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoModel, AutoTokenizer
 
-        path = path or default_encoder_path()
+        from deepprune.paths import portable, resolve_portable
+
+        path = resolve_portable(path) if path else default_encoder_path()
         if not Path(path).exists():
             raise FileNotFoundError(f"encoder directory {path!r} does not exist (models are never downloaded)")
         self.path = path
+        self.source = portable(path)  # what outputs record: the same on every clone (deepprune.paths.portable)
         self.max_length = max_length
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.model = AutoModel.from_pretrained(path, local_files_only=True)
@@ -239,7 +242,7 @@ class EncoderJudge:
         if self.finetuned_state is not None:
             tensors.update({f"encoder.{k}": v.contiguous() for k, v in self.finetuned_state.items()})
         meta = {"config": json.dumps({**metadata, "loss": self.loss, "oversample": self.oversample,
-                                      "seed": self.seed, "encoder_path": self.encoder.path, "dim": self.encoder.dim,
+                                      "seed": self.seed, "encoder_path": self.encoder.source, "dim": self.encoder.dim,
                                       "train": self.cfg.model_dump(), "calibration": self.calibration},
                                      sort_keys=True)}
         with atomic_open(path, "wb") as handle:

@@ -126,7 +126,9 @@ class TransformersEngine:
 
     @property
     def identity(self) -> dict[str, Any]:
-        return {"engine": "transformers", "model": str(self.model_name), "device": str(self.device),
+        from deepprune.paths import portable
+
+        return {"engine": "transformers", "model": portable(self.model_name), "device": str(self.device),
                 "dtype": str(next(self.model.parameters()).dtype), "batch_size": self.batch_size}
 
     def render(self, messages: list[dict[str, str]]) -> str:

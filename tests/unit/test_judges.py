@@ -23,7 +23,7 @@ def _pairs(n: int, seed: int, dim: int = 16):
 
 @pytest.mark.parametrize("loss, oversample", [("ce", False), ("focal", False), ("ce", True), ("focal", True)])
 def test_encoder_judge_learns_a_held_out_rule(loss, oversample):
-    encoder = SimpleNamespace(dim=16, path="stub")
+    encoder = SimpleNamespace(dim=16, path="stub", source="stub")
     cfg = TrainConfig(epochs=40, lr=3e-3, batch_size=128, hidden=32, oversample_ratio=1.0)
     a, b, y = _pairs(1500, 0)
     judge = EncoderJudge(encoder, cfg, loss, oversample, seed=1).fit(a, b, y)
@@ -33,7 +33,7 @@ def test_encoder_judge_learns_a_held_out_rule(loss, oversample):
 
 
 def test_encoder_judge_is_order_free_and_seeded():
-    encoder = SimpleNamespace(dim=16, path="stub")
+    encoder = SimpleNamespace(dim=16, path="stub", source="stub")
     a, b, y = _pairs(300, 2)
     cfg = TrainConfig(epochs=5, batch_size=64, hidden=8)
     one = EncoderJudge(encoder, cfg, "focal", True, seed=3).fit(a, b, y)
@@ -43,7 +43,7 @@ def test_encoder_judge_is_order_free_and_seeded():
 
 
 def test_safetensors_round_trip(tmp_path):
-    encoder = SimpleNamespace(dim=16, path="stub")
+    encoder = SimpleNamespace(dim=16, path="stub", source="stub")
     a, b, y = _pairs(200, 4)
     judge = EncoderJudge(encoder, TrainConfig(epochs=3, hidden=8), "focal", True, seed=0).fit(a, b, y)
     path = tmp_path / "j.safetensors"

