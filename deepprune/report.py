@@ -176,7 +176,8 @@ def _sweep_table(params: Params, res: CorpusResults, limit: int = 12) -> str:
     reg = doc.get("registered")
     note = (f"<p>{len(points)} distinct points ({html.escape(str(doc.get('judge')))} judge), best first"
             f"{f' (top {limit} shown)' if len(points) > limit else ''}; the best is registered in MLflow as "
-            f"<code>{html.escape(reg['name'])}</code> version {html.escape(str(reg['version']))}.</p>" if reg else
+            f"<code>{html.escape(reg['name'])}</code> (a new version per run; its MLflow run's tag "
+            f"<code>registered_version</code> names it).</p>" if reg else
             f"<p>{len(points)} distinct points, best first.</p>")
     return (f"{note}<table><tr><th>point</th><th>{html.escape(metric)} (mean ± fold std)</th>"
             f"<th>TNR at FNR={params.judge.fnr:g}</th></tr>{rows}</table>")

@@ -115,7 +115,10 @@ def sweep_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
                 name = f"{sweep.register_as}-{corpus}"
                 version = register_model(run, "best/best.safetensors", name,
                                          {"point": best.name, sweep.metric: str(best_summary.get(sweep.metric))})
-                doc["registered"] = {"name": name, "version": version}
+                # the version counts this store's earlier runs: a fact of the store, not of the inputs, so it is a tag
+                # of the run, not part of the output (two clones must write the same results.json)
+                doc["registered"] = {"name": name}
+                run.set_tags({"registered_model": name, "registered_version": str(version)})
                 print(f"sweep[{corpus}]: registered {name} version {version}")
         write_output(paths.sweep_results(corpus), doc)
         write_output(paths.metrics("sweep", corpus), metrics)

@@ -175,7 +175,9 @@ def _sweep_by_tnr(workspace):
     assert sorted(r.data.tags["variant"] for r in points) == ["ce", "focal_g2.0"]
     assert len({frozenset(r.data.metrics) for r in points}) == 1 and "tnr_at_fnr_0.2" in points[0].data.metrics
     versions = MlflowClient(tracking_uri=uri).search_model_versions("name='deepprune-judge-date'")
-    assert [str(v.version) for v in versions] == [results["registered"]["version"]] == ["1"]
+    assert [str(v.version) for v in versions] == ["1"] and results["registered"] == {"name": "deepprune-judge-date"}
+    parent = next(r for r in mlflow_runs(uri, "deepprune/sweep") if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.data.tags["registered_version"] == "1"  # the store's count, kept out of the output
     assert versions[0].tags["point"] == results["best"]
 
 
