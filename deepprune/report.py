@@ -431,7 +431,8 @@ def render_index(params: Params, results: Mapping[str, CorpusResults], figures: 
             if res.online is not None:
                 sections += [f"<h3>{html.escape(corpus)}</h3>", _online_table(res)]
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+             "table{border-collapse:collapse;margin:1em 0;display:block;overflow-x:auto;max-width:100%}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
              "td:first-child{text-align:left}.theirs{color:#666;background:#f4f4f4}.link{font-size:small}")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(params.report.title)}</title>"
             f"<style>{style}</style><script type='text/javascript'>{get_plotlyjs()}</script></head><body>"

@@ -49,6 +49,7 @@ def tiny_run(tmp_path_factory, tiny_lm) -> Iterator[TinyRun]:
     from deepprune.config import load_params
     from flows.server import prefect_server
     from flows.sweep import run_sweep
+    from flows.transfer import transfer_flow
 
     path = tmp_path_factory.mktemp("tiny-run")
     with pytest.MonkeyPatch.context() as monkeypatch:
@@ -62,6 +63,7 @@ def tiny_run(tmp_path_factory, tiny_lm) -> Iterator[TinyRun]:
                     stage(corpus)
             run_sweep("date")
             ablate_flow("date")
+            transfer_flow()
             report_flow()
             yield TinyRun(path, api_url)
 

@@ -64,7 +64,7 @@ def test_every_figure_draws_a_mark_for_every_trace(tiny_run, report):
     figures = page.evaluate(FIGURES_JS)
     files = sorted(f"figures/{p.name}" for p in (tiny_run.path / "reports" / "figures").glob("*.html"))
     assert sorted(f["link"] for f in figures) == files  # each figure once, and its standalone file is there
-    assert len(files) == 9  # redundancy, comparison; ROC, scores, Pareto per corpus; truncation (date's ablation)
+    assert len(files) == 11  # redundancy, comparison; ROC, scores, reliability, Pareto per corpus; date's truncation
     for figure in figures:
         assert figure["drawn"] == figure["traces"] > 0, figure["link"]
 
@@ -73,7 +73,9 @@ def test_every_table_has_a_header_row(report):
     page, _, _ = report
     first_rows = page.evaluate("() => [...document.querySelectorAll('table')].map(t => "
                                "[...t.rows[0].cells].map(c => [c.tagName, c.textContent]))")
-    assert len(first_rows) == 7  # redundancy, judges x 2, leaderboard, the paper's online results, sweep, Table 1
+    # redundancy, judges x 2, transfer (matrix, variants, the paper's), leaderboard, the paper's online results,
+    # sweep, Table 1
+    assert len(first_rows) == 10
     for cells in first_rows:
         assert all(tag == "TH" for tag, _ in cells) and any(text.strip() for _, text in cells), cells
 
