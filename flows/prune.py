@@ -36,8 +36,8 @@ def prune_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
         methods = method_specs(cfg)
         tuned = None
         if cfg.tune is not None:  # tau per fold, picked on the other folds' problems, before any method is scored
-            tuned = tune_taus(problems, engine, clustering_settings(cfg), list(cfg.tune.grid), cfg.tune.target_change_pts, n, k,
-                              cfg.repetitions, params.seed)
+            tuned = tune_taus(problems, engine, clustering_settings(cfg), list(cfg.tune.grid),
+                              cfg.tune.target_change_pts, n, k, cfg.repetitions, params.seed)
         results = run_simulation(problems, engine, methods, n, k, cfg.repetitions, params.seed,
                                  tuned["taus"] if tuned else None)
         summary = summarize(results, "cons")

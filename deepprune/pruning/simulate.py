@@ -136,18 +136,15 @@ def pick_taus(problems: Sequence[ReplayProblem], engine, common: Mapping[str, ob
     if len(folds) < 2:
         raise ValueError("tau tuning needs at least 2 folds")
     grid = sorted(set(float(t) for t in grid))
-    correct = np.zeros((len(grid) + 1, len(problems)))  # row 0: cons@N; summed over draws
-    tokens = np.zeros((len(grid) + 1, len(problems)))
     specs = [MethodSpec("cons", "cons")] + [MethodSpec(f"tau{t:g}", "deepprune", {**common, "tau": t}) for t in grid]
-    with track("tuning tau", repetitions * len(specs), "runs") as progress:
-        for rep in range(repetitions):
-            tasks = draws(problems, n, seed, rep)
-            for row, spec in enumerate(specs):
-                for col, (p, t) in enumerate(zip(problems, tasks)):
-                    out = run_method(spec, engine, t, k, p.similarities)
-                    correct[row, col] += bool(out.correct)
-                    tokens[row, col] += out.tokens
-                progress.advance()
+    kept: list = []
+    simulate(problems, engine, specs, n, k, repetitions, seed, keep=kept)  # the prune stage's draws, per problem
+    row_of = {spec.name: row for row, spec in enumerate(specs)}
+    correct = np.zeros((len(specs), len(problems)))  # row 0: cons@N; summed over draws
+    tokens = np.zeros((len(specs), len(problems)))
+    for _, name, outs in kept:
+        correct[row_of[name]] += [bool(o.correct) for o in outs]
+        tokens[row_of[name]] += [o.tokens for o in outs]
     fold_of = np.array([p.fold for p in problems])
     taus: dict[int, float] = {}
     table: dict[int, list[dict[str, float]]] = {}
