@@ -97,7 +97,8 @@ class CorpusConfig(_Strict):
         None, description="live corpora: the problem set")
     limit: int | None = Field(None, ge=1, description="the first N problems of this corpus (overrides sample.limit)")
     model: str
-    format: Literal["json", "jsonl"] = "jsonl"
+    format: Literal["json", "jsonl", "parquet"] = Field("jsonl", description="the recorded file's format; parquet "
+                                                                           "is read through Hugging Face `datasets`")
     tokenizer: str = Field("qwen", description="the corpus's token unit (k, prefixes, lengths): 'qwen' (packaged Qwen "
                                                "tokenizer) or a local HF tokenizer dir; live corpora: 'engine' (the "
                                                "generating engine's own tokenizer)")
@@ -311,8 +312,6 @@ class SweepConfig(_Strict):
                                                    "oversample_ratio, ...) to the values to try")
     metric: str = Field("auroc", description="the fold-mean metric the best point maximises: a name of "
                                              "deepprune.metric_names.rate_names(judge.fnr, judge.threshold)")
-    task_runner: Literal["threads", "dask", "ray"] = "threads"
-    max_workers: int = Field(2, ge=1)
     register_as: str | None = Field("deepprune-judge", description="MLflow registered model name (null: none)")
 
     @field_validator("grid")
@@ -442,6 +441,27 @@ class TrackingConfig(_Strict):
                                                              "waits 2**n s, not configurable")
 
 
+class ClusterConfig(_Strict):
+    """Where a stage's independent cells run (sweep points): threads of the stage process, or the workers of a
+    running Dask or Ray cluster. Results are the same bytes on every runner (each worker computes with `threads`
+    torch threads and loads its inputs from the project's paths), so no stage lists these keys in dvc.yaml."""
+
+    task_runner: Literal["threads", "dask", "ray"] = Field("threads", description="threads | dask (prefect-dask) | ray "
+                                                                                    "(prefect-ray)")
+    address: str | None = Field(None, description="dask: the scheduler (tcp://127.0.0.1:8786); ray: the head "
+                                                  "(ray://127.0.0.1:10001); null: a local cluster of max_workers "
+                                                  "processes started for the stage")
+    max_workers: int = Field(2, ge=1, description="threads, or the processes of a local cluster")
+
+    @model_validator(mode="after")
+    def _address_fits(self) -> "ClusterConfig":
+        if self.task_runner == "threads" and self.address is not None:
+            raise ValueError(f"address {self.address!r} is for a dask or ray cluster; task_runner is 'threads'")
+        if self.task_runner == "dask" and self.address is not None and "://" not in self.address:
+            raise ValueError(f"address {self.address!r}: a Dask scheduler address is tcp://host:port")
+        return self
+
+
 class Params(_Strict):
     seed: int
     threads: int = Field(ge=1, description="CPU threads of every torch computation (deepprune.compute.fix_threads)")
@@ -456,6 +476,7 @@ class Params(_Strict):
     online: OnlineConfig
     report: ReportConfig = ReportConfig()
     tracking: TrackingConfig = TrackingConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
     @field_validator("corpora")
     @classmethod

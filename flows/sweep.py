@@ -4,7 +4,9 @@ the configured task runner; the best point is fitted on every pair and registere
 
 from __future__ import annotations
 
+import json
 import sys
+import threading
 from typing import Any
 
 from prefect import flow
@@ -15,25 +17,29 @@ from deepprune.judges.evaluate import (PairData, cross_validate, lm_judge_recipe
                                        variant_recipe)
 from deepprune.judges.sweep import SweepPoint, base_recipe, best_point, encoder_recipe, expand_grid, lm_recipe
 from deepprune.metrics import finite_or_none
-from deepprune.pairs import prefix_texts
+from deepprune.judges.embeddings import load_table
+from deepprune.pairs import prefix_texts, read_pairs, read_prefixes
 from deepprune.progress import track
 from deepprune.tracking import Run, register_model
 from deepprune.truncate import prefix_name
 from flows._stage import cell_params, child_run, log_roc, run_stage, stage_params, stage_run, write_output
-from tasks.judge import load_embeddings, load_encoder, load_labels, make_pair_data
-from tasks.judge_lm import evaluate_lm_judge, load_lm
-from tasks.sweep import make_task_runner, run_point
+from deepprune.judges.causal_lm import load_causal_lm
+from deepprune.judges.encoder import SentenceEncoder
+from tasks.cluster import Placement, make_task_runner
+from tasks.judge_lm import evaluate_lm_judge
+from tasks.sweep import run_point
 
 
 def _clean(summary: dict[str, float]) -> dict[str, float | None]:
     return {k: finite_or_none(v) for k, v in summary.items()}
 
 
-@flow(name="sweep-point", log_prints=True, validate_parameters=False)
-def sweep_point_flow(point: SweepPoint, parent: Run, params: Params, corpus: str, data: PairData | None = None,
-                     encoder: Any = None, lm: tuple[Any, Any] | None = None) -> tuple[dict[str, float], Any]:
+@flow(name="sweep-point", flow_run_name="sweep@{corpus}:{point.name}", log_prints=True, validate_parameters=False)
+def sweep_point_flow(point: SweepPoint, parent: Run, params: Params, corpus: str,
+                     placement: Placement) -> tuple[dict[str, float], Any]:
     """One grid point: its recipe cross-validated on the corpus's grouped folds, logged as a child run. Returns
     its summary and, for a calibrated encoder judge, its uncalibrated out-of-fold scores (the final fit's map)."""
+    data, encoder, lm = point_inputs(params, corpus, placement)
     raw = None
     sweep = params.sweep
     if sweep.judge == "encoder":
@@ -60,17 +66,40 @@ def sweep_point_flow(point: SweepPoint, parent: Run, params: Params, corpus: str
         return summary, raw
 
 
-def _point_data(params: Params, corpus: str) -> tuple[PairData, Any, tuple[Any, Any] | None]:
-    pairs, prefixes = load_labels(corpus)
-    path = paths.prefixes(corpus)
+_INPUTS: dict[str, tuple[PairData, Any, tuple[Any, Any] | None]] = {}
+_INPUTS_LOCK = threading.Lock()
+
+
+def point_inputs(params: Params, corpus: str,
+                 placement: Placement) -> tuple[PairData, Any, tuple[Any, Any] | None]:
+    """What every point of a corpus's sweep reads (the pairs, their prefixes' embeddings, the encoder or the causal
+    LM), read once per process from the project's paths: the stage's own process in threads, each cluster worker
+    once. Keyed by the files' sizes and times, so a long-lived worker never serves a rerun stale inputs."""
+    files = [placement.path(paths.pairs(corpus)), placement.path(paths.prefixes(corpus)),
+             placement.path(paths.embeddings(corpus))]
+    key = json.dumps([placement.root, corpus, params.sweep.judge, params.judge.model_dump(mode="json"),
+                      params.judge_lm.model_dump(mode="json"), params.truncation(corpus).model_dump(mode="json"),
+                      [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()]], sort_keys=True)
+    with _INPUTS_LOCK:  # points of one process wait for the first read instead of repeating it
+        if key not in _INPUTS:
+            _INPUTS.clear()
+            _INPUTS[key] = _read_inputs(params, corpus, placement)
+        return _INPUTS[key]
+
+
+def _read_inputs(params: Params, corpus: str, placement: Placement) -> tuple[PairData, Any, tuple[Any, Any] | None]:
+    pairs = read_pairs(placement.path(paths.pairs(corpus)))
+    labels_path = str(placement.path(paths.prefixes(corpus)))
+    prefixes = read_prefixes(labels_path)
     if params.sweep.judge == "encoder":
         truncation = params.truncation(corpus)
         prefix = prefix_name(truncation.strategy, truncation.k)
-        data = make_pair_data(pairs, prefixes, load_embeddings(paths.embeddings(corpus)), prefix, path)
-        return data, load_encoder(params.judge.encoder_path, params.judge.max_length), None
+        table = load_table(placement.path(paths.embeddings(corpus)))
+        data = pair_data(pairs, prefix_texts(prefixes, prefix, labels_path), table.lookup(prefix))
+        return data, SentenceEncoder(params.judge.encoder_path, params.judge.max_length), None
     cfg = params.judge_lm
-    data = pair_data(pairs, prefix_texts(prefixes, prefix_name(cfg.truncation.strategy, cfg.truncation.k), path))
-    return data, None, load_lm(cfg.model_path, cfg.dtype, cfg.device)
+    data = pair_data(pairs, prefix_texts(prefixes, prefix_name(cfg.truncation.strategy, cfg.truncation.k), labels_path))
+    return data, None, load_causal_lm(cfg.model_path, cfg.dtype, cfg.device)
 
 
 @flow(name="sweep", flow_run_name="sweep@{corpus}", log_prints=True)
@@ -80,12 +109,13 @@ def sweep_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
     sweep = params.sweep
     points = expand_grid(sweep, base_recipe(sweep, params.judge, params.judge_lm))
     with stage_run("sweep", corpus, {"seed": params.seed, "sweep": sweep.model_dump(), "points": len(points)}) as run:
-        data, encoder, lm = _point_data(params, corpus)
+        placement = Placement.of_stage(params.threads, params.tracking)
+        data, encoder, _ = point_inputs(params, corpus, placement)  # read once here: threads share it
         results = []
         raw_oof: dict[str, Any] = {}
         with track("evaluating", len(points), "points") as progress:  # open first: the points' loops stay silent
-            futures = [run_point.submit(sweep_point_flow, point=point, parent=run, params=params, corpus=corpus,
-                                        data=data, encoder=encoder, lm=lm) for point in points]
+            futures = [run_point.submit(sweep_point_flow, placement, point=point, parent=run, params=params,
+                                        corpus=corpus) for point in points]
             for point, future in zip(points, futures):
                 summary, raw_oof[point.name] = future.result()
                 results.append((point, summary))
@@ -130,13 +160,17 @@ def sweep_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
 
 
 def run_sweep(corpus: str, params_path: str = "params.yaml") -> dict[str, float | None]:
-    """The sweep flow on the task runner params ask for."""
-    runner = make_task_runner(stage_params(params_path).sweep)
+    """The sweep flow on the task runner params `cluster` names."""
+    runner = make_task_runner(stage_params(params_path).cluster)
     return sweep_flow.with_options(task_runner=runner)(corpus, params_path)
 
 
 def main() -> None:
-    run_stage("sweep", run_sweep, sys.argv[1])
+    # run_sweep of this module imported by its name, not as `__main__`: a cluster worker imports the point flow
+    # from flows.sweep, where pickling `__main__`'s functions by value would drag its globals (a lock) along
+    from flows import sweep
+
+    run_stage("sweep", sweep.run_sweep, sys.argv[1])
 
 
 if __name__ == "__main__":

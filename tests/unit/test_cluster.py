@@ -1,0 +1,68 @@
+"""params `cluster` and what a cluster worker does before a cell (tasks.cluster)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from pydantic import ValidationError
+
+from deepprune.config import ClusterConfig, TrackingConfig
+from tasks.cluster import Placement, enter, make_task_runner
+
+
+def test_threads_is_the_default_and_takes_no_address():
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    runner = make_task_runner(ClusterConfig())
+    assert isinstance(runner, ThreadPoolTaskRunner) and runner._max_workers == 2
+    with pytest.raises(ValidationError, match="address 'tcp://127.0.0.1:8786' is for a dask or ray cluster"):
+        ClusterConfig(address="tcp://127.0.0.1:8786")
+    with pytest.raises(ValidationError, match="a Dask scheduler address is tcp://host:port"):
+        ClusterConfig(task_runner="dask", address="127.0.0.1:8786")
+
+
+def test_a_runner_whose_integration_is_missing_is_named_with_its_package(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "prefect_ray" else real(name, *a))
+    with pytest.raises(ImportError, match="cluster.task_runner 'ray' needs prefect-ray, which is not installed"):
+        make_task_runner(ClusterConfig(task_runner="ray"))
+
+
+def test_a_dask_runner_connects_to_the_address_or_starts_a_local_cluster():
+    pytest.importorskip("prefect_dask", reason="the team extra is not installed: pip install -e '.[team]'")
+    remote = make_task_runner(ClusterConfig(task_runner="dask", address="tcp://127.0.0.1:8786"))
+    assert remote.address == "tcp://127.0.0.1:8786"
+    local = make_task_runner(ClusterConfig(task_runner="dask", max_workers=3))
+    assert local.address is None and local.cluster_kwargs["n_workers"] == 3
+    assert local.cluster_kwargs["threads_per_worker"] == 1
+
+
+def test_a_worker_that_cannot_see_the_project_fails_naming_itself_and_the_path(tmp_path):
+    with pytest.raises(RuntimeError, match=rf"pid {os.getpid()}\) cannot see the project at {tmp_path}: run workers"):
+        enter(Placement(str(tmp_path), 2, "sqlite:///x.db", TrackingConfig(), None))
+
+
+def test_a_worker_takes_the_stages_threads_and_store(tmp_path, monkeypatch):
+    import torch
+
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name in ("DEEPPRUNE_MLFLOW_ARTIFACTS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)  # restored after the test: enter() sets them for the process
+    threads = torch.get_num_threads()
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    try:
+        enter(Placement(str(tmp_path), 1, uri, TrackingConfig(), str(tmp_path / "artifacts")))
+        import mlflow
+
+        assert torch.get_num_threads() == 1 and mlflow.get_tracking_uri() == uri
+        assert os.environ["MLFLOW_TRACKING_URI"] == uri
+        assert os.environ["DEEPPRUNE_MLFLOW_ARTIFACTS"] == str(tmp_path / "artifacts")
+    finally:
+        torch.set_num_threads(threads)
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
