@@ -73,7 +73,7 @@ def _finish(value: Any, path: Path, line: int, field: str) -> str:
 
 def import_generic(path: str | os.PathLike, fmt: str, fields: FieldMap, model: str,
                    skipped: list[str] | None = None) -> Iterator[RawTrace]:
-    """Raw traces from any JSON/JSONL file, read through a field mapping.
+    """Raw traces from any JSON, JSONL or Parquet file, read through a field mapping.
 
     A bad record (a problem read twice included) raises TraceFormatError naming file, line and field; when
     `skipped` is a list, the record is skipped instead and its error appended there (so the caller can count it).

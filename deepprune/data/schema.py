@@ -41,15 +41,21 @@ class TraceFormatError(ValueError):
         super().__init__(f"{where}: {problem}")
 
 
-def iter_records(path: str | os.PathLike, fmt: Literal["jsonl", "json"] = "jsonl") -> Iterator[tuple[int, Any]]:
-    """(line, decoded record) of a JSONL file, or (1-based position, record) of a JSON list; gzipped if *.gz.
+def iter_records(path: str | os.PathLike,
+                 fmt: Literal["jsonl", "json", "parquet"] = "jsonl") -> Iterator[tuple[int, Any]]:
+    """(line, decoded record) of a JSONL file, (1-based position, record) of a JSON list or a Parquet file; JSON and
+    JSONL gzipped if *.gz.
 
     Every reader of trace, corpus and problem files goes through here, so all refuse bad input alike: a JSONL line
     that is not UTF-8 or not JSON is yielded as a TraceFormatError naming its line (the caller raises or skips it);
     a JSON file that is not UTF-8, not JSON or not a list raises at once; so does a file without records, which
-    would otherwise become an empty output that a later stage trips over.
+    would otherwise become an empty output that a later stage trips over. Parquet goes through Hugging Face
+    `datasets` (read_parquet_records).
     """
     path = Path(path)
+    if fmt == "parquet":
+        yield from read_parquet_records(path)
+        return
     with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as handle:
         if fmt == "json":
             yield from _json_records(path, handle.read())
@@ -71,6 +77,31 @@ def iter_records(path: str | os.PathLike, fmt: Literal["jsonl", "json"] = "jsonl
             offset += len(raw)
     if not found:
         raise TraceFormatError(path, None, None, "no records: the file is empty")
+
+
+def datasets_cache() -> Path:
+    """Where `datasets` keeps the Arrow copies of the files it reads: inside the project (git-ignored `.cache/`), not
+    in the user's home directory. A file read again unchanged is served from there (memory-mapped) at once."""
+    return Path(".cache", "datasets").resolve()
+
+
+def read_parquet_records(path: Path) -> Iterator[tuple[int, Any]]:
+    """(1-based position, record as nested dicts and lists) of a Parquet file, read through Hugging Face `datasets`
+    (`load_dataset("parquet")`, cached as Arrow under datasets_cache()). A file that is not Parquet, or has no rows,
+    is an error naming it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus file {path} does not exist")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    from datasets import load_dataset
+
+    try:
+        table = load_dataset("parquet", data_files=str(path.resolve()), split="train", cache_dir=str(datasets_cache()))
+    except Exception as exc:  # datasets wraps pyarrow's errors in its own; the message names the fault
+        raise TraceFormatError(path, None, None, f"not a readable Parquet file ({type(exc).__name__}: "
+                                                 f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if len(table) == 0:
+        raise TraceFormatError(path, None, None, "no records: the file has no rows")
+    yield from enumerate(table, start=1)
 
 
 def _json_records(path: Path, data: bytes) -> Iterator[tuple[int, Any]]:
