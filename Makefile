@@ -11,11 +11,22 @@ MLFLOW_PORT ?= 5000
 export PATH := $(BIN):$(PATH)
 export PREFECT_HOME := $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export MLFLOW_TRACKING_URI := sqlite:///$(CURDIR)/.mlflow/mlflow.db
+# A tracking server of yours, set in the environment (MLFLOW_TRACKING_URI=http://...), wins over the project's store.
+MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/.mlflow/mlflow.db
+export MLFLOW_TRACKING_URI
 export MLFLOW_DISABLE_TELEMETRY := true
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup run run-paper test test-fast screenshot prefect-ui mlflow-ui serve
+DASK_PORT ?= 8786
+DASK_WORKERS ?= 2
+# The team's DVC remote: a directory beside the project by default; s3://bucket/path or gs://bucket/path work the
+# same once DVC's plugin for them is installed (pip install dvc-s3 / dvc-gs).
+DVC_REMOTE ?= $(abspath $(CURDIR)/../$(notdir $(CURDIR))-dvc-remote)
+GIT_REMOTE ?= origin
+PG_PORT ?= 5433
+
+.PHONY: setup setup-team run run-paper test test-fast screenshot prefect-ui mlflow-ui serve dask-cluster \
+	remote push pull push-exps pull-exps mlflow-postgres
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +40,13 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# The team engines (pyproject extra `team`): a separate step, so that `make run` on a laptop does not wait for them.
+$(VENV)/.team-installed: $(VENV)/.installed pyproject.toml
+	$(BIN)/python -m pip install -q -e '.[test,team]'
+	touch $@
+
+setup-team: $(VENV)/.team-installed
+
 run: setup  ## the whole pipeline on the shipped corpora, laptop-sized (dvc repro under a Prefect flow)
 	$(BIN)/python -m flows.pipeline
 
@@ -38,7 +56,7 @@ run-paper: setup  ## the paper profile (profiles/paper.yaml) as one DVC experime
 # Float32 model outputs change in the last bits with the thread count, so the tests that generate or score with a
 # model run under one and under two torch threads: a test that claims bit-equality by accident fails here, not on a
 # user's machine with another core count.
-test: setup  ## every test, the slow integration test included
+test: setup-team  ## every test, the slow integration tests and the team engines included
 	$(BIN)/python -m pytest -m "not generation"
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m generation
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -m generation
@@ -57,6 +75,41 @@ prefect-ui: setup  ## Prefect server and UI on http://127.0.0.1:$(PREFECT_PORT)
 mlflow-ui: setup  ## MLflow UI on http://127.0.0.1:$(MLFLOW_PORT)
 	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --default-artifact-root $(CURDIR)/.mlflow/artifacts \
 		--host 127.0.0.1 --port $(MLFLOW_PORT)
+
+# A real Dask cluster on this machine: the scheduler and DASK_WORKERS single-threaded worker processes (run from the
+# project root, where the workers find the project); Ctrl-C stops them all. params: cluster.task_runner: dask,
+# cluster.address: tcp://127.0.0.1:$(DASK_PORT).
+dask-cluster: setup-team  ## Dask scheduler on tcp://127.0.0.1:$(DASK_PORT) + $(DASK_WORKERS) workers (foreground)
+	trap 'kill 0' EXIT; \
+	$(BIN)/dask scheduler --host 127.0.0.1 --port $(DASK_PORT) --no-dashboard & \
+	$(BIN)/dask worker tcp://127.0.0.1:$(DASK_PORT) --nworkers $(DASK_WORKERS) --nthreads 1 --no-dashboard \
+		--host 127.0.0.1 & \
+	wait
+
+# MLflow for a team: Debian's PostgreSQL (data in .postgres/, 127.0.0.1 only) as the backend store of one `mlflow
+# server` (artifacts in .mlflow/artifacts). Log to it with MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT).
+mlflow-postgres: setup-team  ## MLflow server on PostgreSQL, http://127.0.0.1:$(MLFLOW_PORT) (foreground)
+	$(BIN)/python -m flows.team_stores --data .postgres --pg-port $(PG_PORT) --mlflow-port $(MLFLOW_PORT) \
+		--artifacts .mlflow/artifacts
+
+# DVC keeps the pipeline's outputs in its cache (.dvc/cache); a remote shares them, so a teammate's clone gets them
+# with `make pull` instead of rerunning the stages. `make remote` writes .dvc/config: commit it to share the remote.
+remote: setup  ## make $(DVC_REMOTE) the project's default DVC remote, `team`
+	$(BIN)/dvc remote add --default --force team $(DVC_REMOTE)
+	@echo "DVC remote 'team' -> $(DVC_REMOTE) (in .dvc/config: commit it so that clones use it)"
+
+push: setup  ## every output in DVC's cache to the default remote
+	$(BIN)/dvc push
+
+pull: setup  ## every output of dvc.lock from the default remote into the workspace; then what `dvc status` says
+	$(BIN)/dvc pull
+	$(BIN)/dvc status
+
+push-exps: setup  ## every DVC experiment (dvc exp show) to the git remote $(GIT_REMOTE), their outputs to the DVC remote
+	$(BIN)/dvc exp push --all-commits $(GIT_REMOTE)
+
+pull-exps: setup  ## every DVC experiment of the git remote $(GIT_REMOTE), with its outputs
+	$(BIN)/dvc exp pull --all-commits $(GIT_REMOTE)
 
 serve: setup  ## serve the pipeline as a deployment (needs `make prefect-ui` running)
 	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(BIN)/python -m flows.pipeline --serve

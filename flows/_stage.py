@@ -26,7 +26,7 @@ from deepprune.paths import staged_outputs
 from deepprune.progress import Snapshot, TerminalSink, reporting
 from deepprune.services import Unreachable
 from deepprune.tracking import Run, fail_abandoned_runs, process_tags, require_store, start_run
-from flows import ROOT, project_root
+from flows import ROOT, artifact_root, project_root
 from flows.server import (crash_abandoned_flow_runs, drain_prefect_workers, owner_tags, prefect_server,
                           stop_with_parent, terminate_as_interrupt)
 
@@ -194,7 +194,7 @@ def stage_run(stage: str, corpus: str | None, params: dict[str, Any]) -> Iterato
     if abandoned:
         print(f"{dvc_stage}: marked {len(abandoned)} run(s) FAILED that a hard kill had left RUNNING")
     with start_run(f"deepprune/{stage}", dvc_stage, tags=tags, parent_run_id=parent,
-                   artifact_root=os.environ.get("DEEPPRUNE_MLFLOW_ARTIFACTS", str(ROOT / ".mlflow" / "artifacts"))) as run:
+                   artifact_root=artifact_root()) as run:
         run.log_params(params)
         _CLOCK["work_start"] = time.time()
         with reporting(f"{stage}[{corpus}]" if corpus else stage, TerminalSink(), PrefectProgress(stage, corpus)):

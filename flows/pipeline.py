@@ -28,7 +28,7 @@ from deepprune.config import ConfigError, Params, load_params
 from deepprune.io import atomic_open
 from deepprune.services import Unreachable, stop_process
 from deepprune.tracking import fail_abandoned_runs, process_tags, require_store, start_run
-from flows import ROOT
+from flows import ROOT, artifact_root
 from flows._stage import PARENT_RUN_ENV, PIPELINE_FLOW_RUN_ENV, git_commit
 from flows.server import mlflow_server, prefect_server, terminate_as_interrupt
 from flows.timings import format_table, stage_timings, summary
@@ -86,7 +86,7 @@ def pipeline_flow(targets: list[str] | None = None, force: bool = False, set_par
 
     tags = {"git_commit": git_commit(ROOT), "prefect_flow_run_id": str(flow_run.id or "none"), "kind": "pipeline",
             **process_tags()}
-    artifacts = os.environ.get("DEEPPRUNE_MLFLOW_ARTIFACTS", str(ROOT / ".mlflow" / "artifacts"))
+    artifacts = artifact_root()
     fail_abandoned_runs("deepprune/pipeline", {"kind": "pipeline"})
     with start_run("deepprune/pipeline", f"pipeline {flow_run.name or ''}".strip(), tags=tags,
                    artifact_root=artifacts) as run:

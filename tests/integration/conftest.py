@@ -3,9 +3,11 @@ server on 127.0.0.1 (module-scoped: each test module gets a copy of its own), an
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,34 @@ def stop(proc: subprocess.Popen | None) -> None:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@contextlib.contextmanager
+def dask_cluster(cwd: Path, env: dict[str, str], workers: int = 2) -> Iterator[str]:
+    """A real Dask cluster on 127.0.0.1 as `make dask-cluster` starts one: a scheduler process and a worker process
+    with `workers` single-threaded worker processes, all stopped on exit (also when the test fails). Yields the
+    scheduler's address."""
+    pytest.importorskip("distributed", reason="the team extra is not installed: pip install -e '.[team]'")
+    from deepprune.services import free_port
+
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    bin_dir = Path(sys.executable).parent
+    procs: list[subprocess.Popen] = []
+    try:
+        with open(cwd / "dask-scheduler.log", "w") as log:
+            procs.append(subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port",
+                                           str(port), "--no-dashboard"], cwd=cwd, env=env, stdout=log,
+                                          stderr=subprocess.STDOUT))
+        with open(cwd / "dask-workers.log", "w") as log:
+            procs.append(subprocess.Popen([str(bin_dir / "dask"), "worker", address, "--nworkers", str(workers),
+                                           "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"], cwd=cwd,
+                                          env=env, stdout=log, stderr=subprocess.STDOUT))
+        from distributed import Client
+
+        with Client(address, timeout=120) as client:
+            client.wait_for_workers(workers, timeout=180)
+        yield address
+    finally:
+        for proc in reversed(procs):
+            stop(proc)

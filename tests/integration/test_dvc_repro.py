@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from deepprune import paths
 from deepprune.config import load_params, read_params
 from deepprune.metric_names import split_timings
 from tests.conftest import mlflow_runs
@@ -177,3 +179,48 @@ def test_pipeline_deployment_runs_from_a_prefect_server(repo_copy):
         _stop(served)
     assert (repo / "params.yaml").read_text() == before
     assert any(_exp_params(e).get("prune", {}).get("repetitions") == 4 for e in _experiments(repo, env))
+
+
+def _make(repo: Path, env: dict[str, str], *args: str) -> str:
+    """A target of the project's Makefile, with the test's interpreter as the virtual environment (already set up)."""
+    venv = Path(sys.executable).parent.parent
+    return _run(["make", "--no-print-directory", f"VENV={venv}", "-o", f"{venv}/.installed", "-o",
+                 f"{venv}/.team-installed", *args], repo, env, timeout=900)
+
+
+def test_a_teammates_clone_pulls_every_output_and_reruns_nothing(repo_copy, tmp_path):
+    """README "Team scale", with a local DVC remote and a bare git repository as the team's: `make remote`,
+    `make push` and `make push-exps` here; a teammate's `git clone` then `make pull` gets every output in under a
+    minute, `dvc status` is clean and `dvc repro` reruns nothing; `make pull-exps` brings the experiments."""
+    repo, env = repo_copy
+    _run([sys.executable, "-m", "dvc", "repro"], repo, env)  # whatever earlier tests changed, rebuilt
+    _run([sys.executable, "-m", "dvc", "exp", "run", "--temp", "-S", "prune.repetitions=2", "prune@date"], repo, env)
+    origin, store = tmp_path / "origin.git", tmp_path / "dvc-remote"
+    _run(["git", "init", "-q", "--bare", str(origin)], tmp_path, env)
+    _run(["git", "remote", "add", "origin", str(origin)], repo, env)
+    _make(repo, env, "remote", f"DVC_REMOTE={store}")
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", "commit", "-qm", "outputs of the tiny run"], repo, env)
+    _run(["git", "push", "-q", "origin", "HEAD:refs/heads/main"], repo, env)
+    _make(repo, env, "push")
+    _make(repo, env, "push-exps")
+    assert any(store.rglob("*")), "nothing reached the DVC remote"
+
+    mate = tmp_path / "teammate"
+    _run(["git", "clone", "-q", "-b", "main", str(origin), str(mate)], tmp_path, env)
+    assert not (mate / paths.judge_model("math", "encoder_focal_oversample")).exists()
+    start = time.monotonic()
+    pulled = _make(mate, env, "pull")
+    took = time.monotonic() - start
+    assert "Data and pipelines are up to date" in pulled, pulled
+    assert took < 60, f"make pull took {took:.0f} s"
+    for path in (paths.judge_model("math", "encoder_focal_oversample"), paths.embeddings("date"),
+                 paths.traces("live")):
+        assert (mate / path).read_bytes() == (repo / path).read_bytes()
+    again = _run([sys.executable, "-m", "dvc", "repro"], mate, env)
+    assert "Running stage" not in again
+
+    _make(mate, env, "pull-exps")
+    listed = _run([sys.executable, "-m", "dvc", "exp", "list", "--all-commits", "--name-only"], mate, env).split()
+    mine = _run([sys.executable, "-m", "dvc", "exp", "list", "--all-commits", "--name-only"], repo, env).split()
+    assert mine and sorted(listed) == sorted(mine)
