@@ -24,9 +24,11 @@ DASK_WORKERS ?= 2
 DVC_REMOTE ?= $(abspath $(CURDIR)/../$(notdir $(CURDIR))-dvc-remote)
 GIT_REMOTE ?= origin
 PG_PORT ?= 5433
+POOL ?= deepprune
+POOL_LIMIT ?= 1
 
 .PHONY: setup setup-team run run-paper test test-fast screenshot prefect-ui mlflow-ui serve dask-cluster \
-	remote push pull push-exps pull-exps mlflow-postgres
+	remote push pull push-exps pull-exps mlflow-postgres server
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -110,6 +112,18 @@ push-exps: setup  ## every DVC experiment (dvc exp show) to the git remote $(GIT
 
 pull-exps: setup  ## every DVC experiment of the git remote $(GIT_REMOTE), with its outputs
 	$(BIN)/dvc exp pull --all-commits $(GIT_REMOTE)
+
+# A team's Prefect: the server, a process work pool with the pipeline and each stage as deployments (flows/deploy.py),
+# and a worker that runs their flow runs in this checkout, POOL_LIMIT at a time. Runs started from the UI (or the API)
+# execute on the worker. Ctrl-C stops all three.
+server: setup  ## Prefect server + work pool $(POOL) with the pipeline's deployments + a worker (foreground)
+	trap 'kill 0' EXIT; \
+	PREFECT_UI_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api \
+		$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) & \
+	export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api; \
+	$(BIN)/python -m flows.deploy --pool $(POOL) --limit $(POOL_LIMIT) || exit 1; \
+	$(BIN)/prefect worker start --pool $(POOL) --type process & \
+	wait
 
 serve: setup  ## serve the pipeline as a deployment (needs `make prefect-ui` running)
 	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(BIN)/python -m flows.pipeline --serve

@@ -224,3 +224,44 @@ def test_a_teammates_clone_pulls_every_output_and_reruns_nothing(repo_copy, tmp_
     listed = _run([sys.executable, "-m", "dvc", "exp", "list", "--all-commits", "--name-only"], mate, env).split()
     mine = _run([sys.executable, "-m", "dvc", "exp", "list", "--all-commits", "--name-only"], repo, env).split()
     assert mine and sorted(listed) == sorted(mine)
+
+
+def test_deployments_on_a_process_work_pool_run_on_its_worker_one_at_a_time(repo_copy):
+    """`make server`'s parts: flows.deploy makes the pool (limit 1) and the deployments, a real `prefect worker`
+    runs the flow runs started through the API (as the UI's Run button does), one at a time, and each pipeline run's
+    stage flow run is tagged with it."""
+    repo, env = repo_copy
+    out = _run([sys.executable, "-m", "flows.deploy", "--pool", "tiny", "--limit", "1"], repo, env)
+    assert "work pool 'tiny' (process, concurrency limit 1)" in out and "pipeline/prune" in out
+    worker = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", "tiny",
+                               "--type", "process"], cwd=repo, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        script = ("import json\n"
+                  "from prefect.client.orchestration import get_client\n"
+                  "from prefect.deployments import run_deployment\n"
+                  "forced = {'targets': ['prune@date'], 'force': True}\n"
+                  "ids = [run_deployment('pipeline/pipeline', parameters=forced, timeout=0).id,\n"
+                  "       run_deployment('pipeline/prune', parameters={'targets': ['prune@date']}, timeout=0).id]\n"
+                  "import time\n"
+                  "with get_client(sync_client=True) as client:\n"
+                  "    deadline = time.time() + 900\n"
+                  "    while True:\n"
+                  "        runs = [client.read_flow_run(i) for i in ids]\n"
+                  "        if all(r.state.is_final() for r in runs) or time.time() > deadline:\n"
+                  "            break\n"
+                  "        time.sleep(2)\n"
+                  "    names = [d.name for d in client.read_deployments()]\n"
+                  "    stages = [r for r in client.read_flow_runs() if r.name == 'prune@date']\n"
+                  "print(json.dumps({'states': [r.state.type.value for r in runs], 'names': names,\n"
+                  "                  'spans': [[r.start_time.timestamp(), r.end_time.timestamp()] for r in runs],\n"
+                  "                  'pipelines': [r.name for r in runs], 'stage_tags': [s.tags for s in stages]}))\n")
+        result = json.loads(_run([sys.executable, "-c", script], repo, env, timeout=1200).strip().splitlines()[-1])
+    finally:
+        _stop(worker)
+    assert result["states"] == ["COMPLETED", "COMPLETED"]
+    assert {"pipeline", "prune", "judge", "report"} <= set(result["names"])
+    (_, end1), (start2, _) = sorted(result["spans"])
+    assert end1 <= start2  # the pool's limit of 1: the second waited for the first
+    # the forced run reran prune@date, a flow run of its own linked to that pipeline run; the second found it done
+    assert any(f"pipeline:{result['pipelines'][0]}" in tags for tags in result["stage_tags"])

@@ -1,0 +1,97 @@
+"""The pipeline as deployments on a Prefect process work pool, for a team's Prefect server (`make server`).
+
+    python -m flows.deploy [--pool deepprune] [--limit 1]
+
+Creates (or updates) the process work pool with a concurrency limit, and deploys the pipeline flow from this
+checkout: `pipeline/pipeline` (every stage; parameters `targets`, `force`, `set_params`) and one deployment per
+DVC stage, `pipeline/<stage>` (the pipeline with that stage as its target). A stage deployment is the pipeline
+aimed at the stage, not the stage's flow called alone: DVC still decides what reruns and records it in dvc.lock,
+and the stage flow runs appear under the pipeline run (tag `pipeline:<its name>`). A worker
+(`prefect worker start --pool <pool>`) runs each flow run as a process in this checkout. `make serve` (one
+process serving the pipeline, no pool) stays the single-user way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from flows import ROOT
+
+POOL = "deepprune"
+ENTRYPOINT = "flows/pipeline.py:pipeline_flow"
+
+
+def stage_names(dvc_yaml: Path = ROOT / "dvc.yaml") -> list[str]:
+    """The stages of dvc.yaml, in its order (a foreach stage by its group name: `judge` runs judge@<every corpus>)."""
+    return list(yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))["stages"])
+
+
+def _wait_for_api(seconds: float = 120.0) -> None:
+    """The server answers (`make server` deploys right after starting it)."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with get_client(sync_client=True) as client:
+                client.api_healthcheck()
+                client.read_work_pools()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def ensure_pool(pool: str, limit: int | None) -> None:
+    """A process work pool named `pool` whose concurrency limit is `limit` (None: no limit)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            found = client.read_work_pool(pool)
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process", concurrency_limit=limit))
+            return
+        if found.type != "process":
+            raise SystemExit(f"deploy: work pool {pool!r} exists with type {found.type!r}; the pipeline runs on a "
+                             f"'process' pool: choose another --pool")
+        client.update_work_pool(pool, WorkPoolUpdate(concurrency_limit=limit))
+
+
+def deploy(pool: str = POOL, limit: int | None = 1) -> list[str]:
+    """The pool, then `pipeline/pipeline` and `pipeline/<stage>` for every stage; returns the deployment names."""
+    from flows.pipeline import pipeline_flow
+
+    _wait_for_api()
+    ensure_pool(pool, limit)
+    source = pipeline_flow.from_source(source=str(ROOT), entrypoint=ENTRYPOINT)
+    names = []
+    for name, parameters in [("pipeline", {}), *((stage, {"targets": [stage]}) for stage in stage_names())]:
+        source.deploy(name=name, work_pool_name=pool, parameters=parameters, build=False, push=False,
+                      tags=["deepprune", f"stage:{name}"], print_next_steps=False, ignore_warnings=True,
+                      description=f"dvc repro {name}" if parameters else "dvc repro: every stage")
+        names.append(f"pipeline/{name}")
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.deploy", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pool", default=POOL)
+    parser.add_argument("--limit", type=int, default=1, help="flow runs the pool runs at once (0: no limit)")
+    args = parser.parse_args(argv)
+    names = deploy(args.pool, args.limit or None)
+    print(f"work pool {args.pool!r} (process, concurrency limit {args.limit or 'none'}): {', '.join(names)}")
+    print(f"start a worker: prefect worker start --pool {args.pool}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
