@@ -51,7 +51,10 @@ def _as_postgres_user(cmd: list[str]) -> list[str]:
         pwd.getpwnam("postgres")
     except KeyError:
         raise PostgresUnavailable("running as root and there is no `postgres` user to run PostgreSQL as") from None
-    return ["runuser", "-u", "postgres", "--", *cmd]
+    runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin")  # sbin: often off PATH
+    if runuser is None:
+        raise PostgresUnavailable("running as root needs util-linux's runuser to run PostgreSQL as `postgres`")
+    return [runuser, "-u", "postgres", "--", *cmd]
 
 
 def _own(data: Path) -> None:

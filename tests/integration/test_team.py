@@ -14,6 +14,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,7 @@ import yaml
 from deepprune import paths
 from deepprune.config import read_params
 from deepprune.services import free_port
-from tests.conftest import ROOT, loopback_prefect, mlflow_runs, tiny_params, wait_for
+from tests.conftest import ROOT, loopback_prefect, mlflow_runs, tiny_params
 from tests.integration.conftest import dask_cluster, run, stop
 
 pytestmark = pytest.mark.slow
@@ -101,6 +103,23 @@ def _stores(ws: Path, env: dict[str, str], base: Path, pg_port: int, mlflow_port
     return subprocess.Popen(cmd, cwd=ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def _wait_for_stores(proc: subprocess.Popen, url: str, base: Path, seconds: float = 300) -> None:
+    """Until the MLflow server answers; if the launcher exits or time runs out, fail with its output and logs."""
+    deadline = time.monotonic() + seconds
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            return
+        except OSError:
+            time.sleep(1)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=120)[0]
+    logs = "\n".join(f"--- {log.name}:\n{log.read_text(errors='replace')[-3000:]}"
+                     for log in sorted((base / "pg").glob("*.log")))
+    pytest.fail(f"the stores did not come up (exit {proc.returncode}):\n{out[-3000:]}\n{logs}")
+
+
 def _stopped(proc: subprocess.Popen) -> str:
     """Ctrl-C, as a user ends `make mlflow-postgres`; its output."""
     proc.send_signal(signal.SIGINT)
@@ -127,7 +146,7 @@ def test_a_stage_logs_to_mlflow_on_postgresql_through_the_tracking_uri_alone(lab
     url = f"http://127.0.0.1:{mlflow_port}"
     proc = _stores(ws, env, base, pg_port, mlflow_port)
     try:
-        wait_for(f"{url}/health")
+        _wait_for_stores(proc, url, base)
         # what a user's shell has: the server's URI alone (no project artifact folder: the server keeps artifacts)
         user = {k: v for k, v in env.items() if k != "DEEPPRUNE_MLFLOW_ARTIFACTS"}
         run([sys.executable, "-m", "flows.sweep", "date"], ws, {**user, "MLFLOW_TRACKING_URI": url})
@@ -135,7 +154,7 @@ def test_a_stage_logs_to_mlflow_on_postgresql_through_the_tracking_uri_alone(lab
         assert subprocess.run([str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(pg_port)]).returncode != 0
 
         proc = _stores(ws, env, base, pg_port, mlflow_port)  # the database outlives the servers
-        wait_for(f"{url}/health")
+        _wait_for_stores(proc, url, base)
         client = MlflowClient(url)
         experiment = client.get_experiment_by_name("deepprune/sweep")
         runs = client.search_runs([experiment.experiment_id])
