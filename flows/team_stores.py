@@ -127,8 +127,16 @@ def mlflow_on_postgres(data_root: str | os.PathLike, pg_port: int, mlflow_port: 
                "--backend-store-uri", backend, "--artifacts-destination", str(Path(artifacts).resolve()),
                "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "2"]
         with service(cmd, lambda: healthy(url), 180, "the MLflow server", logs / "mlflow.log", {**os.environ},
-                     grace_s=15.0):
-            yield url
+                     grace_s=15.0) as server:
+            try:
+                yield url
+            finally:
+                # on a database backend the server starts job consumers (huey) that outlive a SIGTERM of the server
+                # alone: stop its whole process group (its own session, started by `service`)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(server.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(server.pid, signal.SIGKILL)  # whatever of the group did not stop within the grace
 
 
 def main(argv: list[str] | None = None) -> int:
