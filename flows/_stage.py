@@ -26,7 +26,7 @@ from deepprune.paths import staged_outputs
 from deepprune.progress import Snapshot, TerminalSink, reporting
 from deepprune.services import Unreachable
 from deepprune.tracking import Run, fail_abandoned_runs, process_tags, require_store, start_run
-from flows import ROOT, artifact_root, project_root
+from flows import artifact_root, project_root
 from flows.server import (crash_abandoned_flow_runs, drain_prefect_workers, owner_tags, prefect_server,
                           stop_with_parent, terminate_as_interrupt)
 
