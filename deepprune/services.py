@@ -31,24 +31,52 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def stop_process(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL after grace_s; always reaps the process."""
-    if proc.poll() is None:
-        proc.terminate()
+def stop_process(proc: subprocess.Popen, grace_s: float = 10.0, group: bool = False,
+                 first: signal.Signals = signal.SIGTERM) -> None:
+    """`first` (SIGTERM), then SIGKILL after grace_s; always reaps the process. With `group`, to the whole process
+    group it leads (it was started in a session of its own): what it started and what outlives it stop too (a
+    server's worker processes, job consumers)."""
+
+    def send(sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if group:
+                os.killpg(proc.pid, sig)
+            elif proc.poll() is None:
+                proc.send_signal(sig)
+
+    if proc.poll() is None or group:
+        send(first)
         try:
             proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            send(signal.SIGKILL)
             proc.wait()
+    if group:
+        deadline = time.monotonic() + grace_s
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        send(signal.SIGKILL)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager
 def service(cmd: Sequence[str], ready: Callable[[], bool], timeout_s: float, name: str,
             log_path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None,
-            error: type[Exception] = RuntimeError, grace_s: float = 30.0) -> Iterator[subprocess.Popen]:
+            error: type[Exception] = RuntimeError, grace_s: float = 30.0,
+            stop_signal: signal.Signals = signal.SIGTERM) -> Iterator[subprocess.Popen]:
     """Start `cmd` in its own session (Ctrl-C in the terminal does not reach it; the block's owner stops it) with
-    the parent-death signal set (a `kill -9` of this process stops it too), wait until `ready()`, and stop it when
-    the block ends, however it ends. Failing to start raises `error` naming `name` and the log."""
+    the parent-death signal set (a `kill -9` of this process stops it too), wait until `ready()`, and stop it with
+    everything it started (its process group: `stop_signal`, SIGKILL after `grace_s`) when the block ends, however
+    it ends. Failing to start raises `error` naming `name` and the log."""
     log = subprocess.DEVNULL
     if log_path is not None:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +96,7 @@ def service(cmd: Sequence[str], ready: Callable[[], bool], timeout_s: float, nam
                 time.sleep(0.25)
             yield proc
         finally:
-            stop_process(proc, grace_s)
+            stop_process(proc, grace_s, group=True, first=stop_signal)
     finally:
         if log is not subprocess.DEVNULL:
             log.close()

@@ -104,16 +104,10 @@ def postgres(data_root: str | os.PathLike, port: int, log: str | os.PathLike) ->
                              "-c", "unix_socket_directories=", "-c", "fsync=on"])
     # SIGINT is PostgreSQL's fast shutdown (committed transactions stay); runuser passes it on
     with service(cmd, lambda: _ready(bin_dir, port), 120, "PostgreSQL", log, {**os.environ},
-                 error=PostgresUnavailable) as proc:
-        try:
-            if _psql(bin_dir, port, f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'") != "1":
-                _psql(bin_dir, port, f"CREATE DATABASE {DATABASE}")
-            yield f"postgresql+psycopg2://{ROLE}@127.0.0.1:{port}/{DATABASE}"  # SQLAlchemy 2.1 defaults to psycopg 3
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGINT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=60)
+                 error=PostgresUnavailable, grace_s=60.0, stop_signal=signal.SIGINT):
+        if _psql(bin_dir, port, f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'") != "1":
+            _psql(bin_dir, port, f"CREATE DATABASE {DATABASE}")
+        yield f"postgresql+psycopg2://{ROLE}@127.0.0.1:{port}/{DATABASE}"  # SQLAlchemy 2.1 defaults to psycopg 3
 
 
 @contextlib.contextmanager
@@ -126,17 +120,11 @@ def mlflow_on_postgres(data_root: str | os.PathLike, pg_port: int, mlflow_port: 
         cmd = [shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow", "server",
                "--backend-store-uri", backend, "--artifacts-destination", str(Path(artifacts).resolve()),
                "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "2"]
+        # on a database backend the server starts job consumers (huey) that outlive a SIGTERM of the server alone:
+        # `service` stops its whole process group
         with service(cmd, lambda: healthy(url), 180, "the MLflow server", logs / "mlflow.log", {**os.environ},
-                     grace_s=15.0) as server:
-            try:
-                yield url
-            finally:
-                # on a database backend the server starts job consumers (huey) that outlive a SIGTERM of the server
-                # alone: stop its whole process group (its own session, started by `service`)
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(server.pid, signal.SIGTERM)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(server.pid, signal.SIGKILL)  # whatever of the group did not stop within the grace
+                     grace_s=15.0):
+            yield url
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -172,3 +172,28 @@ def test_connections_are_bounded_and_freed_at_the_deadline(server):
     assert _hung_up([_reply(sock) for sock in stalled])
     _wait_idle(server)
     assert time.monotonic() - start < TIMEOUT_S + 10
+
+
+def test_a_service_is_stopped_with_everything_it_started(tmp_path):
+    """A server whose workers outlive a SIGTERM of the server alone (uvicorn workers, MLflow's job consumers): the
+    block's end stops its whole process group, the leader's stop signal first, SIGKILL for what ignores it."""
+    ready = tmp_path / "ready"
+    script = (f"trap '' TERM; sleep 300 & (trap '' TERM; exec sleep 301) & touch {ready}; "
+              f"trap 'exit 0' TERM; wait")
+    with service(["bash", "-c", script], ready.exists, 30, "a server with workers", grace_s=2) as proc:
+        children = [p for p in _group(proc.pid) if p != proc.pid]
+        assert len(children) >= 2
+    assert proc.returncode is not None and not _group(proc.pid)
+
+
+def _group(pgid: int) -> list[int]:
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["pid", "status"]):
+        try:
+            if os.getpgid(p.pid) == pgid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(p.pid)
+        except (ProcessLookupError, psutil.Error):
+            pass
+    return found
