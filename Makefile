@@ -19,6 +19,8 @@ export HF_HUB_OFFLINE := 1
 
 DASK_PORT ?= 8786
 DASK_WORKERS ?= 2
+RAY_PORT ?= 6379
+RAY_CPUS ?= 2
 # The team's DVC remote: a directory beside the project by default; s3://bucket/path or gs://bucket/path work the
 # same once DVC's plugin for them is installed (pip install dvc-s3 / dvc-gs).
 DVC_REMOTE ?= $(abspath $(CURDIR)/../$(notdir $(CURDIR))-dvc-remote)
@@ -26,9 +28,13 @@ GIT_REMOTE ?= origin
 PG_PORT ?= 5433
 POOL ?= deepprune
 POOL_LIMIT ?= 1
+CLUSTER ?= threads
+ADDRESS ?= null
+DEPLOYMENT ?= pipeline/pipeline
 
 .PHONY: setup setup-team run run-paper test test-fast screenshot prefect-ui mlflow-ui serve dask-cluster \
-	remote push pull push-exps pull-exps mlflow-postgres server
+	remote push pull push-exps pull-exps mlflow-postgres server ray-cluster \
+	use-cluster run-on-pool
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -88,6 +94,17 @@ dask-cluster: setup-team  ## Dask scheduler on tcp://127.0.0.1:$(DASK_PORT) + $(
 		--host 127.0.0.1 & \
 	wait
 
+# A Ray head on this machine with RAY_CPUS worker slots (Ray starts a worker process per running cell), its session
+# files in .ray/. Ray listens on the machine's address, not 127.0.0.1 only (Ray's own choice on Linux); a stage
+# connects through 127.0.0.1. Ctrl-C stops it (Ray drains for up to 30 s). params: cluster.task_runner: ray,
+# cluster.address: 127.0.0.1:$(RAY_PORT).
+ray-cluster: setup-team  ## Ray head on 127.0.0.1:$(RAY_PORT) with $(RAY_CPUS) worker slots (foreground)
+	mkdir -p .ray
+	trap 'kill 0' EXIT; \
+	$(BIN)/ray start --head --port $(RAY_PORT) --num-cpus $(RAY_CPUS) --include-dashboard=false \
+		--disable-usage-stats --temp-dir $(CURDIR)/.ray --block & \
+	wait
+
 # MLflow for a team: Debian's PostgreSQL (data in .postgres/, 127.0.0.1 only) as the backend store of one `mlflow
 # server` (artifacts in .mlflow/artifacts). Log to it with MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT).
 mlflow-postgres: setup-team  ## MLflow server on PostgreSQL, http://127.0.0.1:$(MLFLOW_PORT) (foreground)
@@ -124,6 +141,18 @@ server: setup  ## Prefect server + work pool $(POOL) with the pipeline's deploym
 	$(BIN)/python -m flows.deploy --pool $(POOL) --limit $(POOL_LIMIT) || exit 1; \
 	$(BIN)/prefect worker start --pool $(POOL) --type process & \
 	wait
+
+# Where the sweep, ablate and transfer cells run, written into params.yaml (two lines change, comments kept; no stage
+# reads these keys, so nothing reruns): CLUSTER=dask ADDRESS=tcp://127.0.0.1:8786, CLUSTER=ray ADDRESS=127.0.0.1:6379.
+use-cluster: setup  ## params cluster: CLUSTER (threads | dask | ray) at ADDRESS (null: a local one), in params.yaml
+	$(BIN)/python -m flows.pipeline --write-params cluster.task_runner=$(CLUSTER) cluster.address=$(ADDRESS)
+
+# What the UI's Run button does: a flow run of the deployment, executed by the pool's worker, once the deployment, a
+# worker, the MLflow server (MLFLOW_TRACKING_URI) and the cluster (params) answer; waits for its end and fails if it
+# fails.
+run-on-pool: setup  ## a run of DEPLOYMENT (pipeline/pipeline) on the `make server` worker, watched to its end
+	export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api; \
+	$(BIN)/python -m flows.deploy --ready $(DEPLOYMENT) && $(BIN)/prefect deployment run $(DEPLOYMENT) --watch
 
 serve: setup  ## serve the pipeline as a deployment (needs `make prefect-ui` running)
 	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api $(BIN)/python -m flows.pipeline --serve

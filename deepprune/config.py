@@ -442,15 +442,16 @@ class TrackingConfig(_Strict):
 
 
 class ClusterConfig(_Strict):
-    """Where a stage's independent cells run (sweep points): threads of the stage process, or the workers of a
-    running Dask or Ray cluster. Results are the same bytes on every runner (each worker computes with `threads`
+    """Where a stage's independent cells run (sweep points, ablation truncations, transfer pairs): threads of the stage
+    process, or the workers of a running Dask or Ray cluster. Results are the same bytes on every runner (each worker computes with `threads`
     torch threads and loads its inputs from the project's paths), so no stage lists these keys in dvc.yaml."""
 
     task_runner: Literal["threads", "dask", "ray"] = Field("threads", description="threads | dask (prefect-dask) | ray "
                                                                                     "(prefect-ray)")
-    address: str | None = Field(None, description="dask: the scheduler (tcp://127.0.0.1:8786); ray: the head "
-                                                  "(ray://127.0.0.1:10001); null: a local cluster of max_workers "
-                                                  "processes started for the stage")
+    address: str | None = Field(None, description="dask: the scheduler (tcp://127.0.0.1:8786); ray: the head's "
+                                                  "address (127.0.0.1:6379 from a machine of the cluster, "
+                                                  "ray://host:10001 through Ray Client); null: a local cluster of "
+                                                  "max_workers processes started for the stage")
     max_workers: int = Field(2, ge=1, description="threads, or the processes of a local cluster")
 
     @model_validator(mode="after")
@@ -588,3 +589,38 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     except ValidationError as exc:
         lines = [f"{path}: {'.'.join(str(p) for p in err['loc']) or '<top>'}: {err['msg']}" for err in exc.errors()]
         raise ConfigError("invalid params:\n" + "\n".join(lines)) from None
+
+
+def set_scalars(text: str, updates: dict[str, Any]) -> str:
+    """params.yaml's text with `section.key` scalars set in place (`make use-cluster`): only the value on each key's
+    own line changes, its comment and every other line kept. A key that is not there, or whose value is not a scalar
+    on its line, is an error naming it (edit params.yaml by hand for those)."""
+    import json
+    import re
+
+    lines = text.splitlines(keepends=True)
+    for dotted, value in updates.items():
+        section, _, key = dotted.partition(".")
+        if not key or "." in key:
+            raise ConfigError(f"{dotted}: set a key of a top-level section, section.key")
+        start = next((i for i, line in enumerate(lines) if re.match(rf"{re.escape(section)}:\s*(#.*)?$", line)), None)
+        if start is None:
+            raise ConfigError(f"params.yaml has no section {section!r} to set {dotted} in")
+        end = next((i for i in range(start + 1, len(lines)) if re.match(r"\S", lines[i])), len(lines))
+        pattern = re.compile(rf"(  {re.escape(key)}:[ \t]*)([^#\n]*?)([ \t]*)(#.*)?(\r?\n)?$")
+        for i in range(start + 1, end):
+            match = pattern.match(lines[i])
+            if match:
+                if match.group(2).startswith(("[", "{", "|", ">")) or not match.group(2):
+                    raise ConfigError(f"params.yaml {dotted}: not a scalar on its own line; edit the file by hand")
+                new = "null" if value is None else json.dumps(value) if not isinstance(value, str) else value
+                if isinstance(value, str) and (not re.fullmatch(r"[\w./:@-]+", value) or value in ("null", "true",
+                                                                                                     "false")):
+                    new = json.dumps(value)
+                pad = max(1, match.start(4) - len(match.group(1)) - len(new)) if match.group(4) else 0  # its column
+                lines[i] = (match.group(1) + new + (" " * pad + match.group(4) if match.group(4) else "")
+                            + (match.group(5) or ""))
+                break
+        else:
+            raise ConfigError(f"params.yaml has no key {key!r} under {section!r}")
+    return "".join(lines)

@@ -6,34 +6,39 @@ from __future__ import annotations
 import sys
 from collections import defaultdict
 
-from prefect import flow, task
+from prefect import flow
 
 from deepprune import paths
 from deepprune.config import TruncationConfig
-from deepprune.judges.evaluate import AblationRow, truncation_ablation, variant_recipe
+from deepprune.judges.evaluate import AblationRow, variant_recipe
 from deepprune.metric_names import ablate_names
 from deepprune.metrics import finite_or_none
+from deepprune.progress import track
+from deepprune.truncate import parse_prefix_name
 from flows._stage import cell_params, child_run, log_roc, run_stage, stage_params, stage_run, write_output
-from tasks import NO_CACHE
-from tasks.judge import load_embeddings, load_encoder, load_labels
-
-
-@task(cache_policy=NO_CACHE)
-def run_ablation(pairs, prefixes, table, cfg, variants, encoder, seed) -> list[AblationRow]:  # type: ignore[no-untyped-def]
-    """Every variant at every (strategy, k)."""
-    return truncation_ablation(pairs, prefixes, table, cfg, variants, encoder, seed)
+from tasks.cluster import Placement, make_task_runner, run_cell
+from tasks.judge import ablation_truncation, labelled
 
 
 @flow(name="ablate", flow_run_name="ablate@{corpus}", log_prints=True)
 def ablate_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float | None]:
+    """Every variant of params `ablate.variants` at every truncation the embed stage computed: one cell per
+    truncation, on the task runner of params `cluster`."""
     params = stage_params(params_path)
     cfg = params.ablate
     with stage_run("ablate", corpus, {"seed": params.seed, "ablate": cfg.model_dump(), "train": params.judge.train.model_dump(),
                                       "label.folds": params.label.folds}) as run:
-        pairs, prefixes = load_labels(corpus)
-        encoder = load_encoder(params.judge.encoder_path, params.judge.max_length)
-        rows = run_ablation(pairs, prefixes, load_embeddings(paths.embeddings(corpus)), params.judge, list(cfg.variants),
-                            encoder, params.seed)
+        placement = Placement.of_stage(params.threads, params.tracking)
+        corpus_data = labelled(placement, corpus)  # read once here: threads share it
+        pairs = corpus_data.pairs
+        prefixes = sorted(corpus_data.table.matrices, key=parse_prefix_name)
+        rows: list[AblationRow] = []
+        with track("ablating", len(prefixes), "truncations") as progress:  # open first: the cells' loops stay silent
+            futures = [run_cell.submit(ablation_truncation, placement, params=params, corpus=corpus, prefix=prefix)
+                       for prefix in prefixes]
+            for future in futures:
+                rows.extend(future.result())
+                progress.advance()
         kept = ablate_names(params.judge.fnr, params.judge.threshold)
         metrics: dict[str, float | None] = {}
         by_truncation: dict[tuple[str, int], list[AblationRow]] = defaultdict(list)
@@ -62,8 +67,14 @@ def ablate_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
         return metrics
 
 
+def run_ablate(corpus: str, params_path: str = "params.yaml") -> dict[str, float | None]:
+    """The ablate flow on the task runner params `cluster` names."""
+    runner = make_task_runner(stage_params(params_path).cluster)
+    return ablate_flow.with_options(task_runner=runner)(corpus, params_path)
+
+
 def main() -> None:
-    run_stage("ablate", ablate_flow, sys.argv[1])
+    run_stage("ablate", run_ablate, sys.argv[1])
 
 
 if __name__ == "__main__":

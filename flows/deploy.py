@@ -1,6 +1,7 @@
 """The pipeline as deployments on a Prefect process work pool, for a team's Prefect server (`make server`).
 
     python -m flows.deploy [--pool deepprune] [--limit 1]
+    python -m flows.deploy --ready pipeline/pipeline   # wait until a run can start (make run-on-pool)
 
 Creates (or updates) the process work pool with a concurrency limit, and deploys the pipeline flow from this
 checkout: `pipeline/pipeline` (every stage; parameters `targets`, `force`, `set_params`) and one deployment per
@@ -82,11 +83,73 @@ def deploy(pool: str = POOL, limit: int | None = 1) -> list[str]:
     return names
 
 
+def _engines_answer(deployment: str) -> list[str]:
+    """What a run of `deployment` needs and does not have yet (empty: it can start): the deployment, an online worker
+    of its pool, the MLflow tracking server MLFLOW_TRACKING_URI names, the cluster params `cluster` names."""
+    import os
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import WorkerFilter, WorkerFilterStatus
+
+    from deepprune.config import load_params
+
+    missing = []
+    try:
+        with get_client(sync_client=True) as client:
+            found = client.read_deployment_by_name(deployment)
+            workers = client.read_workers_for_work_pool(
+                found.work_pool_name, worker_filter=WorkerFilter(status=WorkerFilterStatus(any_=["ONLINE"])))
+            if not workers:
+                missing.append(f"a worker of pool {found.work_pool_name!r}")
+    except Exception:
+        missing.append(f"deployment {deployment} on the Prefect server")
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if urllib.parse.urlsplit(uri).scheme in ("http", "https"):
+        try:
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=2)
+        except OSError:
+            missing.append(f"the MLflow server {uri}")
+    cluster = load_params(ROOT / "params.yaml").cluster
+    if cluster.address:
+        host, _, port = cluster.address.split("://")[-1].rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=2).close()
+        except OSError:
+            missing.append(f"the {cluster.task_runner} cluster at {cluster.address}")
+    return missing
+
+
+def wait_until_ready(deployment: str, seconds: float) -> None:
+    """Until every engine a run of `deployment` needs answers (`make run-on-pool`, right after the servers were
+    started); saying what it waits for, and failing with what never came."""
+    deadline = time.monotonic() + seconds
+    said = None
+    while True:
+        missing = _engines_answer(deployment)
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"deploy: after {seconds:.0f} s still no {', '.join(missing)}")
+        if missing != said:
+            print(f"waiting for {', '.join(missing)}", flush=True)
+            said = missing
+        time.sleep(2)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.deploy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--pool", default=POOL)
     parser.add_argument("--limit", type=int, default=1, help="flow runs the pool runs at once (0: no limit)")
+    parser.add_argument("--ready", metavar="DEPLOYMENT", help="deploy nothing: wait until a run of DEPLOYMENT can "
+                        "start (the deployment, a worker, the MLflow server and the cluster answer)")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds --ready waits")
     args = parser.parse_args(argv)
+    if args.ready:
+        wait_until_ready(args.ready, args.timeout)
+        return 0
     names = deploy(args.pool, args.limit or None)
     print(f"work pool {args.pool!r} (process, concurrency limit {args.limit or 'none'}): {', '.join(names)}")
     print(f"start a worker: prefect worker start --pool {args.pool}")

@@ -3,6 +3,7 @@
     python -m flows.pipeline                 # run once (what `make run` does after set-up)
     python -m flows.pipeline --profile paper # the paper profile (profiles/paper.yaml) as a DVC experiment
     python -m flows.pipeline --serve         # serve as a deployment: start runs from the Prefect UI
+    python -m flows.pipeline --write-params cluster.task_runner=dask  # change params.yaml (make use-cluster)
 
 Each stage still runs as its own flow run (DVC starts `python -m flows.<stage>`); they are tied together by
 an MLflow parent run in experiment 'deepprune/pipeline' that every stage run points to.
@@ -58,19 +59,56 @@ def params_with_overrides(set_params: list[str] | None, path: Path = ROOT / "par
     runs: a bad key or value is an error naming it, and the workspace's params.yaml is never touched."""
     if not set_params:
         return load_params(path)
+    with tempfile.TemporaryDirectory(prefix="deepprune-params-") as tmp:
+        return _overridden(set_params, path, Path(tmp) / "params.yaml")
+
+
+def _overridden(set_params: list[str], path: Path, copy: Path) -> Params:
+    """`path` with the overrides applied by DVC's own code, written to `copy` and validated."""
     from dvc.utils.hydra import apply_overrides
 
+    shutil.copyfile(path, copy)
+    try:
+        apply_overrides(copy, list(set_params))
+        return load_params(copy)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}".replace(str(copy), f"{path} with set_params {set_params}")) from None
+    except Exception as exc:  # DVC's override grammar: an unknown key or a malformed override
+        cause = f" ({str(exc.__cause__).splitlines()[0]})" if exc.__cause__ else ""
+        raise ConfigError(f"set_params {set_params}: {exc}{cause}") from None
+
+
+def write_params(overrides: list[str], path: Path = ROOT / "params.yaml") -> Params:
+    """params.yaml itself with `section.key=value` scalars set (`make use-cluster`): each value changed on its own line
+    (comments and layout kept; DVC's writer would reflow the whole file), the result validated, then swapped in
+    whole; a bad override changes nothing."""
+    from ruamel.yaml import YAML
+
+    from deepprune.config import read_params, set_scalars
+
+    updates: dict[str, object] = {}
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep:
+            raise ConfigError(f"--write-params {override!r}: an override is section.key=value")
+        updates[key] = YAML(typ="safe", pure=True).load(value)  # as params.yaml would read it: null, 2, tcp://...
+    text = set_scalars(path.read_text(encoding="utf-8"), updates)
+    expected = read_params(path)
+    for key, value in updates.items():
+        section, _, name = key.partition(".")
+        expected[section][name] = value
     with tempfile.TemporaryDirectory(prefix="deepprune-params-") as tmp:
         copy = Path(tmp) / "params.yaml"
-        shutil.copyfile(path, copy)
+        copy.write_text(text, encoding="utf-8")
+        if read_params(copy) != expected:  # a value that YAML reads back as something else
+            raise ConfigError(f"--write-params {' '.join(overrides)}: params.yaml would not read back as set")
         try:
-            apply_overrides(copy, list(set_params))
-            return load_params(copy)
+            params = load_params(copy)
         except ConfigError as exc:
-            raise ConfigError(f"{exc}".replace(str(copy), f"{path} with set_params {set_params}")) from None
-        except Exception as exc:  # DVC's override grammar: an unknown key or a malformed override
-            cause = f" ({str(exc.__cause__).splitlines()[0]})" if exc.__cause__ else ""
-            raise ConfigError(f"set_params {set_params}: {exc}{cause}") from None
+            raise ConfigError(f"{exc}".replace(str(copy), f"{path} with {' '.join(overrides)}")) from None
+    with atomic_open(path) as handle:
+        handle.write(text)
+    return params
 
 
 @flow(name="pipeline", log_prints=True)
@@ -161,6 +199,13 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     terminate_as_interrupt()
     try:
+        if "--write-params" in argv:  # change params.yaml and stop (make use-cluster): every later word an override
+            overrides = argv[argv.index("--write-params") + 1:]
+            if not overrides:
+                raise ConfigError("--write-params needs overrides, key=value (the grammar of dvc exp run -S)")
+            write_params(overrides)
+            print(f"params.yaml: {' '.join(overrides)}")
+            return
         profile = argv[argv.index("--profile") + 1] if "--profile" in argv[:-1] else None
         targets = [a for i, a in enumerate(argv) if not a.startswith("--") and (i == 0 or argv[i - 1] != "--profile")]
         set_params = profile_overrides(profile) if profile else None

@@ -4,30 +4,26 @@ the configured task runner; the best point is fitted on every pair and registere
 
 from __future__ import annotations
 
-import json
 import sys
-import threading
 from typing import Any
 
 from prefect import flow
 
 from deepprune import paths
 from deepprune.config import Params
+from deepprune.judges.causal_lm import load_causal_lm
 from deepprune.judges.evaluate import (PairData, cross_validate, lm_judge_recipe, lm_scores, pair_data, train_final,
                                        variant_recipe)
 from deepprune.judges.sweep import SweepPoint, base_recipe, best_point, encoder_recipe, expand_grid, lm_recipe
 from deepprune.metrics import finite_or_none
-from deepprune.judges.embeddings import load_table
 from deepprune.pairs import prefix_texts, read_pairs, read_prefixes
 from deepprune.progress import track
 from deepprune.tracking import Run, register_model
 from deepprune.truncate import prefix_name
 from flows._stage import cell_params, child_run, log_roc, run_stage, stage_params, stage_run, write_output
-from deepprune.judges.causal_lm import load_causal_lm
-from deepprune.judges.encoder import SentenceEncoder
-from tasks.cluster import Placement, make_task_runner
+from tasks.cluster import Placement, make_task_runner, read_once, run_cell
+from tasks.judge import labelled, shared_encoder
 from tasks.judge_lm import evaluate_lm_judge
-from tasks.sweep import run_point
 
 
 def _clean(summary: dict[str, float]) -> dict[str, float | None]:
@@ -66,40 +62,26 @@ def sweep_point_flow(point: SweepPoint, parent: Run, params: Params, corpus: str
         return summary, raw
 
 
-_INPUTS: dict[str, tuple[PairData, Any, tuple[Any, Any] | None]] = {}
-_INPUTS_LOCK = threading.Lock()
-
-
 def point_inputs(params: Params, corpus: str,
                  placement: Placement) -> tuple[PairData, Any, tuple[Any, Any] | None]:
-    """What every point of a corpus's sweep reads (the pairs, their prefixes' embeddings, the encoder or the causal
-    LM), read once per process from the project's paths: the stage's own process in threads, each cluster worker
-    once. Keyed by the files' sizes and times, so a long-lived worker never serves a rerun stale inputs."""
-    files = [placement.path(paths.pairs(corpus)), placement.path(paths.prefixes(corpus)),
-             placement.path(paths.embeddings(corpus))]
-    key = json.dumps([placement.root, corpus, params.sweep.judge, params.judge.model_dump(mode="json"),
-                      params.judge_lm.model_dump(mode="json"), params.truncation(corpus).model_dump(mode="json"),
-                      [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()]], sort_keys=True)
-    with _INPUTS_LOCK:  # points of one process wait for the first read instead of repeating it
-        if key not in _INPUTS:
-            _INPUTS.clear()
-            _INPUTS[key] = _read_inputs(params, corpus, placement)
-        return _INPUTS[key]
-
-
-def _read_inputs(params: Params, corpus: str, placement: Placement) -> tuple[PairData, Any, tuple[Any, Any] | None]:
-    pairs = read_pairs(placement.path(paths.pairs(corpus)))
-    labels_path = str(placement.path(paths.prefixes(corpus)))
-    prefixes = read_prefixes(labels_path)
+    """What every point of a corpus's sweep reads (the pairs at the judge's truncation with their embeddings, and the
+    encoder or the causal LM), read once per process from the project's paths (tasks.cluster.read_once)."""
     if params.sweep.judge == "encoder":
         truncation = params.truncation(corpus)
-        prefix = prefix_name(truncation.strategy, truncation.k)
-        table = load_table(placement.path(paths.embeddings(corpus)))
-        data = pair_data(pairs, prefix_texts(prefixes, prefix, labels_path), table.lookup(prefix))
-        return data, SentenceEncoder(params.judge.encoder_path, params.judge.max_length), None
+        data = labelled(placement, corpus).data(prefix_name(truncation.strategy, truncation.k))
+        return data, shared_encoder(placement, params.judge.encoder_path, params.judge.max_length), None
     cfg = params.judge_lm
-    data = pair_data(pairs, prefix_texts(prefixes, prefix_name(cfg.truncation.strategy, cfg.truncation.k), labels_path))
-    return data, None, load_causal_lm(cfg.model_path, cfg.dtype, cfg.device)
+    files = [paths.pairs(corpus), paths.prefixes(corpus)]
+
+    def read() -> PairData:
+        labels_path = str(placement.path(files[1]))
+        texts = prefix_texts(read_prefixes(labels_path), prefix_name(cfg.truncation.strategy, cfg.truncation.k),
+                             labels_path)
+        return pair_data(read_pairs(placement.path(files[0])), texts)
+
+    lm = read_once(placement, ["causal_lm", cfg.model_path, cfg.dtype, cfg.device], [],
+                   lambda: load_causal_lm(cfg.model_path, cfg.dtype, cfg.device))
+    return read_once(placement, ["lm_pairs", corpus, cfg.truncation.model_dump(mode="json")], files, read), None, lm
 
 
 @flow(name="sweep", flow_run_name="sweep@{corpus}", log_prints=True)
@@ -114,7 +96,7 @@ def sweep_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
         results = []
         raw_oof: dict[str, Any] = {}
         with track("evaluating", len(points), "points") as progress:  # open first: the points' loops stay silent
-            futures = [run_point.submit(sweep_point_flow, placement, point=point, parent=run, params=params,
+            futures = [run_cell.submit(sweep_point_flow, placement, point=point, parent=run, params=params,
                                         corpus=corpus) for point in points]
             for point, future in zip(points, futures):
                 summary, raw_oof[point.name] = future.result()

@@ -15,8 +15,10 @@ from deepprune.judges.transfer import TRANSFER, cell_name, transfer_matrix
 from deepprune.metric_names import tnr_at_fnr_name
 from deepprune.metrics import finite_or_none
 from deepprune.truncate import prefix_name
+from deepprune.progress import track
 from flows._stage import cell_params, child_run, log_roc, run_stage, stage_params, stage_run, write_output
-from tasks.judge import load_embeddings, load_encoder, load_labels, make_pair_data
+from tasks.cluster import Placement, make_task_runner, run_cell
+from tasks.judge import labelled, transfer_pair
 
 
 def _out_of_fold(corpus: str, variants: list[str]) -> dict[str, np.ndarray]:
@@ -27,9 +29,8 @@ def _out_of_fold(corpus: str, variants: list[str]) -> dict[str, np.ndarray]:
 
 @flow(name="transfer", flow_run_name="transfer", log_prints=True)
 def transfer_flow(params_path: str = "params.yaml") -> dict[str, float | None]:
-    """The transfer matrix of every judge variant over every ordered pair of corpora."""
-    from deepprune.judges.encoder import SentenceEncoder, load_encoder_judge
-
+    """The transfer matrix of every judge variant over every ordered pair of corpora: one cell per (train, test) pair
+    of different corpora, on the task runner of params `cluster`."""
     params = stage_params(params_path)
     cfg = params.judge
     corpora = list(params.corpora)
@@ -39,23 +40,20 @@ def transfer_flow(params_path: str = "params.yaml") -> dict[str, float | None]:
                     if c in params.corpora}
     with stage_run("transfer", None, {"seed": params.seed, "corpora": corpora, "primary": cfg.primary,
                                       "prefixes": prefixes}) as run:
-        encoder = load_encoder(cfg.encoder_path, cfg.max_length)
-        data = {}
-        for corpus in corpora:
-            pairs, texts = load_labels(corpus)
-            data[corpus] = make_pair_data(pairs, texts, load_embeddings(paths.embeddings(corpus)), prefixes[corpus],
-                                          paths.prefixes(corpus))
-
-        def score(train: str, variant: str, test: str) -> np.ndarray:
-            judge = load_encoder_judge(paths.judge_model(train, variant), encoder)
-            if judge.finetuned_state is None:
-                return judge.score(data[test].emb_a, data[test].emb_b)
-            own = load_encoder_judge(paths.judge_model(train, variant), SentenceEncoder(cfg.encoder_path, cfg.max_length))
-            return own.score(own.encoder.embed(data[test].texts_a, cfg.batch_size),
-                             own.encoder.embed(data[test].texts_b, cfg.batch_size))
-
+        placement = Placement.of_stage(params.threads, params.tracking)
+        data = {c: labelled(placement, c).data(prefixes[c]) for c in corpora}  # read once here: threads share them
+        trained = [v for v, trains in variants.items() if trains]
+        cross = [(train, test) for train in corpora for test in corpora if train != test]
+        scored: dict[tuple[str, str, str], np.ndarray] = {}
+        with track("transferring", len(cross), "cells") as progress:
+            futures = [run_cell.submit(transfer_pair, placement, params=params, train=train, test=test,
+                                       variants=trained) for train, test in cross]
+            for (train, test), future in zip(cross, futures):
+                scored.update({(train, variant, test): s for variant, s in future.result().items()})
+                progress.advance()
         cells = transfer_matrix(corpora, variants, {c: d.labels for c, d in data.items()},
-                                {c: _out_of_fold(c, list(variants)) for c in corpora}, score, cfg.fnr, cfg.threshold)
+                                {c: _out_of_fold(c, list(variants)) for c in corpora},
+                                lambda train, variant, test: scored[(train, variant, test)], cfg.fnr, cfg.threshold)
         tnr = tnr_at_fnr_name(cfg.fnr)
         metrics: dict[str, float | None] = {}
         for cell in cells:
@@ -88,8 +86,14 @@ def transfer_flow(params_path: str = "params.yaml") -> dict[str, float | None]:
         return metrics
 
 
+def run_transfer(params_path: str = "params.yaml") -> dict[str, float | None]:
+    """The transfer flow on the task runner params `cluster` names."""
+    runner = make_task_runner(stage_params(params_path).cluster)
+    return transfer_flow.with_options(task_runner=runner)(params_path)
+
+
 def main() -> None:
-    run_stage("transfer", transfer_flow)
+    run_stage("transfer", run_transfer)
 
 
 if __name__ == "__main__":

@@ -1,25 +1,36 @@
 """Where a stage's independent cells run (params `cluster`): threads of the stage process, or the workers of a Dask or
-Ray cluster through Prefect's own integrations (prefect-dask, prefect-ray). A cell's task receives small things
-(names, params, the stage's `Placement`) and reads its inputs by path on the worker, never large arrays pickled per
-task; it calls `enter` first, so that a worker process computes and logs exactly as the stage process would."""
+Ray cluster through Prefect's own integrations (prefect-dask, prefect-ray). The cells are sweep points, ablation
+truncations and transfer (train, test) pairs. A cell is one `run_cell` task: it receives small things (names,
+params, the stage's `Placement`) and reads its inputs by path on the worker (`read_once`), never large arrays
+pickled per task; it calls `enter` first, so that a worker process computes and logs exactly as the stage process
+would. A cell's function lives in an importable module (tasks/, or a flow module imported by name), so that a
+worker imports it instead of unpickling a copy of a `__main__` module's globals."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
 import socket
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from prefect import task
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from deepprune.compute import fix_threads
 from deepprune.config import ClusterConfig, TrackingConfig
+from tasks import NO_CACHE
+
+T = TypeVar("T")
 
 _INTEGRATIONS = {"dask": ("prefect_dask", "DaskTaskRunner", "prefect-dask (pip install -e '.[team]')"),
-                 "ray": ("prefect_ray", "RayTaskRunner", "prefect-ray")}
+                 "ray": ("prefect_ray", "RayTaskRunner", "prefect-ray (pip install -e '.[team]')")}
 
 
 def make_task_runner(cfg: ClusterConfig) -> Any:
@@ -37,7 +48,9 @@ def make_task_runner(cfg: ClusterConfig) -> Any:
             return runner(address=cfg.address)
         return runner(cluster_kwargs={"n_workers": cfg.max_workers, "threads_per_worker": 1, "processes": True,
                                       "dashboard_address": None})
-    return runner(address=cfg.address) if cfg.address else runner()
+    if cfg.address:
+        return runner(address=cfg.address)
+    return runner(init_kwargs={"num_cpus": cfg.max_workers, "include_dashboard": False})
 
 
 @dataclass(frozen=True)
@@ -83,3 +96,36 @@ def enter(placement: Placement) -> None:
         import mlflow
 
         mlflow.set_tracking_uri(placement.tracking_uri)
+
+
+@task(cache_policy=NO_CACHE)
+def run_cell(cell: Callable[..., T], placement: Placement, **kwargs: Any) -> T:
+    """One independent cell of a stage (a sweep point, an ablation truncation, a transfer pair), where the task runner
+    put it: `cell(placement=placement, **kwargs)` after `enter(placement)`."""
+    enter(placement)
+    return cell(placement=placement, **kwargs)
+
+
+_READ: OrderedDict[str, Any] = OrderedDict()
+_READ_LOCK = threading.Lock()
+_READ_KEEP = 8  # this many inputs at once (a transfer stage reads every corpus, and the encoder)
+
+
+def read_once(placement: Placement, what: Sequence[Any], files: Sequence[str], read: Callable[[], T]) -> T:
+    """`read()`, once per process for the same `what` (names and settings) and the same project `files` (by size and
+    time, so a long-lived worker never serves a rerun stale inputs): the stage process in threads, each cluster
+    worker once. Cells of one process wait for the first read instead of repeating it; the last few reads are kept."""
+    stats = []
+    for relative in files:
+        path = placement.path(relative)
+        if path.exists():
+            stat = path.stat()
+            stats.append((relative, stat.st_size, stat.st_mtime_ns))
+    key = json.dumps([placement.root, list(what), stats], sort_keys=True, default=str)
+    with _READ_LOCK:
+        if key not in _READ:
+            _READ[key] = read()
+            while len(_READ) > _READ_KEEP:
+                _READ.popitem(last=False)
+        _READ.move_to_end(key)
+        return _READ[key]

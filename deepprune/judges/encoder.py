@@ -249,6 +249,15 @@ class EncoderJudge:
             handle.write(save(tensors, metadata=meta))
 
 
+def has_finetuned_encoder(path: str | os.PathLike) -> bool:
+    """Whether a saved EncoderJudge carries encoder weights of its own (it was trained with finetune_encoder): it then
+    scores texts through its own encoder, not precomputed embeddings, and loading it changes the encoder given."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return any(key.startswith("encoder.") for key in handle.keys())
+
+
 def load_encoder_judge(path: str | os.PathLike, encoder: SentenceEncoder | None = None) -> EncoderJudge:
     """Rebuild a saved EncoderJudge from its safetensors file."""
     from safetensors import safe_open

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -15,9 +15,6 @@ from deepprune.judges.encoder import EncoderJudge, SentenceEncoder
 from deepprune.metrics import judge_metrics, summarize_folds
 from deepprune.pairs import Pair
 from deepprune.progress import track
-
-if TYPE_CHECKING:
-    from deepprune.judges.embeddings import EmbeddingTable
 
 
 @dataclass
@@ -301,22 +298,15 @@ class AblationRow:
     oof_scores: np.ndarray | None = None  # every pair's held-out score, in the pairs' order
 
 
-def truncation_ablation(pairs: Sequence[Pair], prefixes: Mapping[tuple[str, str], Mapping[str, str]],
-                        table: "EmbeddingTable", cfg: JudgeConfig, variants: Sequence[str], encoder: SentenceEncoder,
-                        seed: int) -> list[AblationRow]:
-    """Every listed variant cross-validated on every prefix the embed stage computed (Figure 4, Table 1):
-    same pairs, same folds, only the truncation changes."""
+def ablation_cell(data: PairData, cfg: JudgeConfig, variants: Sequence[str], encoder: SentenceEncoder, seed: int,
+                  prefix: str) -> list[AblationRow]:
+    """One cell of the truncation ablation (Figure 4, Table 1): every listed variant cross-validated on the pairs cut
+    at `prefix` (a prefix name of the embed stage). Every cell has the same pairs and folds; only the truncation
+    changes."""
     from deepprune.truncate import parse_prefix_name
 
     sub = cfg.model_copy(update={"variants": {v: cfg.variants[v] for v in variants}, "primary": variants[0],
                                  "baseline": variants[0]})
-    rows = []
-    with track("ablating", len(table.matrices) * len(variants), "cells") as progress:  # truncations x variants
-        for name in sorted(table.matrices, key=lambda n: parse_prefix_name(n)):
-            strategy, k = parse_prefix_name(name)
-            texts = {key: row[name] for key, row in prefixes.items()}
-            data = pair_data(pairs, texts, table.lookup(name))
-            for variant, result in cross_validate(data, sub, encoder, seed).items():
-                rows.append(AblationRow(strategy, k, variant, result.summary, result.oof_scores))
-            progress.advance(len(variants))
-    return rows
+    strategy, k = parse_prefix_name(prefix)
+    return [AblationRow(strategy, k, variant, result.summary, result.oof_scores)
+            for variant, result in cross_validate(data, sub, encoder, seed).items()]

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,3 +83,52 @@ def dask_cluster(cwd: Path, env: dict[str, str], workers: int = 2) -> Iterator[s
     finally:
         for proc in reversed(procs):
             stop(proc)
+
+
+def stop_group(proc: subprocess.Popen, seconds: float = 60) -> None:
+    """SIGTERM to the process group `proc` leads (a server and everything it started), SIGKILL after `seconds`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        pass
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def ray_cluster(cwd: Path, env: dict[str, str], cpus: int = 2) -> Iterator[str]:
+    """A real Ray head as `make ray-cluster` starts one (`ray start --head --block`, `cpus` worker slots), in its own
+    process group, stopped with everything it started on exit (also when the test fails). Yields the address a
+    stage on this machine connects to. Ray's session files go to a short temporary folder: its socket paths must
+    stay under the kernel's 107 characters, which pytest's folders exceed."""
+    pytest.importorskip("prefect_ray", reason="the team extra is not installed: pip install -e '.[team]'")
+    from deepprune.services import free_port
+
+    port = free_port()
+    session = tempfile.mkdtemp(prefix="ray-")
+    bin_dir = Path(sys.executable).parent
+    with open(cwd / "ray-head.log", "w") as log:
+        proc = subprocess.Popen([str(bin_dir / "ray"), "start", "--head", "--port", str(port), "--num-cpus", str(cpus),
+                                 "--include-dashboard=false", "--disable-usage-stats", "--temp-dir", session,
+                                 "--block"], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while "Ray runtime started" not in (cwd / "ray-head.log").read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                f"the Ray head did not start:\n{(cwd / 'ray-head.log').read_text(errors='replace')[-3000:]}"
+            time.sleep(1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop_group(proc)
+        shutil.rmtree(session, ignore_errors=True)

@@ -1,16 +1,19 @@
 """The team engines, started for real on 127.0.0.1 and stopped by the test however it ends (README, "Team scale").
 
-Sweep points on a real Dask cluster (params `cluster`): a scheduler and two worker processes, started in another
-directory with no MLflow store in their environment, run the points of `python -m flows.sweep`; the stage's outputs
-are the same bytes as on threads, and each point is an MLflow child run of the stage's run. MLflow on PostgreSQL
+The cells of the sweep, ablate and transfer stages on a real cluster (params `cluster`): a Dask scheduler with two
+worker processes, or a Ray head with two worker slots, started in another directory with no MLflow store in their
+environment; the stages' outputs are the same bytes as on threads, and each sweep point is an MLflow child run of
+the stage's run. MLflow on PostgreSQL
 (`python -m flows.team_stores`, what `make mlflow-postgres` runs): a stage logs to it through MLFLOW_TRACKING_URI
 alone, and its runs and registered model are read back, also after both servers restart."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -24,17 +27,22 @@ import yaml
 from deepprune import paths
 from deepprune.config import read_params
 from deepprune.services import free_port
-from tests.conftest import ROOT, loopback_prefect, mlflow_runs, tiny_params
-from tests.integration.conftest import dask_cluster, run, stop
+from tests.conftest import ROOT, commit_copy, copy_project, loopback_prefect, mlflow_runs, tiny_params
+from tests.integration.conftest import dask_cluster, ray_cluster, run, stop
 
 pytestmark = pytest.mark.slow
 
-OUTPUTS = (paths.sweep_results("date"), paths.sweep_best("date"), paths.metrics("sweep", "date"))
+# what the cells of the sweep, ablate and transfer stages decide
+OUTPUTS = (paths.sweep_results("date"), paths.sweep_best("date"), paths.metrics("sweep", "date"),
+           paths.ablate_results("date"), paths.metrics("ablate", "date"), paths.transfer_results(),
+           paths.metrics("transfer", None))
+CELL_STAGES = (["flows.sweep", "date"], ["flows.ablate", "date"], ["flows.transfer"])
 
 
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory):
-    """A workspace laid out like the project with the date corpus sampled, labelled and embedded (tiny params)."""
+    """A workspace laid out like the project with both recorded corpora sampled, labelled, embedded and judged (tiny
+    params): what the sweep, ablate and transfer stages read."""
     ws = tmp_path_factory.mktemp("cluster")
     (ws / "data").mkdir()
     (ws / "data" / "raw").symlink_to(ROOT / "data" / "raw")
@@ -47,8 +55,9 @@ def labelled(tmp_path_factory):
            "DEEPPRUNE_MLFLOW_ARTIFACTS": str(ws / "mlartifacts")}
     env.pop("DEEPPRUNE_PARENT_RUN_ID", None)
     with loopback_prefect(ws, env):
-        for stage in ("sample", "label", "embed"):
-            run([sys.executable, "-m", f"flows.{stage}", "date"], ws, env)
+        for corpus in ("date", "math"):
+            for stage in ("sample", "label", "embed", "judge"):
+                run([sys.executable, "-m", f"flows.{stage}", corpus], ws, env)
         yield ws, env
 
 
@@ -58,43 +67,74 @@ def _set_cluster(ws: Path, **cluster) -> None:
     (ws / "params.yaml").write_text(yaml.safe_dump(params))
 
 
-def _outputs(ws: Path) -> dict[str, bytes]:
-    return {path: (ws / path).read_bytes() for path in OUTPUTS}
+def _run_cells(ws: Path, env: dict[str, str]) -> tuple[dict[str, bytes], str]:
+    """The sweep, ablate and transfer stages from scratch; their outputs' bytes and the stages' output."""
+    for path in OUTPUTS:
+        (ws / path).unlink(missing_ok=True)
+    out = "".join(run([sys.executable, "-m", *stage], ws, env) for stage in CELL_STAGES)
+    return {path: (ws / path).read_bytes() for path in OUTPUTS}, out
 
 
-def test_sweep_points_on_a_dask_cluster_write_what_threads_write(labelled, tmp_path):
+@pytest.fixture(scope="module")
+def on_threads(labelled) -> dict[str, bytes]:
     ws, env = labelled
     _set_cluster(ws, task_runner="threads")
-    run([sys.executable, "-m", "flows.sweep", "date"], ws, env)
-    on_threads = _outputs(ws)
-    for path in OUTPUTS:
-        (ws / path).unlink()
+    return _run_cells(ws, env)[0]
 
+
+def _worker_env(env: dict[str, str]) -> dict[str, str]:
+    """What a cluster's workers are started with: no MLflow store of the project's (the cells get it from the stage)."""
+    return {k: v for k, v in env.items() if k not in ("MLFLOW_TRACKING_URI", "DEEPPRUNE_MLFLOW_ARTIFACTS")}
+
+
+def _children(env: dict[str, str], experiment: str) -> list:
+    """The MLflow child runs of the experiment's latest stage run."""
+    runs = mlflow_runs(env["MLFLOW_TRACKING_URI"], experiment)
+    last = max((r for r in runs if "mlflow.parentRunId" not in r.data.tags), key=lambda r: r.info.start_time)
+    return [r for r in runs if r.data.tags.get("mlflow.parentRunId") == last.info.run_id]
+
+
+def test_cells_on_a_dask_cluster_write_what_threads_write(labelled, on_threads, tmp_path):
+    """Sweep points, ablation truncations and transfer pairs on a scheduler and two worker processes started in
+    another directory: the same bytes as on threads, the cells ran there, every point an MLflow child run."""
+    ws, env = labelled
     elsewhere = tmp_path / "workers"  # the workers know neither the project's directory nor its MLflow store
     elsewhere.mkdir()
-    worker_env = {k: v for k, v in env.items() if k not in ("MLFLOW_TRACKING_URI", "DEEPPRUNE_MLFLOW_ARTIFACTS")}
-    with dask_cluster(elsewhere, worker_env, workers=2) as address:
+    with dask_cluster(elsewhere, _worker_env(env), workers=2) as address:
         _set_cluster(ws, task_runner="dask", address=address)
-        out = run([sys.executable, "-m", "flows.sweep", "date"], ws, env)
-        assert f"Connecting to an existing Dask cluster at {address}" in out
-    assert _outputs(ws) == on_threads
+        outputs, out = _run_cells(ws, env)
+        assert out.count(f"Connecting to an existing Dask cluster at {address}") == len(CELL_STAGES)
+    assert outputs == on_threads
     log = (elsewhere / "dask-workers.log").read_text()
-    assert log.count("Task run 'run_point") >= 2 and "sweep[date] ce: auroc" in log  # the points ran there
+    assert log.count("Task run 'run_cell") >= 2 and "sweep[date] ce: auroc" in log  # the cells ran there
 
-    stage_runs = [r for r in mlflow_runs(env["MLFLOW_TRACKING_URI"], "deepprune/sweep")
-                  if "mlflow.parentRunId" not in r.data.tags]
-    last = max(stage_runs, key=lambda r: r.info.start_time)
-    children = [r for r in mlflow_runs(env["MLFLOW_TRACKING_URI"], "deepprune/sweep")
-                if r.data.tags.get("mlflow.parentRunId") == last.info.run_id]
+    children = _children(env, "deepprune/sweep")
     assert sorted(r.data.tags["variant"] for r in children) == ["ce", "focal_g2.0"]
     assert all(r.info.status == "FINISHED" and "auroc" in r.data.metrics for r in children)
 
     # no address: a local cluster of max_workers processes, started and stopped by the stage itself
-    for path in OUTPUTS:
-        (ws / path).unlink()
     _set_cluster(ws, task_runner="dask", address=None)
+    for path in OUTPUTS[:3]:
+        (ws / path).unlink()
     out = run([sys.executable, "-m", "flows.sweep", "date"], ws, env)
-    assert "Creating a new Dask cluster" in out and _outputs(ws) == on_threads
+    assert "Creating a new Dask cluster" in out
+    assert all((ws / path).read_bytes() == on_threads[path] for path in OUTPUTS[:3])
+
+
+def test_cells_on_a_ray_head_write_what_threads_write(labelled, on_threads, tmp_path):
+    """The same cells on a running Ray head (`make ray-cluster`) with two worker slots, its processes started with no
+    MLflow store: the same bytes as on threads, and the cells ran in Ray's worker processes."""
+    ws, env = labelled
+    elsewhere = tmp_path / "ray"
+    elsewhere.mkdir()
+    with ray_cluster(elsewhere, _worker_env(env), cpus=2) as address:
+        _set_cluster(ws, task_runner="ray", address=address)
+        outputs, out = _run_cells(ws, env)
+    assert outputs == on_threads
+    assert out.count("Connected to Ray cluster") == len(CELL_STAGES)
+    assert "(run_cell pid=" in out  # Ray forwards its workers' output, naming the task and the worker's pid
+    children = _children(env, "deepprune/ablate")
+    assert children and all(r.info.status == "FINISHED" for r in children)
 
 
 def _stores(ws: Path, env: dict[str, str], base: Path, pg_port: int, mlflow_port: int) -> subprocess.Popen:
@@ -171,4 +211,123 @@ def test_a_stage_logs_to_mlflow_on_postgresql_through_the_tracking_uri_alone(lab
         _stopped(proc)
     finally:
         stop(proc)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _readme_team_block() -> list[str]:
+    """The commands of README's "All of it at once" block, comments dropped."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split("<!-- team-all:", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def _in_clone(clone: Path) -> list:
+    """The processes still running in the clone: its working directory or a path of it on the command line."""
+    import psutil
+
+    left = []
+    for proc in psutil.process_iter(["pid", "cmdline", "cwd"]):
+        with contextlib.suppress(psutil.Error):
+            if proc.pid != os.getpid() and (str(clone) in " ".join(proc.info["cmdline"] or ())
+                                            or (proc.info["cwd"] or "").startswith(str(clone))):
+                left.append(proc)
+    return left
+
+
+def test_the_readme_team_block_runs_the_pipeline_on_every_engine_from_a_fresh_clone(tiny_lm):
+    """README "All of it at once", line by line, in a fresh clone on tiny params (the ports swapped for free ones):
+    PostgreSQL + MLflow, a Dask cluster, the Prefect server with its pool and worker, a DVC remote; the pipeline
+    runs on the worker, logs to PostgreSQL and fans its cells out to the Dask workers; the outputs reach the
+    remote; the `kill -INT` of the jobs leaves no process behind."""
+    import psutil
+    from flows.team_stores import PostgresUnavailable, postgres_bin
+
+    try:
+        postgres_bin()
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    pytest.importorskip("psycopg2", reason="the team extra is not installed: pip install -e '.[team]'")
+    venv = Path(sys.executable).parent.parent
+    if not ((venv / ".installed").exists() and (venv / ".team-installed").exists()):
+        pytest.skip(f"{venv} was not set up by `make setup-team`: the clone borrows it and must not rebuild it")
+    from mlflow.tracking import MlflowClient
+
+    base = Path(tempfile.mkdtemp(prefix="deepprune-team-"))  # not pytest's tmp dir: PostgreSQL's own user reaches it
+    os.chmod(base, 0o755)
+    origin, clone = base / "origin", base / "deepprune"
+    origin.mkdir()
+    copy_project(origin)
+    params = tiny_params(limit=6)
+    params["judge_lm"]["corpora"], params["ablate"]["variants"] = [], ["encoder_focal_oversample", "sbert_cosine"]
+    params["sample"]["model_path"] = str(tiny_lm)
+    (origin / "params.yaml").write_text(yaml.safe_dump(params))
+    ports = {"5000": free_port(), "8786": free_port(), "4200": free_port()}
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_HOME", "MLFLOW_TRACKING_URI",
+                                                            "DEEPPRUNE_MLFLOW_ARTIFACTS", "DEEPPRUNE_PARENT_RUN_ID",
+                                                            "VIRTUAL_ENV", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", PYTHONPATH=str(clone),
+               MLFLOW_PORT=str(ports["5000"]), DASK_PORT=str(ports["8786"]), PREFECT_PORT=str(ports["4200"]),
+               PG_PORT=str(free_port()))
+    commit_copy(origin, env)
+    jobs: list[tuple[str, subprocess.Popen, Path]] = []
+    outputs: dict[str, str] = {}
+    try:
+        for line in _readme_team_block():
+            for default, port in ports.items():
+                line = line.replace(f":{default}", f":{port}")
+            if line.startswith("git clone"):  # the block's first line, with this test's repository
+                run(["git", "clone", "-q", str(origin), str(clone)], base, env)
+                (clone / ".venv").symlink_to(venv)  # set up already: `make setup-team` finds it up to date
+                os.utime(clone / "pyproject.toml", (0, 0))
+            elif line.startswith("export "):
+                key, _, value = line[len("export "):].partition("=")
+                env[key] = value
+            elif line.endswith("&"):  # a job: its own process group, as an interactive shell starts one
+                log = base / f"job{len(jobs) + 1}.log"
+                with open(log, "w") as handle:
+                    jobs.append((line, subprocess.Popen(["bash", "-c", line[:-1].strip()], cwd=clone, env=env,
+                                                        stdout=handle, stderr=subprocess.STDOUT,
+                                                        start_new_session=True), log))
+            elif line.startswith("kill -INT"):
+                for spec in line.split()[2:]:
+                    _, proc, _ = jobs[int(spec.lstrip("%")) - 1]
+                    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in its terminal sends
+                for command, proc, log in jobs:
+                    proc.wait(timeout=180)
+                    outputs[command] = log.read_text(errors="replace")
+            else:
+                assert not any(proc.poll() is not None for _, proc, _ in jobs), \
+                    "a job ended early:\n" + "\n".join(f"--- {c}\n{log.read_text(errors='replace')[-3000:]}"
+                                                       for c, p, log in jobs if p.poll() is not None)
+                outputs[line] = run(["bash", "-c", line], clone, env, timeout=1800)
+                if line == "make push":  # before the kill: what the engines hold
+                    client = MlflowClient(f"http://127.0.0.1:{ports['5000']}")
+                    for stage in ("sample", "judge", "sweep", "ablate", "transfer", "prune", "online", "report"):
+                        runs = client.search_runs([client.get_experiment_by_name(f"deepprune/{stage}").experiment_id])
+                        assert runs and all(r.info.status == "FINISHED" for r in runs), stage
+                    status = run([sys.executable, "-m", "dvc", "status", "--cloud"], clone, env)
+                    assert "Cache and remote 'team' are in sync" in status, status
+
+        assert "Flow run finished successfully in 'Completed'" in outputs["make run-on-pool"]
+        assert "params.yaml: cluster.task_runner=dask" in outputs[f"make use-cluster CLUSTER=dask "
+                                                                  f"ADDRESS=tcp://127.0.0.1:{ports['8786']}"]
+        dask_log = next(out for command, out in outputs.items() if command.startswith("make dask-cluster"))
+        assert dask_log.count("Task run 'run_cell") >= 2, dask_log[-3000:]  # the cells ran on the cluster's workers
+        assert any((base / "deepprune-dvc-remote").rglob("*")), "nothing reached the DVC remote"
+        assert all(proc.returncode is not None for _, proc, _ in jobs)
+        deadline = time.monotonic() + 60
+        while _in_clone(clone) and time.monotonic() < deadline:
+            time.sleep(1)
+        left = _in_clone(clone)
+        assert not left, f"left running: {[' '.join(p.cmdline())[:200] for p in left]}"
+        for port in [*ports.values(), int(env["PG_PORT"])]:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+                pytest.fail(f"port {port} still answers after the kill")
+    finally:
+        for _, proc, _ in jobs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        for proc in _in_clone(clone):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
         shutil.rmtree(base, ignore_errors=True)

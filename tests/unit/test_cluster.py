@@ -27,7 +27,7 @@ def test_a_runner_whose_integration_is_missing_is_named_with_its_package(monkeyp
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "prefect_ray" else real(name, *a))
-    with pytest.raises(ImportError, match="cluster.task_runner 'ray' needs prefect-ray, which is not installed"):
+    with pytest.raises(ImportError, match=r"cluster.task_runner 'ray' needs prefect-ray \(pip install -e '.\[team\]'\), which is not installed"):
         make_task_runner(ClusterConfig(task_runner="ray"))
 
 
@@ -38,6 +38,14 @@ def test_a_dask_runner_connects_to_the_address_or_starts_a_local_cluster():
     local = make_task_runner(ClusterConfig(task_runner="dask", max_workers=3))
     assert local.address is None and local.cluster_kwargs["n_workers"] == 3
     assert local.cluster_kwargs["threads_per_worker"] == 1
+
+
+def test_a_ray_runner_connects_to_the_head_or_starts_a_local_instance_of_max_workers_cpus():
+    pytest.importorskip("prefect_ray", reason="the team extra is not installed: pip install -e '.[team]'")
+    remote = make_task_runner(ClusterConfig(task_runner="ray", address="127.0.0.1:6379"))
+    assert remote.address == "127.0.0.1:6379"
+    local = make_task_runner(ClusterConfig(task_runner="ray", max_workers=3))
+    assert local.address is None and local.init_kwargs["num_cpus"] == 3
 
 
 def test_a_worker_that_cannot_see_the_project_fails_naming_itself_and_the_path(tmp_path):
@@ -66,3 +74,28 @@ def test_a_worker_takes_the_stages_threads_and_store(tmp_path, monkeypatch):
         import mlflow
 
         mlflow.set_tracking_uri(None)
+
+
+def test_a_cells_inputs_are_read_once_per_process_and_again_when_their_files_change(tmp_path):
+    import time
+
+    from tasks.cluster import read_once
+
+    placement = Placement(str(tmp_path), 2, "sqlite:///x.db", TrackingConfig(), None)
+    (tmp_path / "pairs.jsonl").write_text("a\n")
+    reads: list[str] = []
+
+    def read(name: str):
+        def inner() -> str:
+            reads.append(name)
+            return (tmp_path / "pairs.jsonl").read_text() + name
+        return inner
+
+    first = read_once(placement, ["pairs", "date"], ["pairs.jsonl"], read("date"))
+    assert read_once(placement, ["pairs", "date"], ["pairs.jsonl"], read("date")) is first and reads == ["date"]
+    read_once(placement, ["pairs", "math"], ["pairs.jsonl"], read("math"))  # other inputs beside, not instead
+    assert read_once(placement, ["pairs", "date"], ["pairs.jsonl"], read("date")) is first
+    time.sleep(0.01)
+    (tmp_path / "pairs.jsonl").write_text("b, longer\n")  # a rerun's new inputs: never the stale read
+    assert read_once(placement, ["pairs", "date"], ["pairs.jsonl"], read("date")) == "b, longer\ndate"
+    assert reads == ["date", "math", "date"]

@@ -1,5 +1,6 @@
 """params.yaml is validated strictly, and it is the only source of defaults."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,32 @@ def test_the_paper_profile_applies_over_params_yaml_and_validates():
     assert default.prune.repetitions < params.prune.repetitions  # the default is the laptop profile
     with pytest.raises(ConfigError, match="--profile nope: .*profiles: paper"):
         profile_overrides("nope")
+
+
+def test_write_params_sets_scalars_in_place_keeping_every_other_line_and_refuses_bad_values(tmp_path):
+    """`make use-cluster`: params.yaml's cluster keys changed on their own lines, comments kept; a value that fails
+    validation, or a key that is not there, leaves the file as it was."""
+    from flows.pipeline import write_params
+
+    path = tmp_path / "params.yaml"
+    shutil.copyfile(ROOT / "params.yaml", path)
+    before = path.read_text(encoding="utf-8").splitlines()
+    params = write_params(["cluster.task_runner=dask", "cluster.address=tcp://127.0.0.1:8786"], path)
+    assert (params.cluster.task_runner, params.cluster.address) == ("dask", "tcp://127.0.0.1:8786")
+    after = path.read_text(encoding="utf-8").splitlines()
+    changed = [(a, b) for a, b in zip(before, after) if a != b]
+    assert len(before) == len(after) and len(changed) == 2
+    assert all(a.split("#")[1] == b.split("#")[1] for a, b in changed)  # the comments stay
+    assert read_params(path) == {**read_params(ROOT / "params.yaml"),
+                                 "cluster": {**read_params(ROOT / "params.yaml")["cluster"], "task_runner": "dask",
+                                             "address": "tcp://127.0.0.1:8786"}}
+    text = path.read_text(encoding="utf-8")
+    for bad, message in ((["cluster.address=127.0.0.1:1"], "a Dask scheduler address is tcp://host:port"),
+                         (["cluster.workers=3"], "no key 'workers' under 'cluster'"),
+                         (["clusters.address=null"], "no section 'clusters'"),
+                         (["cluster.task_runner"], "an override is section.key=value")):
+        with pytest.raises(ConfigError, match=message):
+            write_params(bad, path)
+        assert path.read_text(encoding="utf-8") == text
+    write_params(["cluster.task_runner=threads", "cluster.address=null"], path)
+    assert read_params(path) == read_params(ROOT / "params.yaml")
