@@ -21,8 +21,16 @@ if TYPE_CHECKING:
 
 
 # Sweep points log from worker threads; SQLite stores reject concurrent writers ("database is locked"), so every
-# write to the store goes through this lock (each is a few milliseconds).
+# write to such a store goes through this lock (each is a few milliseconds). A tracking server (MLflow on
+# PostgreSQL) takes concurrent writers: there, threads write at once.
 _LOCK = threading.RLock()
+
+
+def _write_lock() -> contextlib.AbstractContextManager[Any]:
+    """The lock a write to the current tracking store takes: _LOCK for a database or folder this process opens,
+    none for a tracking server over HTTP."""
+    scheme = urllib.parse.urlsplit(_mlflow().get_tracking_uri()).scheme
+    return contextlib.nullcontext() if scheme in ("http", "https") else _LOCK
 
 
 def _mlflow():
@@ -137,7 +145,7 @@ class Run:
         flat = {k: ("null" if v is None else str(v))[:500] for k, v in flatten(params).items()}
         mlflow = _mlflow()
         items = sorted(flat.items())
-        with _LOCK:
+        with _write_lock():
             for start in range(0, len(items), 100):
                 mlflow.log_params(dict(items[start:start + 100]))
 
@@ -146,13 +154,13 @@ class Run:
         clean = {k: float(v) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
         if clean:
-            with _LOCK:
+            with _write_lock():
                 _mlflow().log_metrics(clean, step=step)
 
     def log_artifact(self, path: str | os.PathLike, folder: str | None = None) -> None:
         """Attach a file or directory to the run."""
         mlflow = _mlflow()
-        with _LOCK:
+        with _write_lock():
             if Path(path).is_dir():
                 mlflow.log_artifacts(str(path), artifact_path=folder)
             else:
@@ -166,11 +174,11 @@ class Run:
         with tempfile.TemporaryDirectory(prefix="deepprune-artifacts-") as tmp:
             for name, text in files.items():
                 Path(tmp, name).write_text(text, encoding="utf-8")
-            with _LOCK:
+            with _write_lock():
                 MlflowClient().log_artifacts(self.run_id, tmp)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        with _LOCK:
+        with _write_lock():
             _mlflow().set_tags(dict(tags))
 
 
@@ -183,7 +191,7 @@ def start_run(experiment: str, run_name: str, tags: Mapping[str, str] | None = N
     all_tags = dict(tags or {})
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-    with _LOCK:
+    with _LOCK:  # get-or-create of the experiment: one thread at a time, on every store
         exp_id = ensure_experiment(experiment, artifact_root)
         active = mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=all_tags, nested=nested)
     previous: dict[int, Any] = {}
@@ -204,7 +212,7 @@ def start_run(experiment: str, run_name: str, tags: Mapping[str, str] | None = N
     try:
         yield Run(active, experiment, run_name, all_tags)
     except BaseException:
-        with _LOCK:
+        with _write_lock():
             mlflow.end_run(status="FAILED")
         raise
     else:
@@ -212,10 +220,10 @@ def start_run(experiment: str, run_name: str, tags: Mapping[str, str] | None = N
             # the handler ran, but its exception was lost: raised while Python ran a finalizer or weakref callback
             # (a garbage-collected SQLAlchemy class, say), it is printed as "Exception ignored" and the body goes
             # on. The signal still ends the run: not FINISHED, and the stage exits as signalled.
-            with _LOCK:
+            with _write_lock():
                 mlflow.end_run(status="KILLED")
             raise SystemExit(128 + received[0])
-        with _LOCK:
+        with _write_lock():
             mlflow.end_run(status="FINISHED")
     finally:
         for sig, handler in previous.items():
@@ -250,7 +258,7 @@ def fail_abandoned_runs(experiment: str, tags: Mapping[str, str]) -> list[str]:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    with _LOCK:
+    with _write_lock():
         found = client.get_experiment_by_name(experiment)
         if found is None:
             return []

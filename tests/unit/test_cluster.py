@@ -99,3 +99,21 @@ def test_a_cells_inputs_are_read_once_per_process_and_again_when_their_files_cha
     (tmp_path / "pairs.jsonl").write_text("b, longer\n")  # a rerun's new inputs: never the stale read
     assert read_once(placement, ["pairs", "date"], ["pairs.jsonl"], read("date")) == "b, longer\ndate"
     assert reads == ["date", "math", "date"]
+
+
+def test_cells_write_to_a_tracking_server_at_once_and_to_a_sqlite_store_one_at_a_time():
+    """SQLite rejects concurrent writers, so the threads of a stage take turns there; a tracking server (MLflow on
+    PostgreSQL) takes them all at once."""
+    import contextlib
+
+    import mlflow
+
+    from deepprune import tracking
+
+    try:
+        mlflow.set_tracking_uri("http://127.0.0.1:5000")
+        assert isinstance(tracking._write_lock(), contextlib.nullcontext)
+        mlflow.set_tracking_uri("sqlite:///store.db")
+        assert tracking._write_lock() is tracking._LOCK
+    finally:
+        mlflow.set_tracking_uri(None)
