@@ -95,14 +95,14 @@ dask-cluster: setup-team  ## Dask scheduler on tcp://127.0.0.1:$(DASK_PORT) + $(
 	wait
 
 # A Ray head on this machine with RAY_CPUS worker slots (Ray starts a worker process per running cell), its session
-# files in .ray/. Ray listens on the machine's address, not 127.0.0.1 only (Ray's own choice on Linux); a stage
+# files in Ray's own /tmp/ray (a folder inside a deep checkout would push Ray's socket paths past the kernel's 107
+# characters). Ray listens on the machine's address, not 127.0.0.1 only (Ray's own choice on Linux); a stage
 # connects through 127.0.0.1. Ctrl-C stops it (Ray drains for up to 30 s). params: cluster.task_runner: ray,
 # cluster.address: 127.0.0.1:$(RAY_PORT).
 ray-cluster: setup-team  ## Ray head on 127.0.0.1:$(RAY_PORT) with $(RAY_CPUS) worker slots (foreground)
-	mkdir -p .ray
 	trap 'kill 0' EXIT; \
 	$(BIN)/ray start --head --port $(RAY_PORT) --num-cpus $(RAY_CPUS) --include-dashboard=false \
-		--disable-usage-stats --temp-dir $(CURDIR)/.ray --block & \
+		--disable-usage-stats --block & \
 	wait
 
 # MLflow for a team: Debian's PostgreSQL (data in .postgres/, 127.0.0.1 only) as the backend store of one `mlflow

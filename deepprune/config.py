@@ -442,9 +442,10 @@ class TrackingConfig(_Strict):
 
 
 class ClusterConfig(_Strict):
-    """Where a stage's independent cells run (sweep points, ablation truncations, transfer pairs): threads of the stage
-    process, or the workers of a running Dask or Ray cluster. Results are the same bytes on every runner (each worker computes with `threads`
-    torch threads and loads its inputs from the project's paths), so no stage lists these keys in dvc.yaml."""
+    """Where a stage's independent cells run (sweep points, ablation truncations, transfer pairs): threads of the
+    stage process, or the workers of a running Dask or Ray cluster. Results are the same bytes on every runner (each
+    worker computes with `threads` torch threads and loads its inputs from the project's paths), so no stage lists
+    these keys in dvc.yaml."""
 
     task_runner: Literal["threads", "dask", "ray"] = Field("threads", description="threads | dask (prefect-dask) | ray "
                                                                                     "(prefect-ray)")
@@ -460,6 +461,8 @@ class ClusterConfig(_Strict):
             raise ValueError(f"address {self.address!r} is for a dask or ray cluster; task_runner is 'threads'")
         if self.task_runner == "dask" and self.address is not None and "://" not in self.address:
             raise ValueError(f"address {self.address!r}: a Dask scheduler address is tcp://host:port")
+        if self.task_runner == "ray" and self.address is not None and self.address.startswith("tcp://"):
+            raise ValueError(f"address {self.address!r}: a Ray head's address is host:port, ray://host:port or auto")
         return self
 
 
@@ -606,19 +609,23 @@ def set_scalars(text: str, updates: dict[str, Any]) -> str:
         start = next((i for i, line in enumerate(lines) if re.match(rf"{re.escape(section)}:\s*(#.*)?$", line)), None)
         if start is None:
             raise ConfigError(f"params.yaml has no section {section!r} to set {dotted} in")
-        end = next((i for i in range(start + 1, len(lines)) if re.match(r"\S", lines[i])), len(lines))
+        end = next((i for i in range(start + 1, len(lines)) if re.match(r"[^\s#]", lines[i])), len(lines))
         pattern = re.compile(rf"(  {re.escape(key)}:[ \t]*)([^#\n]*?)([ \t]*)(#.*)?(\r?\n)?$")
         for i in range(start + 1, end):
             match = pattern.match(lines[i])
             if match:
-                if match.group(2).startswith(("[", "{", "|", ">")) or not match.group(2):
+                below = next((line for line in lines[i + 1:end] if line.strip() and not line.lstrip().startswith("#")),
+                             "")
+                nested = not match.group(2) and re.match(r"(   |  - )", below) is not None  # a block below it
+                if match.group(2).startswith(("[", "{", "|", ">")) or nested:
                     raise ConfigError(f"params.yaml {dotted}: not a scalar on its own line; edit the file by hand")
                 new = "null" if value is None else json.dumps(value) if not isinstance(value, str) else value
                 if isinstance(value, str) and (not re.fullmatch(r"[\w./:@-]+", value) or value in ("null", "true",
                                                                                                      "false")):
                     new = json.dumps(value)
                 pad = max(1, match.start(4) - len(match.group(1)) - len(new)) if match.group(4) else 0  # its column
-                lines[i] = (match.group(1) + new + (" " * pad + match.group(4) if match.group(4) else "")
+                head = match.group(1) if match.group(1).endswith((" ", "\t")) else match.group(1) + " "
+                lines[i] = (head + new + (" " * pad + match.group(4) if match.group(4) else "")
                             + (match.group(5) or ""))
                 break
         else:

@@ -55,17 +55,19 @@ def stop_process(proc: subprocess.Popen, grace_s: float = 10.0, group: bool = Fa
         deadline = time.monotonic() + grace_s
         while _group_alive(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        send(signal.SIGKILL)
+        if _group_alive(proc.pid):
+            send(signal.SIGKILL)
 
 
 def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """Whether a live process (not a zombie waiting for its parent) is still in the process group."""
+    import psutil
+
+    for proc in psutil.process_iter(["status"]):
+        with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+    return False
 
 
 @contextlib.contextmanager
@@ -74,9 +76,10 @@ def service(cmd: Sequence[str], ready: Callable[[], bool], timeout_s: float, nam
             error: type[Exception] = RuntimeError, grace_s: float = 30.0,
             stop_signal: signal.Signals = signal.SIGTERM) -> Iterator[subprocess.Popen]:
     """Start `cmd` in its own session (Ctrl-C in the terminal does not reach it; the block's owner stops it) with
-    the parent-death signal set (a `kill -9` of this process stops it too), wait until `ready()`, and stop it with
-    everything it started (its process group: `stop_signal`, SIGKILL after `grace_s`) when the block ends, however
-    it ends. Failing to start raises `error` naming `name` and the log."""
+    the parent-death signal set (a `kill -9` of this process sends `cmd` itself SIGTERM; what it started is then
+    its to stop), wait until `ready()`, and stop it with everything it started (its process group: `stop_signal`,
+    SIGKILL after `grace_s`) when the block ends, however it ends. Failing to start raises `error` naming `name`
+    and the log."""
     log = subprocess.DEVNULL
     if log_path is not None:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)

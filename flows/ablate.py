@@ -29,9 +29,9 @@ def ablate_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
     with stage_run("ablate", corpus, {"seed": params.seed, "ablate": cfg.model_dump(), "train": params.judge.train.model_dump(),
                                       "label.folds": params.label.folds}) as run:
         placement = Placement.of_stage(params.threads, params.tracking)
-        corpus_data = labelled(placement, corpus)  # read once here: threads share it
-        pairs = corpus_data.pairs
-        prefixes = sorted(corpus_data.table.matrices, key=parse_prefix_name)
+        inputs = labelled(placement, corpus)  # read once here: threads share it
+        pairs = inputs.pairs
+        prefixes = sorted(inputs.table.matrices, key=parse_prefix_name)
         rows: list[AblationRow] = []
         with track("ablating", len(prefixes), "truncations") as progress:  # open first: the cells' loops stay silent
             futures = [run_cell.submit(ablation_truncation, placement, params=params, corpus=corpus, prefix=prefix)

@@ -109,14 +109,18 @@ def _engines_answer(deployment: str) -> list[str]:
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
     if urllib.parse.urlsplit(uri).scheme in ("http", "https"):
         try:
-            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=2)
+            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=2).close()
         except OSError:
             missing.append(f"the MLflow server {uri}")
     cluster = load_params(ROOT / "params.yaml").cluster
-    if cluster.address:
-        host, _, port = cluster.address.split("://")[-1].rpartition(":")
+    where = urllib.parse.urlsplit(cluster.address if "://" in (cluster.address or "") else f"//{cluster.address}")
+    try:
+        host, port = where.hostname, where.port
+    except ValueError:  # not host:port (Ray's `auto`): the task runner says what it cannot reach
+        host = port = None
+    if cluster.address and host and port:
         try:
-            socket.create_connection((host, int(port)), timeout=2).close()
+            socket.create_connection((host, port), timeout=2).close()
         except OSError:
             missing.append(f"the {cluster.task_runner} cluster at {cluster.address}")
     return missing

@@ -92,7 +92,8 @@ def write_params(overrides: list[str], path: Path = ROOT / "params.yaml") -> Par
         if not sep:
             raise ConfigError(f"--write-params {override!r}: an override is section.key=value")
         updates[key] = YAML(typ="safe", pure=True).load(value)  # as params.yaml would read it: null, 2, tcp://...
-    text = set_scalars(path.read_text(encoding="utf-8"), updates)
+    with open(path, encoding="utf-8", newline="") as handle:  # CRLF lines stay CRLF
+        text = set_scalars(handle.read(), updates)
     expected = read_params(path)
     for key, value in updates.items():
         section, _, name = key.partition(".")

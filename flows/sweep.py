@@ -22,7 +22,7 @@ from deepprune.tracking import Run, register_model
 from deepprune.truncate import prefix_name
 from flows._stage import cell_params, child_run, log_roc, run_stage, stage_params, stage_run, write_output
 from tasks.cluster import Placement, make_task_runner, read_once, run_cell
-from tasks.judge import labelled, shared_encoder
+from tasks.judge import cell_encoder, corpus_data
 from tasks.judge_lm import evaluate_lm_judge
 
 
@@ -35,7 +35,7 @@ def sweep_point_flow(point: SweepPoint, parent: Run, params: Params, corpus: str
                      placement: Placement) -> tuple[dict[str, float], Any]:
     """One grid point: its recipe cross-validated on the corpus's grouped folds, logged as a child run. Returns
     its summary and, for a calibrated encoder judge, its uncalibrated out-of-fold scores (the final fit's map)."""
-    data, encoder, lm = point_inputs(params, corpus, placement)
+    data, lm = point_inputs(params, corpus, placement)
     raw = None
     sweep = params.sweep
     if sweep.judge == "encoder":
@@ -47,7 +47,7 @@ def sweep_point_flow(point: SweepPoint, parent: Run, params: Params, corpus: str
         cell = cell_params(params, corpus, cfg_lm.truncation, judge=sweep.judge, **lm_judge_recipe(cfg_lm, True))
     with child_run(parent, point.name, {**cell, "point": point.as_dict}) as run:
         if sweep.judge == "encoder":
-            result = cross_validate(data, cfg, encoder, params.seed)[point.name]  # type: ignore[arg-type]
+            result = cross_validate(data, cfg, cell_encoder(placement, cfg), params.seed)[point.name]
             summary, roc = result.summary, (data.labels, result.oof_scores)  # type: ignore[union-attr]
             raw = result.raw_oof  # type: ignore[union-attr]
         else:
@@ -62,14 +62,13 @@ def sweep_point_flow(point: SweepPoint, parent: Run, params: Params, corpus: str
         return summary, raw
 
 
-def point_inputs(params: Params, corpus: str,
-                 placement: Placement) -> tuple[PairData, Any, tuple[Any, Any] | None]:
-    """What every point of a corpus's sweep reads (the pairs at the judge's truncation with their embeddings, and the
-    encoder or the causal LM), read once per process from the project's paths (tasks.cluster.read_once)."""
+def point_inputs(params: Params, corpus: str, placement: Placement) -> tuple[PairData, tuple[Any, Any] | None]:
+    """What every point of a corpus's sweep reads (the pairs at the judge's truncation, with their embeddings for the
+    encoder judge, or the causal LM and its pairs' texts), read once per process from the project's paths
+    (tasks.cluster.read_once)."""
     if params.sweep.judge == "encoder":
         truncation = params.truncation(corpus)
-        data = labelled(placement, corpus).data(prefix_name(truncation.strategy, truncation.k))
-        return data, shared_encoder(placement, params.judge.encoder_path, params.judge.max_length), None
+        return corpus_data(placement, corpus, prefix_name(truncation.strategy, truncation.k)), None
     cfg = params.judge_lm
     files = [paths.pairs(corpus), paths.prefixes(corpus)]
 
@@ -81,7 +80,7 @@ def point_inputs(params: Params, corpus: str,
 
     lm = read_once(placement, ["causal_lm", cfg.model_path, cfg.dtype, cfg.device], [],
                    lambda: load_causal_lm(cfg.model_path, cfg.dtype, cfg.device))
-    return read_once(placement, ["lm_pairs", corpus, cfg.truncation.model_dump(mode="json")], files, read), None, lm
+    return read_once(placement, ["lm_pairs", corpus, cfg.truncation.model_dump(mode="json")], files, read), lm
 
 
 @flow(name="sweep", flow_run_name="sweep@{corpus}", log_prints=True)
@@ -92,7 +91,7 @@ def sweep_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
     points = expand_grid(sweep, base_recipe(sweep, params.judge, params.judge_lm))
     with stage_run("sweep", corpus, {"seed": params.seed, "sweep": sweep.model_dump(), "points": len(points)}) as run:
         placement = Placement.of_stage(params.threads, params.tracking)
-        data, encoder, _ = point_inputs(params, corpus, placement)  # read once here: threads share it
+        data, _ = point_inputs(params, corpus, placement)  # read once here: threads share it
         results = []
         raw_oof: dict[str, Any] = {}
         with track("evaluating", len(points), "points") as progress:  # open first: the points' loops stay silent
@@ -119,7 +118,7 @@ def sweep_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
                    **{f"sweep/best/{k}": v for k, v in _clean(dict(best_summary)).items()}}
         if sweep.judge == "encoder":
             variant, cfg = encoder_recipe(best, params.judge)
-            final = train_final(data, cfg, variant, encoder, params.seed, raw_oof[best.name])
+            final = train_final(data, cfg, variant, cell_encoder(placement, cfg), params.seed, raw_oof[best.name])
             path = paths.sweep_best(corpus)
             final.save(path, {"variant": best.name, "corpus": corpus, "sweep_metric": sweep.metric})
             run.log_artifact(path, folder="best")

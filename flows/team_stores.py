@@ -5,7 +5,8 @@ project's artifact folder as its artifact destination. The pipeline logs to it t
     python -m flows.team_stores [--pg-port 5433] [--mlflow-port 5000] [--data .postgres]
 
 Runs in the foreground; Ctrl-C or SIGTERM stops MLflow, then PostgreSQL (a fast shutdown: committed runs are
-kept), and a `kill -9` of this process stops both too (parent-death signal). The database outlives the servers:
+kept), each with every process it started. A `kill -9` of this process sends both servers SIGTERM (parent-death
+signal), which stops PostgreSQL; the MLflow server's job consumers can outlive that. The database outlives the servers:
 the next start serves the same runs. Authentication is `trust` on 127.0.0.1 (the data is as private as the
 machine); for a server other machines reach, give the `mlflow` role a password and put it in the backend URI.
 """
@@ -102,7 +103,8 @@ def postgres(data_root: str | os.PathLike, port: int, log: str | os.PathLike) ->
             raise PostgresUnavailable(f"initdb failed: {init.stderr.strip()[-800:]}")
     cmd = _as_postgres_user([str(bin_dir / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
                              "-c", "unix_socket_directories=", "-c", "fsync=on"])
-    # SIGINT is PostgreSQL's fast shutdown (committed transactions stay); runuser passes it on
+    # SIGINT is PostgreSQL's fast shutdown (committed transactions stay); sent to the process group, it reaches
+    # PostgreSQL itself, not only runuser (which does not pass it on)
     with service(cmd, lambda: _ready(bin_dir, port), 120, "PostgreSQL", log, {**os.environ},
                  error=PostgresUnavailable, grace_s=60.0, stop_signal=signal.SIGINT):
         if _psql(bin_dir, port, f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}'") != "1":

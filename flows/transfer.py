@@ -18,7 +18,7 @@ from deepprune.truncate import prefix_name
 from deepprune.progress import track
 from flows._stage import cell_params, child_run, log_roc, run_stage, stage_params, stage_run, write_output
 from tasks.cluster import Placement, make_task_runner, run_cell
-from tasks.judge import labelled, transfer_pair
+from tasks.judge import corpus_data, transfer_pair
 
 
 def _out_of_fold(corpus: str, variants: list[str]) -> dict[str, np.ndarray]:
@@ -41,13 +41,13 @@ def transfer_flow(params_path: str = "params.yaml") -> dict[str, float | None]:
     with stage_run("transfer", None, {"seed": params.seed, "corpora": corpora, "primary": cfg.primary,
                                       "prefixes": prefixes}) as run:
         placement = Placement.of_stage(params.threads, params.tracking)
-        data = {c: labelled(placement, c).data(prefixes[c]) for c in corpora}  # read once here: threads share them
+        data = {c: corpus_data(placement, c, prefixes[c]) for c in corpora}  # read once here: threads share them
         trained = [v for v, trains in variants.items() if trains]
         cross = [(train, test) for train in corpora for test in corpora if train != test]
         scored: dict[tuple[str, str, str], np.ndarray] = {}
         with track("transferring", len(cross), "cells") as progress:
             futures = [run_cell.submit(transfer_pair, placement, params=params, train=train, test=test,
-                                       variants=trained) for train, test in cross]
+                                       prefix=prefixes[test], variants=trained) for train, test in cross]
             for (train, test), future in zip(cross, futures):
                 scored.update({(train, variant, test): s for variant, s in future.result().items()})
                 progress.advance()

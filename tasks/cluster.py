@@ -106,26 +106,38 @@ def run_cell(cell: Callable[..., T], placement: Placement, **kwargs: Any) -> T:
     return cell(placement=placement, **kwargs)
 
 
-_READ: OrderedDict[str, Any] = OrderedDict()
-_READ_LOCK = threading.Lock()
+_READ: OrderedDict[str, tuple[Any, Any]] = OrderedDict()  # key -> (the files' stats when read, the value)
+_KEY_LOCKS: dict[str, threading.Lock] = {}
+_READ_LOCK = threading.Lock()  # guards the two dicts, never held while reading
 _READ_KEEP = 8  # this many inputs at once (a transfer stage reads every corpus, and the encoder)
 
 
 def read_once(placement: Placement, what: Sequence[Any], files: Sequence[str], read: Callable[[], T]) -> T:
-    """`read()`, once per process for the same `what` (names and settings) and the same project `files` (by size and
-    time, so a long-lived worker never serves a rerun stale inputs): the stage process in threads, each cluster
-    worker once. Cells of one process wait for the first read instead of repeating it; the last few reads are kept."""
+    """`read()`, once per process for the same `what` (names and settings), again when one of the project `files`
+    has changed since (size, times, inode: a long-lived worker never serves a rerun stale inputs, and holds one copy
+    of each input, not one per rerun): the stage process in threads, each cluster worker once. Cells of one process
+    wait for the first read of the same input instead of repeating it, not for other inputs; the last few inputs
+    are kept."""
     stats = []
     for relative in files:
         path = placement.path(relative)
         if path.exists():
             stat = path.stat()
-            stats.append((relative, stat.st_size, stat.st_mtime_ns))
-    key = json.dumps([placement.root, list(what), stats], sort_keys=True, default=str)
+            stats.append((relative, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino))
+    key = json.dumps([placement.root, list(what)], sort_keys=True, default=str)
     with _READ_LOCK:
-        if key not in _READ:
-            _READ[key] = read()
+        lock = _KEY_LOCKS.setdefault(key, threading.Lock())
+    with lock:
+        with _READ_LOCK:
+            found = _READ.get(key)
+        if found is not None and found[0] == stats:
+            value = found[1]
+        else:
+            value = read()
+        with _READ_LOCK:
+            _READ[key] = (stats, value)
+            _READ.move_to_end(key)
             while len(_READ) > _READ_KEEP:
-                _READ.popitem(last=False)
-        _READ.move_to_end(key)
-        return _READ[key]
+                dropped, _ = _READ.popitem(last=False)
+                _KEY_LOCKS.pop(dropped, None)
+        return value

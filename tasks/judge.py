@@ -16,7 +16,6 @@ from deepprune.judges.encoder import EncoderJudge, SentenceEncoder, has_finetune
 from deepprune.judges.evaluate import (AblationRow, PairData, VariantResult, ablation_cell, cross_validate, pair_data,
                                        train_final)
 from deepprune.pairs import Pair, prefix_texts, read_pairs, read_prefixes
-from deepprune.truncate import prefix_name
 from tasks import IO_RETRIES, NO_CACHE
 from tasks.cluster import Placement, read_once
 
@@ -84,9 +83,13 @@ class Labelled:
         return pair_data(self.pairs, prefix_texts(self.prefixes, prefix, self.labels_path), self.table.lookup(prefix))
 
 
+def _labelled_files(corpus: str) -> list[str]:
+    return [paths.pairs(corpus), paths.prefixes(corpus), paths.embeddings(corpus)]
+
+
 def labelled(placement: Placement, corpus: str) -> Labelled:
     """A corpus's labelled pairs, prefixes and embeddings, read once per process from the project's paths."""
-    files = [paths.pairs(corpus), paths.prefixes(corpus), paths.embeddings(corpus)]
+    files = _labelled_files(corpus)
 
     def read() -> Labelled:
         return Labelled(read_pairs(placement.path(files[0])), read_prefixes(placement.path(files[1])),
@@ -95,26 +98,34 @@ def labelled(placement: Placement, corpus: str) -> Labelled:
     return read_once(placement, ["labelled", corpus], files, read)
 
 
-def shared_encoder(placement: Placement, path: str | None, max_length: int) -> SentenceEncoder:
-    """The sentence encoder, loaded once per process (cells only read it: a judge that fine-tuned its own encoder
-    loads a copy, tasks.judge.transfer_cell)."""
-    return read_once(placement, ["encoder", path, max_length], [], lambda: SentenceEncoder(path, max_length))
+def corpus_data(placement: Placement, corpus: str, prefix: str) -> PairData:
+    """A corpus's pairs at one prefix, built once per process (every cell of that prefix shares the arrays)."""
+    return read_once(placement, ["pair_data", corpus, prefix], _labelled_files(corpus),
+                     lambda: labelled(placement, corpus).data(prefix))
+
+
+def cell_encoder(placement: Placement, cfg: JudgeConfig) -> SentenceEncoder:
+    """The sentence encoder a cell uses: the one of this process, loaded once, when the cell only reads it; a fresh
+    one of its own when the cell's recipe fine-tunes it (judge.train.finetune_encoder), so that concurrent cells
+    never train one encoder under each other."""
+    if cfg.train.finetune_encoder:
+        return SentenceEncoder(cfg.encoder_path, cfg.max_length)
+    return read_once(placement, ["encoder", cfg.encoder_path, cfg.max_length], [],
+                     lambda: SentenceEncoder(cfg.encoder_path, cfg.max_length))
 
 
 def ablation_truncation(placement: Placement, params: Params, corpus: str, prefix: str) -> list[AblationRow]:
     """One cell of the ablate stage: params `ablate.variants` cross-validated on the corpus's pairs cut at `prefix`."""
-    data = labelled(placement, corpus).data(prefix)
-    encoder = shared_encoder(placement, params.judge.encoder_path, params.judge.max_length)
-    return ablation_cell(data, params.judge, list(params.ablate.variants), encoder, params.seed, prefix)
+    return ablation_cell(corpus_data(placement, corpus, prefix), params.judge, list(params.ablate.variants),
+                         cell_encoder(placement, params.judge), params.seed, prefix)
 
 
-def transfer_pair(placement: Placement, params: Params, train: str, test: str,
+def transfer_pair(placement: Placement, params: Params, train: str, test: str, prefix: str,
                   variants: Sequence[str]) -> dict[str, np.ndarray]:
-    """One cell of the transfer stage: every pair of `test`, cut at its own truncation, scored by each of `variants`
-    as the judge stage fitted it on all of `train`."""
+    """One cell of the transfer stage: every pair of `test`, cut at its own truncation (`prefix`), scored by each of
+    `variants` as the judge stage fitted it on all of `train`."""
     cfg = params.judge
-    truncation = params.truncation(test)
-    data = labelled(placement, test).data(prefix_name(truncation.strategy, truncation.k))
+    data = corpus_data(placement, test, prefix)
     scores = {}
     for variant in variants:
         path = placement.path(paths.judge_model(train, variant))
@@ -123,6 +134,6 @@ def transfer_pair(placement: Placement, params: Params, train: str, test: str,
             scores[variant] = own.score(own.encoder.embed(data.texts_a, cfg.batch_size),
                                         own.encoder.embed(data.texts_b, cfg.batch_size))
         else:
-            judge = load_encoder_judge(path, shared_encoder(placement, cfg.encoder_path, cfg.max_length))
+            judge = load_encoder_judge(path, cell_encoder(placement, cfg))
             scores[variant] = judge.score(data.emb_a, data.emb_b)
     return scores

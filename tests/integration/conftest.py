@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -85,26 +84,6 @@ def dask_cluster(cwd: Path, env: dict[str, str], workers: int = 2) -> Iterator[s
             stop(proc)
 
 
-def stop_group(proc: subprocess.Popen, seconds: float = 60) -> None:
-    """SIGTERM to the process group `proc` leads (a server and everything it started), SIGKILL after `seconds`."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        pass
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.5)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-
-
 @contextlib.contextmanager
 def ray_cluster(cwd: Path, env: dict[str, str], cpus: int = 2) -> Iterator[str]:
     """A real Ray head as `make ray-cluster` starts one (`ray start --head --block`, `cpus` worker slots), in its own
@@ -112,7 +91,7 @@ def ray_cluster(cwd: Path, env: dict[str, str], cpus: int = 2) -> Iterator[str]:
     stage on this machine connects to. Ray's session files go to a short temporary folder: its socket paths must
     stay under the kernel's 107 characters, which pytest's folders exceed."""
     pytest.importorskip("prefect_ray", reason="the team extra is not installed: pip install -e '.[team]'")
-    from deepprune.services import free_port
+    from deepprune.services import free_port, stop_process
 
     port = free_port()
     session = tempfile.mkdtemp(prefix="ray-")
@@ -130,5 +109,5 @@ def ray_cluster(cwd: Path, env: dict[str, str], cpus: int = 2) -> Iterator[str]:
             time.sleep(1)
         yield f"127.0.0.1:{port}"
     finally:
-        stop_group(proc)
+        stop_process(proc, 60, group=True)  # Ray drains for up to 30 s on SIGTERM
         shutil.rmtree(session, ignore_errors=True)

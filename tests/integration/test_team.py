@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -274,7 +275,7 @@ def test_the_readme_team_block_runs_the_pipeline_on_every_engine_from_a_fresh_cl
     try:
         for line in _readme_team_block():
             for default, port in ports.items():
-                line = line.replace(f":{default}", f":{port}")
+                line = re.sub(rf":{default}\b", f":{port}", line)
             if line.startswith("git clone"):  # the block's first line, with this test's repository
                 run(["git", "clone", "-q", str(origin), str(clone)], base, env)
                 (clone / ".venv").symlink_to(venv)  # set up already: `make setup-team` finds it up to date

@@ -204,3 +204,19 @@ def test_write_params_sets_scalars_in_place_keeping_every_other_line_and_refuses
         assert path.read_text(encoding="utf-8") == text
     write_params(["cluster.task_runner=threads", "cluster.address=null"], path)
     assert read_params(path) == read_params(ROOT / "params.yaml")
+
+
+def test_set_scalars_takes_the_layouts_dvcs_writer_leaves_and_refuses_blocks():
+    from deepprune.config import set_scalars
+
+    # an empty value is DVC's null; a comment at column 0 stays inside its section; other sections' keys are not hit
+    text = "cluster:\n# where cells run\n  task_runner: threads   # note\n  address:\n  max_workers: 2\nx:\n  address: y\n"
+    assert set_scalars(text, {"cluster.address": "tcp://h:1", "cluster.task_runner": "dask"}) == (
+        "cluster:\n# where cells run\n  task_runner: dask      # note\n  address: tcp://h:1\n  max_workers: 2\n"
+        "x:\n  address: y\n")
+    assert set_scalars("cluster:\r\n  address: null  # c\r\n", {"cluster.address": "h:1"}) == \
+        "cluster:\r\n  address: h:1   # c\r\n"  # CRLF lines stay CRLF, the comment in its column
+    assert set_scalars("a:\n  s: x\n", {"a.s": "two words"}) == 'a:\n  s: "two words"\n'
+    for text in ("label:\n  tokens_k:\n  - 32\n", "label:\n  tokens_k: [32]\n", "label:\n  tokens_k:\n    a: 1\n"):
+        with pytest.raises(ConfigError, match="not a scalar on its own line"):
+            set_scalars(text, {"label.tokens_k": 1})
