@@ -57,6 +57,9 @@ def stop_process(proc: subprocess.Popen, grace_s: float = 10.0, group: bool = Fa
             time.sleep(0.1)
         if _group_alive(proc.pid):
             send(signal.SIGKILL)
+            deadline = time.monotonic() + 10  # SIGKILL is delivered asynchronously: gone when this returns
+            while _group_alive(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
 
 
 def _group_alive(pgid: int) -> bool:
