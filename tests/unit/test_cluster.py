@@ -31,21 +31,19 @@ def test_a_runner_whose_integration_is_missing_is_named_with_its_package(monkeyp
         make_task_runner(ClusterConfig(task_runner="ray"))
 
 
-def test_a_dask_runner_connects_to_the_address_or_starts_a_local_cluster():
-    pytest.importorskip("prefect_dask", reason="the team extra is not installed: pip install -e '.[team]'")
-    remote = make_task_runner(ClusterConfig(task_runner="dask", address="tcp://127.0.0.1:8786"))
-    assert remote.address == "tcp://127.0.0.1:8786"
-    local = make_task_runner(ClusterConfig(task_runner="dask", max_workers=3))
-    assert local.address is None and local.cluster_kwargs["n_workers"] == 3
-    assert local.cluster_kwargs["threads_per_worker"] == 1
-
-
-def test_a_ray_runner_connects_to_the_head_or_starts_a_local_instance_of_max_workers_cpus():
-    pytest.importorskip("prefect_ray", reason="the team extra is not installed: pip install -e '.[team]'")
-    remote = make_task_runner(ClusterConfig(task_runner="ray", address="127.0.0.1:6379"))
-    assert remote.address == "127.0.0.1:6379"
-    local = make_task_runner(ClusterConfig(task_runner="ray", max_workers=3))
-    assert local.address is None and local.init_kwargs["num_cpus"] == 3
+@pytest.mark.parametrize("runner, module, address, local_size", [
+    ("dask", "prefect_dask", "tcp://127.0.0.1:8786", lambda r: (r.cluster_kwargs["n_workers"],
+                                                                r.cluster_kwargs["threads_per_worker"])),
+    ("ray", "prefect_ray", "127.0.0.1:6379", lambda r: (r.init_kwargs["num_cpus"], 1)),
+])
+def test_a_cluster_runner_connects_to_the_address_or_starts_a_local_cluster_of_max_workers(runner, module, address,
+                                                                                           local_size):
+    """With an address, the running scheduler or head; without, a local cluster of max_workers single-threaded
+    workers (Dask processes, Ray CPU slots)."""
+    pytest.importorskip(module, reason="the team extra is not installed: pip install -e '.[team]'")
+    assert make_task_runner(ClusterConfig(task_runner=runner, address=address)).address == address
+    local = make_task_runner(ClusterConfig(task_runner=runner, max_workers=3))
+    assert local.address is None and local_size(local) == (3, 1)
 
 
 def test_a_worker_that_cannot_see_the_project_fails_naming_itself_and_the_path(tmp_path):
