@@ -73,6 +73,52 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
+class Started:
+    """A service's process, started and not yet waited for (`started`): wait_ready() waits until it answers."""
+
+    def __init__(self, proc: subprocess.Popen, ready: Callable[[], bool], timeout_s: float, name: str,
+                 cmd: Sequence[str], log_path: str | os.PathLike | None, error: type[Exception]) -> None:
+        self.proc, self._ready, self._name, self._cmd, self._log, self._error = proc, ready, name, cmd, log_path, error
+        self._deadline = time.monotonic() + timeout_s
+        self._timeout_s = timeout_s
+
+    def wait_ready(self) -> subprocess.Popen:
+        """Wait until ready() (the time since the start counts); an exit or the timeout raises `error` naming it."""
+        while not self._ready():
+            if self.proc.poll() is not None:
+                raise self._error(f"{self._name} exited with {self.proc.returncode} before it answered "
+                                  f"(log: {self._log})")
+            if time.monotonic() > self._deadline:
+                raise self._error(f"{self._name} did not answer within {self._timeout_s:.0f} s of starting "
+                                  f"{self._cmd[0]!r} (log: {self._log})")
+            time.sleep(0.25)
+        return self.proc
+
+
+@contextlib.contextmanager
+def started(cmd: Sequence[str], ready: Callable[[], bool], timeout_s: float, name: str,
+            log_path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None,
+            error: type[Exception] = RuntimeError, grace_s: float = 30.0,
+            stop_signal: signal.Signals = signal.SIGTERM) -> Iterator[Started]:
+    """`service` in two steps, so that several services start at once: the process is started here and the block
+    gets it before it answers (Started.wait_ready); it is stopped the same way when the block ends."""
+    log = subprocess.DEVNULL
+    if log_path is not None:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "ab")
+    try:
+        proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=None if env is None else dict(env), start_new_session=True,
+                                preexec_fn=_die_with_parent)
+        try:
+            yield Started(proc, ready, timeout_s, name, cmd, log_path, error)
+        finally:
+            stop_process(proc, grace_s, group=True, first=stop_signal)
+    finally:
+        if log is not subprocess.DEVNULL:
+            log.close()
+
+
 @contextlib.contextmanager
 def service(cmd: Sequence[str], ready: Callable[[], bool], timeout_s: float, name: str,
             log_path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None,
@@ -83,29 +129,8 @@ def service(cmd: Sequence[str], ready: Callable[[], bool], timeout_s: float, nam
     its to stop), wait until `ready()`, and stop it with everything it started (its process group: `stop_signal`,
     SIGKILL after `grace_s`) when the block ends, however it ends. Failing to start raises `error` naming `name`
     and the log."""
-    log = subprocess.DEVNULL
-    if log_path is not None:
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        log = open(log_path, "ab")
-    try:
-        proc = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=None if env is None else dict(env), start_new_session=True,
-                                preexec_fn=_die_with_parent)
-        try:
-            deadline = time.monotonic() + timeout_s
-            while not ready():
-                if proc.poll() is not None:
-                    raise error(f"{name} exited with {proc.returncode} before it answered (log: {log_path})")
-                if time.monotonic() > deadline:
-                    raise error(f"{name} did not answer within {timeout_s:.0f} s of starting {cmd[0]!r} "
-                                f"(log: {log_path})")
-                time.sleep(0.25)
-            yield proc
-        finally:
-            stop_process(proc, grace_s, group=True, first=stop_signal)
-    finally:
-        if log is not subprocess.DEVNULL:
-            log.close()
+    with started(cmd, ready, timeout_s, name, log_path, env, error, grace_s, stop_signal) as handle:
+        yield handle.wait_ready()
 
 
 class Unreachable(ConnectionError):

@@ -82,6 +82,14 @@ def _inside(location: str, root: Path) -> bool:
     return Path(urllib.parse.unquote(parts.path)).resolve().is_relative_to(root)
 
 
+_SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # MLflow's database stores (a '+driver' may follow)
+
+
+def _sql_store(uri: str) -> bool:
+    """Whether a tracking URI names a database this process opens itself (not a server, not a folder)."""
+    return urllib.parse.urlsplit(uri).scheme.split("+")[0] in _SQL_SCHEMES
+
+
 def keep_default_experiment(artifact_root: str | os.PathLike) -> str | None:
     """Tag the `Default` experiment (id 0, which MLflow creates with the store, its artifacts under `./mlruns` of
     whichever process made the database) with EXPERIMENT_KIND, and point it at `<artifact_root>/Default` when it
@@ -89,6 +97,8 @@ def keep_default_experiment(artifact_root: str | os.PathLike) -> str | None:
     call that moves an experiment's artifact location, so this writes the column in the project's SQL store
     itself; a tracking server keeps its own root and is left alone. Runs keep the artifact URI they were created
     with. Returns the new location, if it moved."""
+    if not _sql_store(_mlflow().get_tracking_uri()):
+        return None  # before the imports below: MLflow's SQL layer costs a process that logs over HTTP 1.2 s
     from mlflow.store.tracking.dbmodels.models import SqlExperiment
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
     from mlflow.tracking import MlflowClient

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import psutil
 from prefect import tags as prefect_tags
 from prefect.runtime import flow_run
 
@@ -62,11 +61,12 @@ def _write_timings(stage: str, corpus: str | None) -> None:
     overhead around it (start-up, imports, Prefect and MLflow set-up and teardown), and what its outputs measured.
     The file lands in the working directory's repository (the real one, also from a DVC experiment's temporary
     copy), where `make run` reads it for its closing table."""
+    from flows.timings import process_start
     from flows.warm import STARTED_ENV  # a warm child's process began at its fork: count from its command's start
 
     end = time.time()
     warm = STARTED_ENV in os.environ
-    start = float(os.environ[STARTED_ENV]) if warm else psutil.Process().create_time()
+    start = float(os.environ[STARTED_ENV]) if warm else process_start()
     clock = {"process_start": start, **_CLOCK, "end": end}
     work = clock.get("work_end", end) - clock.get("work_start", end)
     marks = [m for m in ("process_start", "stage_start", "flow_start", "work_start", "work_end", "flow_end", "end")

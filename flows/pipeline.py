@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
 from prefect import flow
 
 from deepprune import paths
@@ -31,8 +30,8 @@ from deepprune.services import Unreachable, stop_process
 from deepprune.tracking import fail_abandoned_runs, process_tags, require_store, start_run
 from flows import ROOT, artifact_root
 from flows._stage import PARENT_RUN_ENV, PIPELINE_FLOW_RUN_ENV, git_commit
-from flows.server import mlflow_server, prefect_server, terminate_as_interrupt
-from flows.timings import format_table, stage_timings, summary
+from flows.server import servers, terminate_as_interrupt
+from flows.timings import format_table, process_start, stage_timings, summary
 from flows.warm import warm_stages
 
 
@@ -146,7 +145,7 @@ def pipeline_flow(targets: list[str] | None = None, force: bool = False, set_par
 def report_timings(run) -> None:
     """Print and save the table of where this run's time went (flows/timings.py): reports/timings.md, also an
     artifact of the pipeline's MLflow run, whose metrics get the totals."""
-    started = psutil.Process().create_time()
+    started = process_start()
     rows = stage_timings(ROOT, since=started)
     total = time.time() - started
     table = format_table(rows, total)
@@ -212,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
         set_params = profile_overrides(profile) if profile else None
         tracking = load_params(ROOT / "params.yaml").tracking
         require_store(tracking)
-        with prefect_server(tracking), mlflow_server():
+        with servers(tracking):  # Prefect and MLflow servers started at once
             if "--serve" in argv:
                 pipeline_flow.serve(name="deepprune-pipeline", tags=["deepprune"])
             else:

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deepprune.services import free_port, http_status, require_answer, service
+from deepprune.services import free_port, http_status, require_answer, started
 from deepprune.tracking import abandoned, process_tags
 from flows import ROOT
 
@@ -60,30 +60,74 @@ def prefect_server(tracking: TrackingConfig, startup_timeout_s: float = STARTUP_
     """The API URL to report to: PREFECT_API_URL when set (a pipeline's server, or the user's) and it answers, else
     a server started here for the duration of the block and stopped after it, whatever ends the block. An API that
     does not answer is an error naming it at once; one lost later fails a request after params `tracking` retries."""
-    from prefect.settings import PREFECT_API_REQUEST_TIMEOUT, PREFECT_API_URL, temporary_settings
+    with servers(tracking, mlflow=False, startup_timeout_s=startup_timeout_s) as (api_url, _):
+        yield api_url
 
-    bounds = _client_bounds(tracking)
-    if os.environ.get(API_ENV):
-        api_url = os.environ[API_ENV]
-        require_answer(f"{api_url}/health", float(bounds[PREFECT_API_REQUEST_TIMEOUT]), f"the Prefect API at {api_url}",
-                       "unset PREFECT_API_URL to report to a local Prefect server that the run starts and stops")
-        with temporary_settings(updates=bounds):
-            yield api_url
-        return
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    home = Path(os.environ.get("PREFECT_HOME", ROOT / ".prefect"))
-    env = {**os.environ, "PREFECT_UI_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    cmd = [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    with service(cmd, lambda: healthy(api_url), startup_timeout_s, "the Prefect server", home / "server.log", env,
-                 grace_s=10.0):
+
+@contextlib.contextmanager
+def mlflow_server(startup_timeout_s: float = STARTUP_TIMEOUT_S) -> Iterator[str]:
+    """The MLflow tracking URI a pipeline's stages log to. A local SQLite store (the default) is served for the
+    duration of the block by one `mlflow server` on 127.0.0.1, and the stages log to it over HTTP: a stage process
+    then skips MLflow's SQLAlchemy store (its import and schema check cost each process seconds, measured by
+    benchmarks/bench_stage_overhead.py), and concurrent sweep points no longer queue on the SQLite file. Any other
+    URI (a server the user runs) is used as it is."""
+    with servers(None, mlflow=True, startup_timeout_s=startup_timeout_s) as (_, uri):
+        yield uri
+
+
+@contextlib.contextmanager
+def servers(tracking: TrackingConfig | None, mlflow: bool = True,
+            startup_timeout_s: float = STARTUP_TIMEOUT_S) -> Iterator[tuple[str | None, str | None]]:
+    """prefect_server (with `tracking`) and mlflow_server (with `mlflow`) as one block, yielding (Prefect API URL,
+    MLflow tracking URI): the servers to start are started at once and then waited for, so a pipeline's start-up
+    costs the slower of the two, not their sum (on 2 cores, about 5 s for Prefect and 7 s for MLflow alone)."""
+    plans = ([_PrefectPlan(tracking)] if tracking is not None else []) + ([_MlflowPlan()] if mlflow else [])
+    with contextlib.ExitStack() as stack:
+        handles = [stack.enter_context(started(**plan.spawn, timeout_s=startup_timeout_s, grace_s=10.0))
+                   for plan in plans if plan.spawn]  # stopped in the reverse order, after the uses below
+        for handle in handles:
+            handle.wait_ready()
+        found = {type(plan): stack.enter_context(plan.use()) for plan in plans}
+        yield found.get(_PrefectPlan), found.get(_MlflowPlan)
+
+
+class _PrefectPlan:
+    """The Prefect API a block reports to: the one PREFECT_API_URL names (checked now), or a server to start
+    (`spawn`: the arguments of services.started)."""
+
+    def __init__(self, tracking: TrackingConfig) -> None:
+        self.bounds = _client_bounds(tracking)
+        self.spawn: dict[str, Any] | None = None
+        if os.environ.get(API_ENV):
+            self.api_url = os.environ[API_ENV]
+            require_answer(f"{self.api_url}/health", float(self.bounds[_timeout_setting()]),
+                           f"the Prefect API at {self.api_url}",
+                           "unset PREFECT_API_URL to report to a local Prefect server that the run starts and stops")
+            return
+        port = free_port()
+        self.api_url = api_url = f"http://127.0.0.1:{port}/api"
+        home = Path(os.environ.get("PREFECT_HOME", ROOT / ".prefect"))
+        env = {**os.environ, "PREFECT_UI_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        cmd = [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+               str(port)]
+        self.spawn = {"cmd": cmd, "ready": lambda: healthy(api_url), "name": "the Prefect server",
+                      "log_path": home / "server.log", "env": env}
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[str]:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        if not self.spawn:
+            with temporary_settings(updates=self.bounds):
+                yield self.api_url
+            return
         # Prefect read its settings when it was imported: the environment (for child processes) is not enough,
         # this process's settings must point at the server too, or its flows start a temporary server of their own
-        os.environ[API_ENV] = api_url
+        os.environ[API_ENV] = self.api_url
         try:
-            with temporary_settings(updates={**bounds, PREFECT_API_URL: api_url}):
+            with temporary_settings(updates={**self.bounds, PREFECT_API_URL: self.api_url}):
                 try:
-                    yield api_url
+                    yield self.api_url
                 finally:  # send the run's last log lines while the server still listens
                     drain_prefect_workers(events=False)
         finally:
@@ -104,32 +148,44 @@ def drain_prefect_workers(timeout_s: float = 5.0, events: bool = True) -> None:
                 pending.close()
 
 
+def _timeout_setting() -> Any:
+    from prefect.settings import PREFECT_API_REQUEST_TIMEOUT
+
+    return PREFECT_API_REQUEST_TIMEOUT
+
+
 MLFLOW_ENV = "MLFLOW_TRACKING_URI"
 
 
-@contextlib.contextmanager
-def mlflow_server(startup_timeout_s: float = STARTUP_TIMEOUT_S) -> Iterator[str]:
-    """The MLflow tracking URI a pipeline's stages log to. A local SQLite store (the default) is served for the
-    duration of the block by one `mlflow server` on 127.0.0.1, and the stages log to it over HTTP: a stage process
-    then skips MLflow's SQLAlchemy store (its import and schema check cost each process seconds, measured by
-    benchmarks/bench_stage_overhead.py), and concurrent sweep points no longer queue on the SQLite file. Any other
-    URI (a server the user runs) is used as it is."""
-    uri = os.environ.get(MLFLOW_ENV, "")
-    if not uri.startswith("sqlite:"):
-        yield uri
-        return
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    artifacts = os.environ.get("DEEPPRUNE_MLFLOW_ARTIFACTS", str(ROOT / ".mlflow" / "artifacts"))
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
-           "--port", str(port), "--workers", "1", "--artifacts-destination", artifacts]
-    log = Path(uri.removeprefix("sqlite:///")).parent / "server.log"  # beside the store it serves
-    with service(cmd, lambda: healthy(url), startup_timeout_s, "the MLflow server", log, {**os.environ}, grace_s=10.0):
-        os.environ[MLFLOW_ENV] = url
+class _MlflowPlan:
+    """The MLflow URI a block's stages log to: a local SQLite store is served by an `mlflow server` to start
+    (`spawn`); any other URI (a server the user runs) is used as it is."""
+
+    def __init__(self) -> None:
+        self.uri = os.environ.get(MLFLOW_ENV, "")
+        self.spawn: dict[str, Any] | None = None
+        if not self.uri.startswith("sqlite:"):
+            self.url = self.uri
+            return
+        port = free_port()
+        self.url = url = f"http://127.0.0.1:{port}"
+        artifacts = os.environ.get("DEEPPRUNE_MLFLOW_ARTIFACTS", str(ROOT / ".mlflow" / "artifacts"))
+        cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", self.uri, "--host",
+               "127.0.0.1", "--port", str(port), "--workers", "1", "--artifacts-destination", artifacts]
+        log = Path(self.uri.removeprefix("sqlite:///")).parent / "server.log"  # beside the store it serves
+        self.spawn = {"cmd": cmd, "ready": lambda: healthy(url), "name": "the MLflow server", "log_path": log,
+                      "env": {**os.environ}}
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[str]:
+        if not self.spawn:
+            yield self.url
+            return
+        os.environ[MLFLOW_ENV] = self.url
         try:
-            yield url
+            yield self.url
         finally:
-            os.environ[MLFLOW_ENV] = uri
+            os.environ[MLFLOW_ENV] = self.uri
 
 
 def owner_tags() -> list[str]:

@@ -136,9 +136,9 @@ def _wait(conn: socket.socket, child: int, module: str) -> int:
 
 
 def _process_start() -> float:
-    import psutil
+    from flows.timings import process_start
 
-    return psutil.Process().create_time()
+    return process_start()
 
 
 # --- the server's side ----------------------------------------------------------------------------------------------

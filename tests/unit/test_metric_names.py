@@ -46,3 +46,20 @@ def test_the_timing_table_charges_everything_outside_the_stages_own_work():
     table = format_table(rows, total=20.0)
     assert "| sample@math | 10.0 | 8.0 | 2.0 | 20% |" in table
     assert "| **total** (2 stage runs) | 20.0 | 12.0 | 8.0 | 40.0% |" in table
+
+
+def test_a_process_start_is_the_moment_it_started_not_the_boot_second_rounded_down():
+    """Every stage's overhead counts from its process's start (flows.timings.process_start). psutil's create_time
+    adds the start's ticks to /proc/stat's boot time, a whole second, so it is early by the boot time's fraction on
+    every process of a machine (0.57 s on the build machine): here the start a child reads for itself lies within
+    0.2 s before its first line of Python."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import time; first = time.time()\n"
+            "from flows.timings import process_start\n"
+            "import json; print(json.dumps([first, process_start()]))")
+    first, start = json.loads(subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                                             check=True).stdout)
+    assert first - 0.2 <= start <= first + 0.011  # ticks of 1/100 s

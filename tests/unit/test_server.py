@@ -197,3 +197,33 @@ def _group(pgid: int) -> list[int]:
         except (ProcessLookupError, psutil.Error):
             pass
     return found
+
+
+def test_services_started_together_run_at_once_and_stop_together(tmp_path):
+    """services.started starts a process without waiting for it, so a pipeline starts its Prefect and MLflow servers
+    at once (flows.server.servers): here each of two services answers only once the other has started, which
+    waiting for the first before starting the second would never see. Both stop when the block ends."""
+    import contextlib
+
+    from deepprune.services import started
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    script = "touch {mine}; trap 'exit 0' TERM; while true; do sleep 0.1; done"
+    with contextlib.ExitStack() as stack:
+        first = stack.enter_context(started(["bash", "-c", script.format(mine=a)], b.exists, 30, "first",
+                                            grace_s=2))
+        second = stack.enter_context(started(["bash", "-c", script.format(mine=b)], a.exists, 30, "second",
+                                             grace_s=2))
+        procs = [first.wait_ready(), second.wait_ready()]
+        assert all(p.poll() is None for p in procs)
+    assert all(p.returncode is not None for p in procs) and not any(_group(p.pid) for p in procs)
+
+
+def test_a_service_that_exits_before_it_answers_is_named_with_its_log(tmp_path):
+    from deepprune.services import started
+
+    log = tmp_path / "server.log"
+    with started(["bash", "-c", "echo nope; exit 3"], lambda: False, 30, "the flaky server", log) as handle:
+        with pytest.raises(RuntimeError, match=r"the flaky server exited with 3 before it answered \(log: .*server.log"):
+            handle.wait_ready()
+    assert "nope" in log.read_text()
