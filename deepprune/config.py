@@ -208,6 +208,9 @@ class TrainConfig(_Strict):
     finetune_encoder: bool = Field(False, description="also train the encoder's weights (slow on CPU)")
     finetune_lr: float = Field(2e-5, gt=0)
     finetune_epochs: int = Field(1, ge=1)
+    max_pairs_per_problem: int | None = Field(
+        None, ge=1, description="train on at most this many pairs per problem, drawn at random (seed) in each "
+                                "training fold (null: every pair); every pair is still scored held-out")
 
 
 class VariantConfig(_Strict):
@@ -504,9 +507,6 @@ class Params(_Strict):
             if name in self.judge_lm.corpora:
                 checks.append(("judge_lm.truncation", self.judge_lm.truncation))
             for where, trunc in checks:
-                if where != "judge_lm.truncation" and trunc.strategy != "tokens":
-                    raise ValueError(f"{where}: the prune stage needs strategy 'tokens' (a prefix's cost is its k "
-                                     f"tokens), got {trunc.strategy!r}")
                 if trunc.k not in built[trunc.strategy]:
                     raise ValueError(f"{where}: corpus {name!r} has no {trunc.strategy} prefix with k={trunc.k} "
                                      f"({source[trunc.strategy]} is {built[trunc.strategy]})")
@@ -523,6 +523,12 @@ class Params(_Strict):
             for name in names:
                 if name not in self.corpora:
                     raise ValueError(f"{where}: {name!r} is not one of corpora {sorted(self.corpora)}")
+        judged_by = self.online.judge.corpus
+        if self.online.corpora and self.truncation(judged_by).strategy != "tokens":
+            where = f"corpora.{judged_by}.truncation" if self.corpora[judged_by].truncation else "judge.truncation"
+            raise ValueError(f"{where}: online.judge.corpus {judged_by!r} has its judges trained on "
+                             f"{self.truncation(judged_by).strategy} prefixes, but the online stage shows its judge "
+                             f"the first online.k tokens of each trace; give that corpus strategy 'tokens'")
         for name in self.online.corpora:
             if self.corpora[name].importer != "live":
                 raise ValueError(f"online.corpora: {name!r} is a recorded corpus (importer "

@@ -40,6 +40,22 @@ def read_prefixes(path: str | os.PathLike) -> dict[tuple[str, str], dict[str, st
                 for row in map(json.loads, handle) if row}
 
 
+def read_prefix_tokens(path: str | os.PathLike, name: str) -> dict[tuple[str, str], int | None]:
+    """What one prefix costs each trace, as the label stage measured it (deepprune.truncate.cut_prefixes): the tokens
+    written when the prefix is complete, None where the trace ends first. An error names the file and line when
+    the label stage did not measure it."""
+    out = {}
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            row = json.loads(line)
+            costs = row.get("prefix_tokens", {})
+            if name not in costs:
+                raise KeyError(f"{path}:{line_no}: no prefix_tokens for {name!r}; the label stage measured "
+                               f"{sorted(costs)} (rerun it: dvc repro label@<corpus>)")
+            out[(row["problem_id"], row["trace_id"])] = costs[name]
+    return out
+
+
 def prefix_texts(table: dict[tuple[str, str], dict[str, str]], name: str,
                  path: str | os.PathLike = "prefixes.jsonl") -> dict[tuple[str, str], str]:
     """One prefix per trace, or a clear error when the label stage did not build it."""
@@ -91,6 +107,27 @@ def assign_folds(pairs: Sequence[Pair], n_folds: int, seed: int) -> dict[str, in
 def with_folds(pairs: Sequence[Pair], folds: dict[str, int]) -> list[Pair]:
     """The pairs with their problem's fold filled in."""
     return [Pair(p.problem_id, p.trace_a, p.trace_b, p.label, folds[p.problem_id]) for p in pairs]
+
+
+def cap_per_problem(rows: np.ndarray, problems: np.ndarray, cap: int | None, seed: int) -> np.ndarray:
+    """At most `cap` of `rows` (indices into `problems`, each pair's problem id) per problem, drawn uniformly at
+    random without replacement (seeded), in ascending order; every row when `cap` is None. A problem with N traces
+    has N(N-1)/2 pairs: 780 at N = 40, where 8 traces give 28, so a judge trained on every pair of a wide corpus
+    sees each problem's few answers hundreds of times over, and training time grows with N squared. The paper
+    trains on every pair (C(n,2) per question); this cap is an option for wide corpora (docs/DECISIONS.md). Only
+    training is capped: every pair is still scored held-out, and later stages replay every pair's score."""
+    rows = np.asarray(rows)
+    if cap is None or len(rows) == 0:
+        return rows
+    rng = np.random.default_rng(seed)
+    ids, group = np.unique(np.asarray(problems)[rows], return_inverse=True)  # problems in sorted order
+    order = np.argsort(group, kind="stable")
+    bounds = np.searchsorted(group[order], np.arange(len(ids) + 1))
+    kept = []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        mine = rows[order[start:end]]
+        kept.append(mine if len(mine) <= cap else rng.choice(mine, size=cap, replace=False))
+    return np.sort(np.concatenate(kept))
 
 
 def oversample_minority(labels: np.ndarray, ratio: float, rng: np.random.Generator) -> np.ndarray:

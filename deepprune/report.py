@@ -222,7 +222,9 @@ def _leaderboard(results: Mapping[str, CorpusResults]) -> str:
     columns = ("<th>accuracy</th><th>tokens</th><th>token reduction vs cons@N</th><th>accuracy change (points)</th>"
                "<th>sequential depth (tokens per problem)</th><th>judge calls</th>")
     head = ("<tr><th rowspan=2>method</th>"
-            + "".join(f"<th colspan=6>{html.escape(c)} (N = {p['n']}, k = {p['k']})</th>" for c, p in pruned.items())
+            + "".join(f"<th colspan=6>{html.escape(c)} (N = {p['n']}, k = {p['k']}"
+                      f"{'' if p.get('strategy', 'tokens') == 'tokens' else ' reasoning words'})</th>"
+                      for c, p in pruned.items())
             + "</tr><tr>" + columns * len(pruned) + "</tr>")
     rows = []
     for name in methods:
@@ -381,8 +383,9 @@ def render_index(params: Params, results: Mapping[str, CorpusResults], figures: 
             "<h2>4. Online pruning, replayed on held-out problems</h2>",
             "<p>The pruning controller of the online stage, driving a replay engine over the recorded traces. "
             "Every method sees the same seeded draws of N traces in arrival order. A trace stopped after its "
-            "prefix costs min(length, k) tokens, a completed trace its full length, and a trace that ends within "
-            "its prefix has completed and votes; DeepPrune's judge scores are "
+            "prefix costs min(length, k) tokens (a prefix of the first k reasoning words: the tokens the trace had "
+            "written when that prefix was complete, measured per trace), a completed trace its full length, and a "
+            "trace that ends within its prefix has completed and votes; DeepPrune's judge scores are "
             "out-of-fold (the judge never saw the problem). Intervals are 2.5th to 97.5th percentiles over the "
             "draws. Judge calls count the pairs greedy clustering scored. Sequential depth is the latency: the "
             "longest chain of tokens a problem generates one after another, every trace of a round decoded in "

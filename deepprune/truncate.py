@@ -25,12 +25,10 @@ def reasoning_word_pattern(words: Sequence[str]) -> re.Pattern[str]:
     return re.compile(rf"\b(?:{alternatives})\b", re.IGNORECASE)
 
 
-def first_k_reasoning_words(text: str, k: int, pattern: re.Pattern[str]) -> str:
-    """The segments starting at the first k reasoning words, each up to its sentence end, joined in order.
-
-    A segment that starts inside an earlier segment is not repeated; a trace with no reasoning word gives "".
-    """
-    segments: list[str] = []
+def _reasoning_segments(text: str, k: int, pattern: re.Pattern[str]) -> list[tuple[int, int]]:
+    """(start, end) of the segments starting at the first k reasoning words, each up to its sentence end; a
+    segment that starts inside an earlier one is not counted again."""
+    segments: list[tuple[int, int]] = []
     covered_until = -1
     for match in pattern.finditer(text):
         if len(segments) >= k:
@@ -40,9 +38,24 @@ def first_k_reasoning_words(text: str, k: int, pattern: re.Pattern[str]) -> str:
         end = end_match.end() if end_match else len(text)
         if start < covered_until:
             continue
-        segments.append(text[start:end].strip())
+        segments.append((start, end))
         covered_until = end
-    return " ".join(segments)
+    return segments
+
+
+def first_k_reasoning_words(text: str, k: int, pattern: re.Pattern[str]) -> str:
+    """The segments starting at the first k reasoning words, each up to its sentence end, joined in order.
+
+    A segment that starts inside an earlier segment is not repeated; a trace with no reasoning word gives "".
+    """
+    return " ".join(text[start:end].strip() for start, end in _reasoning_segments(text, k, pattern))
+
+
+def reasoning_words_end(text: str, k: int, pattern: re.Pattern[str]) -> int | None:
+    """Where the first-k-reasoning-words prefix is complete: the character after its k-th segment, which a trace
+    being generated must reach before the judge can read that prefix; None when the trace has fewer than k."""
+    segments = _reasoning_segments(text, k, pattern)
+    return segments[-1][1] if len(segments) == k else None
 
 
 def prefix_name(strategy: str, k: int) -> str:
@@ -61,14 +74,34 @@ def parse_prefix_name(name: str) -> tuple[str, int]:
 def build_prefixes(texts: dict[tuple[str, str], str], tokens_k: Sequence[int], reasoning_words_k: Sequence[int],
                    reasoning_words: Sequence[str], tokenizer: Tokenizer) -> dict[tuple[str, str], dict[str, str]]:
     """Every prefix of every trace, keyed by (problem id, trace id), then prefix name. Each text is encoded once."""
+    return cut_prefixes(texts, tokens_k, reasoning_words_k, reasoning_words, tokenizer)[0]
+
+
+Prefixes = dict[tuple[str, str], dict[str, str]]
+PrefixTokens = dict[tuple[str, str], dict[str, "int | None"]]
+
+
+def cut_prefixes(texts: dict[tuple[str, str], str], tokens_k: Sequence[int], reasoning_words_k: Sequence[int],
+                 reasoning_words: Sequence[str], tokenizer: Tokenizer) -> tuple[Prefixes, PrefixTokens]:
+    """build_prefixes, and what each prefix costs the trace: the tokens (the tokenizer's, the corpus's unit) it has
+    written when the prefix is complete, which is when a judge can first read it online. None when the trace ends
+    before (or as) its prefix is complete: it has finished, and nothing is left to prune. A first-k-tokens prefix
+    costs k on a trace of at least k tokens; a first-k-reasoning-words prefix the tokens up to the end of its k-th
+    segment, measured per trace."""
     pattern = reasoning_word_pattern(reasoning_words)
-    out: dict[tuple[str, str], dict[str, str]] = {}
+    out: Prefixes = {}
+    costs: PrefixTokens = {}
     with track("building prefixes", len(texts), "traces") as progress:
         for key, text in texts.items():
             ids = tokenizer.encode(text)
             row = {prefix_name("tokens", k): first_k_tokens(text, k, tokenizer, ids) for k in tokens_k}
-            row.update({prefix_name("reasoning_words", k): first_k_reasoning_words(text, k, pattern)
-                        for k in reasoning_words_k})
-            out[key] = row
+            cost: dict[str, int | None] = {prefix_name("tokens", k): k if len(ids) >= k else None for k in tokens_k}
+            for k in reasoning_words_k:
+                name = prefix_name("reasoning_words", k)
+                row[name] = first_k_reasoning_words(text, k, pattern)
+                end = reasoning_words_end(text, k, pattern)
+                written = len(tokenizer.encode(text[:end])) if end is not None and end < len(text) else None
+                cost[name] = written if written is not None and written < len(ids) else None
+            out[key], costs[key] = row, cost
             progress.advance()
-    return out
+    return out, costs

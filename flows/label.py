@@ -25,10 +25,11 @@ def label_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
                                      "answer": cfg.answer.model_dump(), "tokenizer": tokenizer}) as run:
         problems, report = load_traces(paths.traces(corpus), params.sample.skip_invalid)
         pairs = label_pairs(problems, spec, params.label.folds, params.seed)
-        prefixes = make_prefixes(problems, params.label, params.tokens_k(corpus), tokenizer)
+        prefixes, prefix_tokens = make_prefixes(problems, params.label, params.tokens_k(corpus), tokenizer)
         save_rows(paths.pairs(corpus), [p.__dict__ for p in pairs])
-        save_rows(paths.prefixes(corpus), [{"problem_id": pid, "trace_id": tid, "prefixes": row}
-                                            for (pid, tid), row in prefixes.items()])
+        save_rows(paths.prefixes(corpus), [{"problem_id": pid, "trace_id": tid, "prefixes": row,
+                                            "prefix_tokens": prefix_tokens[(pid, tid)]}
+                                           for (pid, tid), row in prefixes.items()])
         metrics = {**redundancy_stats(problems, pairs, spec), "label/skipped_traces": report.skipped}
         write_output(paths.metrics("label", corpus), metrics)
         run.log_metrics(metrics)

@@ -23,11 +23,15 @@ def prune_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
     """Online pruning on one recorded corpus, replayed: every method, same draws, same accounting."""
     params = stage_params(params_path)
     cfg, spec = params.prune, params.corpus(corpus).answer.spec()
-    k = params.truncation(corpus).k  # a tokens prefix (params refuse another strategy)
-    with stage_run("prune", corpus, {"seed": params.seed, "prune": cfg.model_dump(), "k": k}) as run:
+    truncation = params.truncation(corpus)
+    k, prefix = truncation.k, prefix_name(truncation.strategy, truncation.k)
+    by_text = truncation.strategy != "tokens"  # a prefix cut by the text costs each trace what the label stage measured
+    with stage_run("prune", corpus, {"seed": params.seed, "prune": cfg.model_dump(),
+                                     "truncation": truncation.model_dump()}) as run:
         by_problem, _ = load_traces(paths.traces(corpus), params.sample.skip_invalid)
         problems, engine = load_problems(by_problem, paths.judge_scores(corpus), spec, cfg.judge,
-                                         params.judge.baseline)
+                                         params.judge.baseline, paths.prefixes(corpus) if by_text else None,
+                                         prefix if by_text else None)
         n = cfg.n or min(p.n for p in problems)
         if all(p.has_logprobs for p in problems):  # else DeepConf is skipped ("needs logprobs")
             error = deepconf_warmup_error(cfg.deepconf.warmup, n, corpus, cfg.n is not None)
@@ -43,7 +47,7 @@ def prune_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
         summary = summarize(results, "cons")
         # replay reuses the judge stage's scores; what judging online would cost is measured on the saved judge
         cost = measure_judge_cost(paths.judge_model(corpus, cfg.judge),
-                                  paths.prefixes(corpus), prefix_name("tokens", k),
+                                  paths.prefixes(corpus), prefix,
                                   params.judge.encoder_path, params.judge.max_length)
         add_judge_seconds(summary, methods, cost)
         metrics: dict[str, float | None] = {"prune/n": n, "prune/k": k, "prune/problems": len(problems),
@@ -62,13 +66,13 @@ def prune_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
         if tuned is not None:
             metrics["prune/tuned/mean_tau"] = float(sum(tuned["taus"].values()) / len(tuned["taus"]))
         write_output(paths.prune_results(corpus), {
-            "n": n, "k": k, "headline": headline, "summary": summary, "tuned": tuned,
+            "n": n, "k": k, "strategy": truncation.strategy, "headline": headline, "summary": summary, "tuned": tuned,
             "methods": [asdict(m) for m in methods],
             "per_repetition": {name: asdict(r) for name, r in results.items()}})
         write_output(paths.metrics("prune", corpus), metrics)
         run.log_metrics(metrics)
         head = summary[headline]
-        print(f"prune[{corpus}]: N={n}, k={k}: {headline} saves {saved:.1%} of cons@N's tokens "
+        print(f"prune[{corpus}]: N={n}, prefix {prefix}: {headline} saves {saved:.1%} of cons@N's tokens "
               f"(oracle {oracle['token_reduction']:.1%}) at accuracy {head['accuracy']:.3f} "
               f"vs {summary['cons']['accuracy']:.3f}")
         return metrics

@@ -10,7 +10,7 @@ from deepprune.data.schema import ReadReport, Trace, group_by_problem, read_trac
 from deepprune.io import write_jsonl
 from deepprune.pairs import Pair, assign_folds, build_pairs, with_folds
 from deepprune.tokens import get_tokenizer
-from deepprune.truncate import build_prefixes
+from deepprune.truncate import PrefixTokens, Prefixes, cut_prefixes
 from tasks import IO_RETRIES, NO_CACHE
 
 
@@ -30,10 +30,11 @@ def label_pairs(problems: dict[str, list[Trace]], spec: AnswerSpec, folds: int, 
 
 @task(cache_policy=NO_CACHE)
 def make_prefixes(problems: dict[str, list[Trace]], cfg: LabelConfig, tokens_k: list[int],
-                  tokenizer: str) -> dict[tuple[str, str], dict[str, str]]:
-    """Every configured prefix of every trace (`tokens_k`: the corpus's own, else label.tokens_k)."""
+                  tokenizer: str) -> tuple[Prefixes, PrefixTokens]:
+    """Every configured prefix of every trace (`tokens_k`: the corpus's own, else label.tokens_k), and the tokens
+    each costs its trace (deepprune.truncate.cut_prefixes)."""
     texts = {(t.problem_id, t.trace_id): t.text for ts in problems.values() for t in ts}
-    return build_prefixes(texts, tokens_k, cfg.reasoning_words_k, cfg.reasoning_words, get_tokenizer(tokenizer))
+    return cut_prefixes(texts, tokens_k, cfg.reasoning_words_k, cfg.reasoning_words, get_tokenizer(tokenizer))
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)

@@ -9,6 +9,7 @@ from prefect import task
 
 from deepprune.answers import AnswerSpec
 from deepprune.data.schema import Trace
+from deepprune.pairs import read_prefix_tokens
 from deepprune.pruning.controller import MethodSpec
 from deepprune.pruning.simulate import MethodResult, ReplayProblem, build_problems, pick_taus, simulate
 from tasks import IO_RETRIES, NO_CACHE
@@ -16,10 +17,13 @@ from tasks import IO_RETRIES, NO_CACHE
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)
 def load_problems(problems: dict[str, list[Trace]], scores_path: str, spec: AnswerSpec, judge: str,
-                  cosine: str | None) -> tuple[list[ReplayProblem], Any]:
-    """The recorded problems and the replay engine that serves them, with the judge stage's out-of-fold scores."""
+                  cosine: str | None, prefixes_path: str | None = None,
+                  prefix: str | None = None) -> tuple[list[ReplayProblem], Any]:
+    """The recorded problems and the replay engine that serves them, with the judge stage's out-of-fold scores;
+    with `prefixes_path`, each trace's cost of `prefix` as the label stage measured it (a prefix cut by the text)."""
+    costs = read_prefix_tokens(prefixes_path, prefix) if prefixes_path and prefix else None
     with open(scores_path, encoding="utf-8") as handle:
-        return build_problems(problems, (json.loads(line) for line in handle), spec, judge, cosine)
+        return build_problems(problems, (json.loads(line) for line in handle), spec, judge, cosine, costs)
 
 
 @task(cache_policy=NO_CACHE, **IO_RETRIES)

@@ -13,7 +13,7 @@ from deepprune.judges import judge_class
 from deepprune.judges.calibration import cross_fold_calibrate, fit_platt
 from deepprune.judges.encoder import EncoderJudge, SentenceEncoder
 from deepprune.metrics import judge_metrics, summarize_folds
-from deepprune.pairs import Pair
+from deepprune.pairs import Pair, cap_per_problem
 from deepprune.progress import track
 
 
@@ -57,6 +57,11 @@ class PairData:
     emb_b: np.ndarray
     labels: np.ndarray
     folds: np.ndarray
+    problems: np.ndarray  # each pair's problem id
+
+    def training_rows(self, rows: np.ndarray, cfg: TrainConfig, seed: int) -> np.ndarray:
+        """The rows a judge trains on: `rows`, at most cfg.max_pairs_per_problem per problem (cap_per_problem)."""
+        return cap_per_problem(rows, self.problems, cfg.max_pairs_per_problem, seed)
 
 
 def pair_data(pairs: Sequence[Pair], texts: Mapping[tuple[str, str], str],
@@ -67,7 +72,8 @@ def pair_data(pairs: Sequence[Pair], texts: Mapping[tuple[str, str], str],
 
     emb_a, emb_b = pair_arrays(pairs, vectors) if vectors is not None else (np.zeros((0, 0)), np.zeros((0, 0)))
     return PairData([texts[(p.problem_id, p.trace_a)] for p in pairs], [texts[(p.problem_id, p.trace_b)] for p in pairs],
-                    emb_a, emb_b, np.array([p.label for p in pairs], dtype=np.int64), np.array([p.fold for p in pairs]))
+                    emb_a, emb_b, np.array([p.label for p in pairs], dtype=np.int64), np.array([p.fold for p in pairs]),
+                    np.array([p.problem_id for p in pairs], dtype=object))
 
 
 def cross_validate(data: PairData, cfg: JudgeConfig, encoder: SentenceEncoder, seed: int) -> dict[str, VariantResult]:
@@ -85,7 +91,7 @@ def cross_validate(data: PairData, cfg: JudgeConfig, encoder: SentenceEncoder, s
             logs = []
             for fold in fold_ids:
                 test = np.flatnonzero(folds == fold)
-                train = np.flatnonzero(folds != fold)
+                train = data.training_rows(np.flatnonzero(folds != fold), cfg.train, seed + fold)  # every variant alike
                 scores, log = _variant_scores(variant, cfg, encoder, seed + 1000 * offset + fold, data, train, test,
                                               frozen_state)
                 raw[test] = scores
@@ -146,7 +152,9 @@ def train_final(data: PairData, cfg: JudgeConfig, variant: VariantConfig, encode
     Platt map fitted on every pair's out-of-fold score (`raw_oof`, cross_validate's `raw_oof`), where params
     calibrate (deepprune.judges.calibration)."""
     judge = EncoderJudge(encoder, cfg.train, variant.loss, variant.oversample, seed)
-    judge.fit(data.emb_a, data.emb_b, data.labels, texts_a=data.texts_a, texts_b=data.texts_b)
+    rows = data.training_rows(np.arange(len(data.labels)), cfg.train, seed)
+    judge.fit(data.emb_a[rows], data.emb_b[rows], data.labels[rows], texts_a=[data.texts_a[i] for i in rows],
+              texts_b=[data.texts_b[i] for i in rows])
     if cfg.calibration == "platt":
         if raw_oof is None:
             raise ValueError("judge.calibration is platt: the final judge needs its variant's uncalibrated "

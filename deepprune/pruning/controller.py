@@ -11,6 +11,8 @@ One rule for every path:
   trace that runs on costs its full length, a stopped trace what it wrote, a trace never started nothing.
 - **A trace that finishes within its k-token prefix has completed**: it votes and costs its length (< k). It
   still takes part in clustering (its prefix is its whole text), but nothing is left to prune or resume.
+- **A prefix cut by the text** (the first k reasoning words) costs each trace what it wrote until that prefix was
+  complete (`Task.prefix_tokens`, measured per trace by the label stage); a trace that ends first has completed.
 - **Resumed members**: the q members of the largest cluster that are resumed are its first q members after the
   seed (arrival order) that have not finished already.
 - **Latency** is the sequential depth: the longest chain of tokens generated one after another on the problem, with
@@ -101,10 +103,22 @@ class Task:
     seeds: tuple[int, ...]
     grader: Grader
     max_tokens: int
+    # What each trace's prefix costs when the judge's cut depends on its text (a first-k-reasoning-words prefix,
+    # measured by the label stage: deepprune.truncate.cut_prefixes), in arrival order; None for a trace that ends
+    # before its prefix is complete. Without it (a live engine) every prefix is the method's k tokens.
+    prefix_tokens: tuple[int | None, ...] | None = None
 
     @property
     def n(self) -> int:
         return len(self.seeds)
+
+    def prefix_budget(self, position: int, k: int) -> int:
+        """Tokens the trace at `position` writes before the judge looks: k, or its own measured prefix; a trace whose
+        prefix is never complete writes on to its end (max_tokens), finishing within its prefix round."""
+        if self.prefix_tokens is None:
+            return min(k, self.max_tokens)
+        cut = self.prefix_tokens[position]
+        return self.max_tokens if cut is None else min(cut, self.max_tokens)
 
 
 @dataclass
@@ -171,10 +185,11 @@ def _round(results: Sequence[GenResult]) -> int:
     return max((r.n_tokens for r in results), default=0)
 
 
-def _start(engine: Engine, task: Task, positions: Sequence[int], max_tokens: int, traces: list[TraceRun],
-           on_token: Callable[[int], Callable | None] | None = None) -> list[GenResult]:
-    """Generate the traces at `positions` from scratch, up to max_tokens each."""
-    jobs = [GenJob(task.prompt, max_tokens, task.seeds[p], on_token=on_token(p) if on_token else None)
+def _start(engine: Engine, task: Task, positions: Sequence[int], max_tokens: int | Callable[[int], int],
+           traces: list[TraceRun], on_token: Callable[[int], Callable | None] | None = None) -> list[GenResult]:
+    """Generate the traces at `positions` from scratch, up to max_tokens each (or max_tokens(position))."""
+    budget = max_tokens if callable(max_tokens) else (lambda p: max_tokens)
+    jobs = [GenJob(task.prompt, budget(p), task.seeds[p], on_token=on_token(p) if on_token else None)
             for p in positions]
     results = engine.generate(jobs)
     for p, res in zip(positions, results):
@@ -293,7 +308,7 @@ def run_clustering(engine: Engine, task: Task, k: int, similarity: Similarity, t
         raise ValueError(f"unknown vote {vote_over!r}; known: {', '.join(VOTES)}")
     start = time.perf_counter()
     traces = [TraceRun(s) for s in task.seeds]
-    first = _start(engine, task, range(task.n), min(k, task.max_tokens), traces)
+    first = _start(engine, task, range(task.n), lambda p: task.prefix_budget(p, k), traces)
     for t in traces:
         t.prefix_tokens = t.n_tokens
     judge_start = time.perf_counter()
@@ -345,7 +360,7 @@ def run_settle(engine: Engine, task: Task, k: int, similarity: Similarity, tau: 
     runs_on = lambda p: first[p].finish_reason != "stop" and traces[p].n_tokens < task.max_tokens  # noqa: E731
     for lo in range(0, task.n, window):
         chunk = list(range(lo, min(lo + window, task.n)))
-        results = _start(engine, task, chunk, min(k, task.max_tokens), traces)
+        results = _start(engine, task, chunk, lambda p: task.prefix_budget(p, k), traces)
         for p, res in zip(chunk, results):
             first[p], traces[p].prefix_tokens = res, traces[p].n_tokens
         upto = chunk[-1] + 1
@@ -390,17 +405,18 @@ def run_oracle(engine: Engine, task: Task, k: int, name: str = "oracle") -> Outc
         cls = task.grader.answer_class(full.answer)
         t = traces[p]
         t.text, t.answer, t.correct, t.logprobs = full.text, full.answer, full.correct, full.logprobs
+        cut = k if task.prefix_tokens is None else task.prefix_budget(p, k)
         if cls >= 0 and cls in seen:
             clusters[seen[cls]].append(p)
-            if full.n_tokens >= k:  # a trace that finishes within its prefix has completed anyway
-                t.n_tokens, t.prefix_tokens, t.stop_reason = k, k, "pruned"
+            if full.n_tokens >= cut:  # a trace that finishes within its prefix has completed anyway
+                t.n_tokens, t.prefix_tokens, t.stop_reason = cut, cut, "pruned"
                 t.answer = t.correct = None
                 continue
         else:
             if cls >= 0:
                 seen[cls] = len(clusters)
             clusters.append([p])
-        t.n_tokens, t.prefix_tokens, t.stop_reason = full.n_tokens, min(full.n_tokens, k), full.stop_reason
+        t.n_tokens, t.prefix_tokens, t.stop_reason = full.n_tokens, min(full.n_tokens, cut), full.stop_reason
     for p, full in enumerate(whole.traces):
         traces[p].votes = full.votes and traces[p].stop_reason != "pruned"  # the answer is cons@N's all the same
     return Outcome(name, traces, whole.answer, whole.correct, sum(t.n_tokens for t in traces),
@@ -413,7 +429,7 @@ def run_random(engine: Engine, task: Task, k: int, budget: int, rng: np.random.G
     stops (`budget`) does not vote. The first resumed trace is never cut, so at least one completes."""
     start = time.perf_counter()
     traces = [TraceRun(s) for s in task.seeds]
-    first = _start(engine, task, range(task.n), min(k, task.max_tokens), traces)
+    first = _start(engine, task, range(task.n), lambda p: task.prefix_budget(p, k), traces)
     for t in traces:
         t.prefix_tokens = t.n_tokens
     spent = sum(t.n_tokens for t in traces)

@@ -34,10 +34,12 @@ class ReplayProblem:
     similarities: dict[str, MatrixSimilarity] = field(default_factory=dict)  # 'judge', 'cosine'
     has_logprobs: bool = False
     fold: int | None = None  # the label stage's grouped fold (tau tuning holds it out)
+    prefix_tokens: list[int | None] | None = None  # per trace: its prefix's measured cost (Task.prefix_tokens)
 
     def task(self, order: Sequence[int]) -> Task:
         """The draw `order` (trace indices in arrival order) as the controller's task."""
-        return Task(self.problem_id, self.problem_id, tuple(int(i) for i in order), self.grader, UNBOUNDED)
+        costs = None if self.prefix_tokens is None else tuple(self.prefix_tokens[int(i)] for i in order)
+        return Task(self.problem_id, self.problem_id, tuple(int(i) for i in order), self.grader, UNBOUNDED, costs)
 
 
 def replay_corpus(traces: Mapping[str, Sequence[RecordedTrace]], spec: AnswerSpec, gold: Mapping[str, str | None],
@@ -60,8 +62,12 @@ def replay_corpus(traces: Mapping[str, Sequence[RecordedTrace]], spec: AnswerSpe
 
 
 def build_problems(problems: Mapping[str, Sequence[Trace]], score_rows: Iterable[Mapping], spec: AnswerSpec,
-                   judge: str, cosine: str | None) -> tuple[list[ReplayProblem], ReplayEngine]:
-    """The pipeline's traces with n x n matrices of the named judges' out-of-fold scores (judge stage)."""
+                   judge: str, cosine: str | None,
+                   prefix_tokens: Mapping[tuple[str, str], int | None] | None = None,
+                   ) -> tuple[list[ReplayProblem], ReplayEngine]:
+    """The pipeline's traces with n x n matrices of the named judges' out-of-fold scores (judge stage), and, for a
+    prefix cut by the text, what it costs each trace ({(problem id, trace id): tokens}, read_prefix_tokens; a cost
+    at or past the recorded length means the trace ended first)."""
     index = {pid: {t.trace_id: i for i, t in enumerate(ts)} for pid, ts in problems.items()}
     folds: dict[str, int] = {}
     mats: dict[str, dict[str, np.ndarray]] = {}
@@ -90,7 +96,17 @@ def build_problems(problems: Mapping[str, Sequence[Trace]], score_rows: Iterable
                                      named, {pid: [t.answer for t in ts] for pid, ts in problems.items()})
     for problem in replayed:
         problem.fold = folds.get(problem.problem_id)
+        if prefix_tokens is not None:
+            problem.prefix_tokens = [_cost(prefix_tokens, problem.problem_id, t) for t in problems[problem.problem_id]]
     return replayed, engine
+
+
+def _cost(prefix_tokens: Mapping[tuple[str, str], int | None], pid: str, trace: Trace) -> int | None:
+    if (pid, trace.trace_id) not in prefix_tokens:
+        raise ValueError(f"problem {pid}, trace {trace.trace_id}: the label stage measured no prefix cost for it "
+                         f"(rerun the label stage)")
+    cost = prefix_tokens[(pid, trace.trace_id)]
+    return cost if cost is not None and cost < trace.n_tokens else None
 
 
 @dataclass

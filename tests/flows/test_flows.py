@@ -124,6 +124,32 @@ def test_recorded_corpora_through_every_fast_stage(workspace):
     assert "Focal-loss sweep" in text and "causal-LM judge" not in text  # judge_lm ran on no corpus
     _judge_runs_in_mlflow(workspace, {"judge@date", "judge@math"})
     _child_runs_carry_their_cell_and_roc(workspace, root)
+    _prune_by_reasoning_words(workspace)
+
+
+def _prune_by_reasoning_words(workspace) -> None:
+    """A corpus truncated by reasoning words: its judges see the first 5 reasoning words, and the prune stage pays
+    each trace what the label stage measured it had written when that prefix was complete (not k tokens); a trace
+    with fewer reasoning words has finished and costs its length."""
+    from flows.judge import judge_flow
+    from flows.prune import prune_flow
+
+    raw = read_params(workspace / "params.yaml")
+    raw["corpora"]["date"]["truncation"] = {"strategy": "reasoning_words", "k": 5}
+    (workspace / "params.yaml").write_text(yaml.safe_dump(raw))
+    judge_flow("date")
+    metrics = prune_flow("date")
+    results = read_json(workspace / paths.prune_results("date"))
+    assert results["strategy"] == "reasoning_words" and metrics["prune/k"] == 5
+    traces = {(t["problem_id"], t["trace_id"]): t["n_tokens"] for t in _jsonl(workspace / paths.traces("date"))}
+    costs = {(r["problem_id"], r["trace_id"]): r["prefix_tokens"]["reasoning_words_5"]
+             for r in _jsonl(workspace / paths.prefixes("date"))}
+    assert any(c is None for c in costs.values()) and any(c is not None for c in costs.values())
+    assert all(c is None or 0 < c < traces[key] for key, c in costs.items())
+    floor = sum(traces[key] if c is None else c for key, c in costs.items())  # every trace writes its prefix
+    assert floor != sum(min(n, 5) for n in traces.values())
+    assert floor <= metrics["prune/deepprune_tau0.5/tokens"] <= metrics["prune/cons/tokens"]
+    assert floor <= metrics["prune/oracle/tokens"]
 
 
 def _check_transfer(workspace) -> None:

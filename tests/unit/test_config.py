@@ -72,8 +72,12 @@ def test_a_corpus_cuts_its_own_prefixes_and_the_others_keep_the_global_ones(tmp_
      r"corpora.date.truncation: corpus 'date' has no tokens prefix with k=48 \(label.tokens_k is \[32, 128\]\)"),
     (lambda p: p["corpora"]["date"].update(tokens_k=[16]),
      r"judge.truncation: corpus 'date' has no tokens prefix with k=128 \(corpora.date.tokens_k is \[16\]\)"),
-    (lambda p: p["corpora"]["date"].update(tokens_k=[16], truncation={"strategy": "reasoning_words", "k": 25}),
-     r"corpora.date.truncation: the prune stage needs strategy 'tokens'"),
+    (lambda p: p["corpora"]["date"].update(truncation={"strategy": "reasoning_words", "k": 15}),
+     r"corpora.date.truncation: corpus 'date' has no reasoning_words prefix with k=15 \(label.reasoning_words_k is "
+     r"\[25\]\)"),
+    # the online stage cuts its judge's prefixes by tokens: the judge's corpus must be trained on token prefixes
+    (lambda p: p["corpora"]["math"].update(truncation={"strategy": "reasoning_words", "k": 25}),
+     r"corpora.math.truncation: online.judge.corpus 'math' has its judges trained on reasoning_words prefixes"),
     (lambda p: p["corpora"]["date"]["answer"].update(gold_pattern="####"),
      r"corpora.date.answer: Value error, gold_pattern '####' has no group"),
 ])

@@ -109,3 +109,33 @@ def test_embeddings_do_not_depend_on_the_process_hash_seed():
     digests = {subprocess.run([sys.executable, "-c", _EMBED], env={**os.environ, "PYTHONHASHSEED": seed}, check=True,
                               capture_output=True, text=True, timeout=300).stdout for seed in ("1", "2", "3")}
     assert len(digests) == 1, digests
+
+
+def test_a_capped_judge_trains_on_few_pairs_per_problem_and_still_scores_every_pair(monkeypatch):
+    """judge.train.max_pairs_per_problem caps the pairs each training fold fits on, the same rows for every variant;
+    every pair still gets a held-out score (the prune stage replays them all)."""
+    from deepprune.config import JudgeConfig
+    from deepprune.judges.evaluate import PairData, cross_validate
+
+    a, b, y = _pairs(600, 4)
+    problems = np.array([f"p{i // 60}" for i in range(600)], dtype=object)  # 10 problems of 60 pairs
+    folds = np.array([int(p[1:]) % 5 for p in problems])
+    data = PairData([""] * 600, [""] * 600, a, b, y, folds, problems)
+    cfg = JudgeConfig.model_validate({
+        "truncation": {"strategy": "tokens", "k": 32}, "primary": "focal", "calibration": "none",
+        "variants": {"sbert_cosine": {"kind": "sbert_cosine"}, "focal": {"kind": "encoder", "loss": "focal"},
+                     "plain": {"kind": "encoder"}},
+        "train": {"epochs": 2, "batch_size": 64, "hidden": 8, "max_pairs_per_problem": 12}})
+    fitted: list[tuple[int, ...]] = []
+    real_fit = EncoderJudge.fit
+
+    def spy(self, emb_a, emb_b, labels, **kw):
+        fitted.append(tuple(map(tuple, np.round(emb_a[:, :2], 6))))
+        assert len(labels) == 8 * 12  # 8 training problems x 12 pairs
+        return real_fit(self, emb_a, emb_b, labels, **kw)
+
+    monkeypatch.setattr(EncoderJudge, "fit", spy)
+    results = cross_validate(data, cfg, SimpleNamespace(dim=16, path="stub", source="stub"), seed=0)
+    assert len(fitted) == 2 * 5  # two trained variants x five folds
+    assert fitted[:5] == fitted[5:]  # the same training rows for both variants, fold by fold
+    assert all(np.isfinite(r.oof_scores).all() for r in results.values())

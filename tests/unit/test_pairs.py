@@ -6,7 +6,8 @@ import numpy as np
 
 from deepprune.answers import AnswerSpec
 from deepprune.data.schema import Trace
-from deepprune.pairs import assign_folds, build_pairs, oversample_minority, redundancy_stats, with_folds
+from deepprune.pairs import (assign_folds, build_pairs, cap_per_problem, oversample_minority, redundancy_stats,
+                             with_folds)
 
 SPEC = AnswerSpec("boxed_math")
 
@@ -62,3 +63,18 @@ def test_redundancy_stats():
     assert stats["label/same_answer_share"] == 0.5
     assert stats["label/problems_with_disagreement"] == 1
     assert stats["label/majority_vote_accuracy"] == 1.0
+
+
+def test_training_pairs_are_capped_per_problem_at_random_and_reproducibly():
+    problems = np.array(["p"] * 780 + ["q"] * 28 + ["r"] * 45, dtype=object)  # 40, 8 and 10 traces
+    rows = np.arange(len(problems))
+    kept = cap_per_problem(rows, problems, 40, seed=7)
+    assert Counter(problems[kept].tolist()) == {"p": 40, "q": 28, "r": 40}  # a problem under the cap keeps all
+    assert np.all(np.diff(kept) > 0)  # ascending, no row twice
+    np.testing.assert_array_equal(kept, cap_per_problem(rows, problems, 40, seed=7))
+    assert not np.array_equal(kept, cap_per_problem(rows, problems, 40, seed=8))
+    p_rows = kept[problems[kept] == "p"]
+    assert p_rows.max() > 390  # drawn from the whole problem, not its first 40 pairs
+    np.testing.assert_array_equal(cap_per_problem(rows, problems, None, seed=7), rows)
+    subset = rows[rows % 2 == 0]  # a training fold: only its own rows come back
+    assert set(cap_per_problem(subset, problems, 10, seed=1).tolist()) <= set(subset.tolist())

@@ -411,3 +411,25 @@ def test_tau_is_picked_on_the_other_folds_only_and_the_tuned_method_uses_its_fol
     assert (tuned["t"].tokens, tuned["t"].accuracy) == (plain["t"].tokens, plain["t"].accuracy)
     with pytest.raises(ValueError, match="no tau picked"):
         simulate(problems, engine, [MethodSpec("t", "tuned", {"q": 1})], n=6, k=20, repetitions=1, seed=1)
+
+
+def test_a_prefix_cut_by_the_text_costs_each_trace_what_it_wrote_until_the_cut():
+    """A first-k-reasoning-words prefix is complete at a different token on every trace: the prune stage replays each
+    trace's measured cost (Task.prefix_tokens), and a trace that ends before its prefix is complete (None) has
+    completed and votes. k itself is then not a token count and is ignored."""
+    p, engine = _one([0, 0, 1, 0], [300, 150, 200, 400])
+    p.prefix_tokens = [60, 90, None, 35]  # trace 2 ends before its k-th reasoning word
+    out = _run(p, engine, [0, 1, 2, 3], 25, "deepprune", tau=0.5, q=0)
+    # clusters {0,1,3} and {2}: seed 0 runs on, 1 and 3 are pruned after their own prefixes, 2 completed within its
+    assert [t.stop_reason for t in out.traces] == ["finished", "pruned", "finished", "pruned"]
+    assert [t.prefix_tokens for t in out.traces] == [60, 90, 200, 35]
+    assert out.tokens == 300 + 90 + 200 + 35 and [t.votes for t in out.traces] == [True, False, True, False]
+    assert out.depth == 200 + (300 - 60)  # the prefix round lasts until its longest prefix (trace 2, whole)
+    oracle = _run(p, engine, [0, 1, 2, 3], 25, "oracle")  # the same costs for the bound
+    assert oracle.tokens == 300 + 90 + 200 + 35
+    random = _run(p, engine, [0, 1, 2, 3], 25, "random", budgets={"deepprune:p0": out.tokens},
+                  rng=np.random.default_rng(0), match="deepprune")
+    assert sorted(t.prefix_tokens for t in random.traces) == [35, 60, 90, 200]
+    # the draw's order carries each trace's own cost
+    task = p.task([3, 2, 1, 0])
+    assert task.prefix_tokens == (35, None, 90, 60) and task.prefix_budget(1, 25) == task.max_tokens

@@ -37,3 +37,27 @@ def test_build_prefixes_names_every_strategy():
     assert set(out[("p", "0")]) == {"tokens_4", "tokens_8", "reasoning_words_1"}
     assert out[("p", "0")]["reasoning_words_1"] == "Wait, that is not needed here!"
     assert len(tok.encode(out[("p", "0")]["tokens_4"])) == 4
+
+
+def test_a_prefix_costs_the_tokens_written_until_it_is_complete():
+    """What a judge's prefix costs a trace online: a first-k-tokens prefix k tokens; a first-k-reasoning-words
+    prefix the tokens up to the end of its k-th segment's sentence; None when the trace ends first."""
+    from deepprune.tokens import get_tokenizer
+    from deepprune.truncate import cut_prefixes, reasoning_words_end
+
+    pattern = reasoning_word_pattern(["wait", "so"])
+    text = "We add the two numbers. Wait, the second is 7. So the sum is 12. Done, the answer is 12."
+    assert reasoning_words_end(text, 1, pattern) == text.index(" So")  # just after "... is 7."
+    assert reasoning_words_end(text, 2, pattern) == text.index(" Done")
+    assert reasoning_words_end(text, 3, pattern) is None  # two reasoning words only
+    tok = get_tokenizer("qwen")
+    total = len(tok.encode(text))
+    texts, costs = cut_prefixes({("p", "0"): text}, [4, total + 5], [1, 2, 3], ["wait", "so"], tok)
+    cost = costs[("p", "0")]
+    assert cost["tokens_4"] == 4 and cost[f"tokens_{total + 5}"] is None  # the trace ends before that prefix
+    assert cost["reasoning_words_1"] == len(tok.encode(text[:reasoning_words_end(text, 1, pattern)]))
+    assert cost["reasoning_words_1"] < cost["reasoning_words_2"] < total and cost["reasoning_words_3"] is None
+    assert texts[("p", "0")]["reasoning_words_2"] == "Wait, the second is 7. So the sum is 12."
+    # a trace whose k-th segment closes it has finished by the time the prefix is complete
+    assert cut_prefixes({("p", "1"): "Wait, it is 3."}, [], [1], ["wait"], tok)[1][("p", "1")] == \
+        {"reasoning_words_1": None}
