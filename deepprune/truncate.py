@@ -105,3 +105,19 @@ def cut_prefixes(texts: dict[tuple[str, str], str], tokens_k: Sequence[int], rea
             out[key], costs[key] = row, cost
             progress.advance()
     return out, costs
+
+
+def prefix_cost_stats(costs: PrefixTokens) -> dict[str, float | None]:
+    """Per prefix, over every trace: the share whose prefix is complete before the trace ends (a judge can read it
+    while something is left to save) and the median tokens written by then, over those traces (None: none is).
+    A prefix complete on few traces only reads like an early judge in an AUROC table."""
+    import statistics
+
+    names = sorted({name for row in costs.values() for name in row})
+    out: dict[str, float | None] = {}
+    for name in names:
+        written = [row[name] for row in costs.values() if row.get(name) is not None]
+        out[f"label/prefix/{name}/complete_before_end"] = len(written) / len(costs) if costs else None
+        out[f"label/prefix/{name}/median_tokens"] = float(statistics.median(written)) if written else None
+    return out
+

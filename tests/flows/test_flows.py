@@ -150,6 +150,10 @@ def _prune_by_reasoning_words(workspace) -> None:
     assert floor != sum(min(n, 5) for n in traces.values())
     assert floor <= metrics["prune/deepprune_tau0.5/tokens"] <= metrics["prune/cons/tokens"]
     assert floor <= metrics["prune/oracle/tokens"]
+    label = read_json(workspace / paths.metrics("label", "date"))  # the report's table of what each prefix costs
+    share = sum(c is not None for c in costs.values()) / len(costs)
+    assert label["label/prefix/reasoning_words_5/complete_before_end"] == pytest.approx(share)
+    assert "complete before the trace ends" in (workspace / paths.report_index()).read_text()
 
 
 def _check_transfer(workspace) -> None:

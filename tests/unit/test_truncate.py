@@ -61,3 +61,17 @@ def test_a_prefix_costs_the_tokens_written_until_it_is_complete():
     # a trace whose k-th segment closes it has finished by the time the prefix is complete
     assert cut_prefixes({("p", "1"): "Wait, it is 3."}, [], [1], ["wait"], tok)[1][("p", "1")] == \
         {"reasoning_words_1": None}
+
+
+def test_prefix_cost_stats_say_how_often_a_prefix_is_complete_before_its_trace_ends():
+    from deepprune.truncate import prefix_cost_stats
+
+    costs = {("p", "0"): {"tokens_8": 8, "reasoning_words_2": None}, ("p", "1"): {"tokens_8": 8, "reasoning_words_2": 30},
+             ("p", "2"): {"tokens_8": None, "reasoning_words_2": 50}, ("p", "3"): {"tokens_8": 8, "reasoning_words_2": None}}
+    stats = prefix_cost_stats(costs)
+    assert stats["label/prefix/tokens_8/complete_before_end"] == 0.75 and stats["label/prefix/tokens_8/median_tokens"] == 8
+    assert stats["label/prefix/reasoning_words_2/complete_before_end"] == 0.5
+    assert stats["label/prefix/reasoning_words_2/median_tokens"] == 40
+    none = prefix_cost_stats({("p", "0"): {"reasoning_words_9": None}})
+    assert none == {"label/prefix/reasoning_words_9/complete_before_end": 0.0,
+                    "label/prefix/reasoning_words_9/median_tokens": None}
