@@ -47,6 +47,8 @@ def read_prefix_tokens(path: str | os.PathLike, name: str) -> dict[tuple[str, st
     out = {}
     with open(path, encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
             row = json.loads(line)
             costs = row.get("prefix_tokens", {})
             if name not in costs:

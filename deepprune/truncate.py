@@ -84,10 +84,11 @@ PrefixTokens = dict[tuple[str, str], dict[str, "int | None"]]
 def cut_prefixes(texts: dict[tuple[str, str], str], tokens_k: Sequence[int], reasoning_words_k: Sequence[int],
                  reasoning_words: Sequence[str], tokenizer: Tokenizer) -> tuple[Prefixes, PrefixTokens]:
     """build_prefixes, and what each prefix costs the trace: the tokens (the tokenizer's, the corpus's unit) it has
-    written when the prefix is complete, which is when a judge can first read it online. None when the trace ends
-    before (or as) its prefix is complete: it has finished, and nothing is left to prune. A first-k-tokens prefix
-    costs k on a trace of at least k tokens; a first-k-reasoning-words prefix the tokens up to the end of its k-th
-    segment, measured per trace."""
+    written when the prefix is complete, which is when a judge can first read it online; None when the trace ends
+    before its prefix is complete: it has finished, and nothing is left to prune. A first-k-tokens prefix costs k on
+    a trace of at least k tokens (exactly k: paused there, as a live engine reports it); a first-k-reasoning-words
+    prefix the tokens up to the end of its k-th segment, measured per trace, and None also when that segment closes
+    the trace."""
     pattern = reasoning_word_pattern(reasoning_words)
     out: Prefixes = {}
     costs: PrefixTokens = {}

@@ -23,8 +23,8 @@ def process_start(pid: int | str = "self") -> float:
     time that /proc/stat rounds down to a whole second, so on a given machine every start it gives is early by the
     same fraction of a second (0.57 s on this project's build machine), which a stage's overhead would count; here
     the boot time is the wall clock less the boot clock (CLOCK_BOOTTIME, which the start's ticks count on)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-        fields = handle.read().rpartition(")")[2].split()  # after the command name, which may hold spaces
+    with open(f"/proc/{pid}/stat", "rb") as handle:
+        fields = handle.read().rpartition(b")")[2].split()  # after the command name: any bytes, spaces too
     ticks = int(fields[19])  # field 22, starttime, counted from the third field on
     booted = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
     return booted + ticks / os.sysconf("SC_CLK_TCK")

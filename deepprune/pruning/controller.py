@@ -198,6 +198,15 @@ def _start(engine: Engine, task: Task, positions: Sequence[int], max_tokens: int
     return results
 
 
+def _paused(task: Task, position: int, k: int, result: GenResult) -> bool:
+    """Whether the trace at `position` paused at its prefix: it did not finish, and (a prefix cut by the text) it
+    wrote its whole measured prefix. A trace whose prefix was never complete ran to its end in the prefix round,
+    also when its record ends at a token limit (`length`): it has completed, as it would live."""
+    if result.finish_reason == "stop":
+        return False
+    return task.prefix_tokens is None or result.n_tokens >= task.prefix_budget(position, k)
+
+
 def _resume(engine: Engine, task: Task, items: Sequence[tuple[int, GenResult, int]], traces: list[TraceRun]) -> list[GenResult]:
     """Continue paused traces: (position, the result that paused it, token budget of the continuation)."""
     jobs = [GenJob(task.prompt + traces[p].text, budget, task.seeds[p] + RESUME_SEED_OFFSET, resume=paused.continuation)
@@ -316,7 +325,7 @@ def run_clustering(engine: Engine, task: Task, k: int, similarity: Similarity, t
     judge_seconds = time.perf_counter() - judge_start
     clusters, calls = greedy_cluster(range(task.n), sim, tau, r, max_clusters)
     largest = _largest(clusters)
-    paused = [p for p in range(task.n) if first[p].finish_reason != "stop"]
+    paused = [p for p in range(task.n) if _paused(task, p, k, first[p])]
     open_ = {p for p in paused if traces[p].n_tokens < task.max_tokens}
     resumed = [p for p in largest[1:] if p in open_][:q]
     runs_on = [c[0] for c in clusters] + resumed
@@ -357,7 +366,7 @@ def run_settle(engine: Engine, task: Task, k: int, similarity: Similarity, tau: 
     calls, judge_seconds = 0, 0.0
     ends = [0] * task.n  # when each trace stops writing, in decoding steps from the start
     clock, upto = 0, 0
-    runs_on = lambda p: first[p].finish_reason != "stop" and traces[p].n_tokens < task.max_tokens  # noqa: E731
+    runs_on = lambda p: _paused(task, p, k, first[p]) and traces[p].n_tokens < task.max_tokens  # noqa: E731
     for lo in range(0, task.n, window):
         chunk = list(range(lo, min(lo + window, task.n)))
         results = _start(engine, task, chunk, lambda p: task.prefix_budget(p, k), traces)
@@ -433,7 +442,7 @@ def run_random(engine: Engine, task: Task, k: int, budget: int, rng: np.random.G
     for t in traces:
         t.prefix_tokens = t.n_tokens
     spent = sum(t.n_tokens for t in traces)
-    open_ = [p for p in range(task.n) if first[p].finish_reason != "stop" and traces[p].n_tokens < task.max_tokens]
+    open_ = [p for p in range(task.n) if _paused(task, p, k, first[p]) and traces[p].n_tokens < task.max_tokens]
     for p in open_:
         traces[p].stop_reason = "pruned"
     resumed_any = False

@@ -433,3 +433,22 @@ def test_a_prefix_cut_by_the_text_costs_each_trace_what_it_wrote_until_the_cut()
     # the draw's order carries each trace's own cost
     task = p.task([3, 2, 1, 0])
     assert task.prefix_tokens == (35, None, 90, 60) and task.prefix_budget(1, 25) == task.max_tokens
+
+
+def test_a_trace_recorded_at_its_token_limit_before_its_prefix_is_complete_has_completed():
+    """A trace whose prefix of k reasoning words is never complete runs to its end in the prefix round; when its
+    record ends at the generation limit (`length`), it has still run to its end: it votes, is never pruned nor cut
+    by a budget, and the oracle agrees."""
+    p, engine = _one([0, 0, 1, 0], [300, 150, 200, 400])
+    key = ("p0", 3)
+    rec = engine.records[key]
+    engine.records[key] = RecordedTrace(rec.text, rec.n_tokens, "length")
+    p.prefix_tokens = [60, 90, 50, None]
+    for kind, settings in (("deepprune", {"tau": 0.5, "q": 0}), ("settle", {"tau": 0.5, "window": 4, "q": 0})):
+        out = _run(p, engine, [0, 1, 2, 3], 25, kind, **settings)
+        assert out.traces[3].stop_reason == "length" and out.traces[3].votes and out.traces[3].n_tokens == 400
+    rand = _run(p, engine, [0, 1, 2, 3], 25, "random", budgets={"deepprune:p0": 0}, rng=np.random.default_rng(0),
+                match="deepprune")
+    assert rand.traces[3].stop_reason == "length" and rand.traces[3].votes
+    oracle = _run(p, engine, [0, 1, 2, 3], 25, "oracle")
+    assert oracle.traces[3].stop_reason == "length" and oracle.traces[3].n_tokens == 400
