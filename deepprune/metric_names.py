@@ -59,6 +59,17 @@ def check_rate_name(where: str, name: str, fnr: float, threshold: float) -> None
                          f"judge.threshold={threshold:g}; valid names: {', '.join(valid)}")
 
 
+# ---- what a prefix costs online (the label stage, deepprune.truncate.prefix_cost_stats) -------------------------
+
+
+def prefix_cost_name(prefix: str, kind: str) -> str:
+    """'label/prefix/<prefix>/<kind>', kind 'complete_before_end' (share of traces on which the prefix is complete
+    before the trace ends) or 'median_tokens' (tokens written by then)."""
+    if kind not in ("complete_before_end", "median_tokens"):
+        raise ValueError(f"no prefix cost {kind!r}")
+    return f"label/prefix/{prefix}/{kind}"
+
+
 # ---- timings ---------------------------------------------------------------------------------------------------
 
 

@@ -11,10 +11,12 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from deepprune.config import Params, VariantConfig
-from deepprune.metric_names import accuracy_at_name, tnr_at_fnr_name, tnr_at_name, tpr_at_name
+from deepprune.metric_names import (accuracy_at_name, prefix_cost_name, tnr_at_fnr_name, tnr_at_name,
+                                     tpr_at_name)
 from deepprune.plots import (plot_judge_comparison, plot_pareto, plot_redundancy, plot_reliability, plot_roc,
                              plot_score_distributions, plot_truncation)
 from deepprune.reference import PAPER_BASELINE_AUROC, PAPER_ONLINE, PAPER_TABLE1, PAPER_TRANSFER, paper_row_for
+from deepprune.truncate import prefix_name
 
 
 @dataclass
@@ -206,16 +208,16 @@ def _table1(params: Params, res: CorpusResults) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
-def _prefix_costs(res: CorpusResults) -> str:
-    """What each prefix costs online, from the label stage's measurement: the share of traces on which it is complete
-    before the trace ends, and the median tokens written by then."""
-    names = sorted({key.split("/")[2] for key in res.label if key.startswith("label/prefix/")},
-                   key=lambda n: (n.rpartition("_")[0], int(n.rpartition("_")[2])))
-    if not names:
+def _prefix_costs(params: Params, corpus: str, res: CorpusResults) -> str:
+    """What each prefix the label stage built costs online, from its measurement: the share of traces on which it is
+    complete before the trace ends, and the median tokens written by then."""
+    names = [prefix_name("tokens", k) for k in params.tokens_k(corpus)] + \
+        [prefix_name("reasoning_words", k) for k in params.label.reasoning_words_k]
+    if prefix_cost_name(names[0], "complete_before_end") not in res.label:
         return ""
     rows = "".join(f"<tr><td>{html.escape(n.replace('_', ' '))}</td>"
-                   f"<td>{_fmt(res.label.get(f'label/prefix/{n}/complete_before_end'), True)}</td>"
-                   f"<td>{_fmt(res.label.get(f'label/prefix/{n}/median_tokens'))}</td></tr>" for n in names)
+                   f"<td>{_fmt(res.label.get(prefix_cost_name(n, 'complete_before_end')), True)}</td>"
+                   f"<td>{_fmt(res.label.get(prefix_cost_name(n, 'median_tokens')))}</td></tr>" for n in names)
     return ("<table><tr><th>prefix</th><th>complete before the trace ends</th><th>median tokens written by then"
             f"</th></tr>{rows}</table>")
 
@@ -435,7 +437,7 @@ def render_index(params: Params, results: Mapping[str, CorpusResults], figures: 
                      "measurement; a prefix of k reasoning words needs the sentence of the k-th one).</p>"]
         for corpus, res in results.items():
             if res.ablate is not None:
-                sections += [f"<h3>{html.escape(corpus)}</h3>", _table1(params, res), _prefix_costs(res),
+                sections += [f"<h3>{html.escape(corpus)}</h3>", _table1(params, res), _prefix_costs(params, corpus, res),
                              embed(f"truncation_{corpus}")]
     if any(r.online is not None for r in results.values()):
         sections += ["<h2>8. Online pruning with real generation</h2>",

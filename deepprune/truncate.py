@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import statistics
 from collections.abc import Sequence
 
+from deepprune.metric_names import prefix_cost_name
 from deepprune.progress import track
 from deepprune.tokens import Tokenizer
 
@@ -112,13 +114,11 @@ def prefix_cost_stats(costs: PrefixTokens) -> dict[str, float | None]:
     """Per prefix, over every trace: the share whose prefix is complete before the trace ends (a judge can read it
     while something is left to save) and the median tokens written by then, over those traces (None: none is).
     A prefix complete on few traces only reads like an early judge in an AUROC table."""
-    import statistics
-
     names = sorted({name for row in costs.values() for name in row})
     out: dict[str, float | None] = {}
     for name in names:
         written = [row[name] for row in costs.values() if row.get(name) is not None]
-        out[f"label/prefix/{name}/complete_before_end"] = len(written) / len(costs) if costs else None
-        out[f"label/prefix/{name}/median_tokens"] = float(statistics.median(written)) if written else None
+        out[prefix_cost_name(name, "complete_before_end")] = len(written) / len(costs) if costs else None
+        out[prefix_cost_name(name, "median_tokens")] = float(statistics.median(written)) if written else None
     return out
 

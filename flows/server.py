@@ -96,11 +96,13 @@ class _PrefectPlan:
     (`spawn`: the arguments of services.started)."""
 
     def __init__(self, tracking: TrackingConfig) -> None:
+        from prefect.settings import PREFECT_API_REQUEST_TIMEOUT
+
         self.bounds = _client_bounds(tracking)
         self.spawn: dict[str, Any] | None = None
         if os.environ.get(API_ENV):
             self.api_url = os.environ[API_ENV]
-            require_answer(f"{self.api_url}/health", float(self.bounds[_timeout_setting()]),
+            require_answer(f"{self.api_url}/health", float(self.bounds[PREFECT_API_REQUEST_TIMEOUT]),
                            f"the Prefect API at {self.api_url}",
                            "unset PREFECT_API_URL to report to a local Prefect server that the run starts and stops")
             return
@@ -146,12 +148,6 @@ def drain_prefect_workers(timeout_s: float = 5.0, events: bool = True) -> None:
             pending = worker.drain_all(timeout=timeout_s)
             if hasattr(pending, "close"):
                 pending.close()
-
-
-def _timeout_setting() -> Any:
-    from prefect.settings import PREFECT_API_REQUEST_TIMEOUT
-
-    return PREFECT_API_REQUEST_TIMEOUT
 
 
 MLFLOW_ENV = "MLFLOW_TRACKING_URI"

@@ -2,6 +2,8 @@
 
 import re
 
+import pytest
+
 from deepprune.config import load_params
 from deepprune.metric_names import ablate_names, rate_names, summary_names
 from tests.conftest import ROOT
@@ -63,3 +65,11 @@ def test_a_process_start_is_the_moment_it_started_not_the_boot_second_rounded_do
     first, start = json.loads(subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                                              check=True).stdout)
     assert first - 0.2 <= start <= first + 0.011  # ticks of 1/100 s
+
+
+def test_prefix_cost_names_are_built_by_one_helper():
+    from deepprune.metric_names import prefix_cost_name
+
+    assert prefix_cost_name("reasoning_words_25", "median_tokens") == "label/prefix/reasoning_words_25/median_tokens"
+    with pytest.raises(ValueError, match="no prefix cost 'median'"):
+        prefix_cost_name("tokens_32", "median")
