@@ -10,6 +10,9 @@ repeats, measured side by side in one run.
   every pair from the cached embeddings (online, a trace's prefix meets many clusters); the line "no reuse"
   encodes both prefixes of every pair again, to show what the reuse buys.
 - encoder training: the head on cached embeddings; and, for scale, fine-tuning MiniLM itself (finetune_encoder).
+- encoder + shared_numbers: the same head that also reads what the two prefixes' numbers share.
+- cross_encoder: MiniLM reading both prefixes as one input: one encoder pass per pair (nothing is reused between
+  pairs), and training fine-tunes the whole encoder.
 - causal_lm (SmolLM2-135M-Instruct, fp32): one forward per pair (the prompt joins both prefixes, so nothing is
   reused between pairs); training is LoRA (r = 8, q/k/v/o) and a full fine-tune.
 """
@@ -74,6 +77,12 @@ def bench_encoder(prefixes: dict[int, list[str]], repeats: int) -> None:
         t_reuse = median_time(lambda: judge.score(*(lambda e: (e[ia], e[ib]))(embed())), repeats)
         row("encoder (head)", f"score, {len(texts)} prefixes -> {len(pairs)} pairs, prefixes encoded once", 32, length,
             len(pairs) / t_reuse)
+        ta, tb = [texts[i] for i in ia], [texts[i] for i in ib]
+        numbers = EncoderJudge(encoder, TrainConfig(epochs=1, hidden=128, batch_size=1024), "focal", True, 0,
+                               ["shared_numbers"]).fit(emb[ia], emb[ib], np.arange(len(pairs)) % 2, ta, tb)
+        t_numbers = median_time(lambda: numbers.score(*(lambda e: (e[ia], e[ib]))(embed()), ta, tb), repeats)
+        row("encoder + shared_numbers", "score, same pairs, prefixes encoded once, numbers read per pair", 32, length,
+            len(pairs) / t_numbers)
         t_cos = median_time(lambda: cosine_scores(*(lambda e: (e[ia], e[ib]))(embed())), repeats)
         row("sbert_cosine", "score, same pairs, prefixes encoded once", 32, length, len(pairs) / t_cos)
         sub = pairs[:32]
@@ -91,6 +100,10 @@ def bench_encoder(prefixes: dict[int, list[str]], repeats: int) -> None:
         t_train = median_time(lambda: EncoderJudge(encoder, cfg, "focal", True, 0).fit(emb[ia], emb[ib], labels), repeats)
         row("encoder (head)", "train on cached embeddings (focal + oversampling)", 1024, length,
             10 * len(pairs) / t_train)
+        t_train_numbers = median_time(lambda: EncoderJudge(encoder, cfg, "focal", True, 0, ["shared_numbers"]).fit(
+            emb[ia], emb[ib], labels, ta, tb), repeats)
+        row("encoder + shared_numbers", "train on cached embeddings and the prefixes' numbers", 1024, length,
+            10 * len(pairs) / t_train_numbers)
         ft = TrainConfig(epochs=1, hidden=128, batch_size=16, finetune_encoder=True, finetune_epochs=1)
         sub_idx = np.arange(32)
         state = {k2: v.clone() for k2, v in encoder.model.state_dict().items()}
@@ -99,6 +112,17 @@ def bench_encoder(prefixes: dict[int, list[str]], repeats: int) -> None:
             [texts[i] for i in ib[sub_idx]]), 1)
         encoder.model.load_state_dict(state)
         row("encoder (MiniLM fine-tuned)", "train, encoder and head", 16, length, len(sub_idx) / t_ft)
+        from deepprune.judges.cross_encoder import CrossEncoderJudge
+
+        cross_cfg = TrainConfig(batch_size=16, finetune_epochs=1)
+        sub_a, sub_b = [texts[i] for i in ia[sub_idx]], [texts[i] for i in ib[sub_idx]]
+        cross = CrossEncoderJudge(encoder, cross_cfg, "focal", False, 0)
+        t_cross_fit = median_time(lambda: cross.fit(None, None, labels[sub_idx], sub_a, sub_b), 1)
+        row("cross_encoder (MiniLM, pair read together)", "train, encoder and head", 16, length,
+            len(sub_idx) / t_cross_fit)
+        t_cross = median_time(lambda: cross.score(None, None, [f"{t} {next(fresh)}" for t in sub_a], sub_b), repeats)
+        row("cross_encoder (MiniLM, pair read together)", "score, one encoder pass per pair", 32, length,
+            len(sub_idx) / t_cross)
 
 
 def bench_causal_lm(prefixes: dict[int, list[str]], repeats: int) -> None:

@@ -122,12 +122,14 @@ def judge_throughput(ws: Path, cap: int | None, uncapped: bool, repeats: int = 3
         for label, train in runs if cls.trainable else [("nothing (untrained)", everything[:0])]:
             fit, score = [], []
             for _ in range(repeats if label == "capped" else 1):  # a fit on every pair takes minutes: once
-                judge = cls(stub, cfg.train, variant.loss, variant.oversample, params.seed)
+                judge = cls(stub, cfg.train, variant.loss, variant.oversample, params.seed, variant.features)
                 started = time.perf_counter()
-                judge.fit(data.emb_a[train], data.emb_b[train], data.labels[train])
+                judge.fit(data.emb_a[train], data.emb_b[train], data.labels[train],
+                          [data.texts_a[i] for i in train], [data.texts_b[i] for i in train])
                 fit.append(time.perf_counter() - started)
                 started = time.perf_counter()
-                judge.score(data.emb_a[test], data.emb_b[test])
+                judge.score(data.emb_a[test], data.emb_b[test], [data.texts_a[i] for i in test],
+                            [data.texts_b[i] for i in test])
                 score.append(time.perf_counter() - started)
             epochs = cfg.train.epochs if cls.trainable else 0
             rows.append({"judge": name, "training": label, "pairs": len(train),

@@ -214,10 +214,28 @@ class TrainConfig(_Strict):
 
 
 class VariantConfig(_Strict):
-    kind: Literal["sbert_cosine", "encoder"] = Field(
-        description="judges on prefix embeddings; the causal-LM judge has its own section, `judge_lm`")
+    kind: Literal["sbert_cosine", "encoder", "cross_encoder"] = Field(
+        description="sbert_cosine and encoder: judges on prefix embeddings; cross_encoder: the encoder fine-tuned "
+                    "on the two prefixes read together (slow on CPU); the causal-LM judge has its own section, "
+                    "`judge_lm`")
     loss: Literal["ce", "focal"] = "ce"
     oversample: bool = False
+    features: list[str] = Field(
+        default_factory=list, description="pair features read from the prefix texts, beside the embeddings "
+                                          "(deepprune/judges/text_features.py); encoder judges only")
+
+    @model_validator(mode="after")
+    def _features_need_training(self) -> "VariantConfig":
+        if self.features and self.kind != "encoder":
+            raise ValueError(f"features {self.features} need a trained judge (kind encoder), not {self.kind!r}")
+        from deepprune.judges.text_features import TEXT_FEATURES
+
+        unknown = [f for f in self.features if f not in TEXT_FEATURES]
+        if unknown:
+            raise ValueError(f"unknown features {unknown}; known: {sorted(TEXT_FEATURES)}")
+        if len(set(self.features)) != len(self.features):
+            raise ValueError(f"features {self.features} name one feature twice")
+        return self
 
 
 class JudgeConfig(_Strict):

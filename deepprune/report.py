@@ -71,8 +71,8 @@ def build_figures(params: Params, results: Mapping[str, CorpusResults]) -> dict[
             judge = res.ablate["judge"]
             variant = params.judge.variants.get(judge)
             paper = None
-            if variant is not None and variant.kind == "encoder":
-                row = paper_row_for(variant.loss, variant.oversample)
+            row = _table1_row(variant) if variant is not None else None
+            if row is not None:
                 paper = {"tokens": (500, PAPER_TABLE1["tokens_500"][row][0]),
                          "reasoning_words": (25, PAPER_TABLE1["reasoning_words_25"][row][0])}
             figs[f"truncation_{corpus}"] = plot_truncation(res.ablate["rows"], judge, corpus, paper)
@@ -91,10 +91,20 @@ def _paper_set(params: Params) -> str:
 
 
 def _paper_auroc_tnr(variant: VariantConfig, paper_set: str) -> tuple[float | None, float | None]:
-    """The paper's (AUROC, TNR) for the recipe a variant follows."""
+    """The paper's (AUROC, TNR) for the recipe a variant follows (none for a judge that reads text features: the
+    paper has no such judge)."""
     if variant.kind == "sbert_cosine":
         return PAPER_BASELINE_AUROC["SentenceBERT cosine"], None
-    return PAPER_TABLE1[paper_set][paper_row_for(variant.loss, variant.oversample)]
+    row = _table1_row(variant)
+    return (None, None) if row is None else PAPER_TABLE1[paper_set][row]
+
+
+def _table1_row(variant: VariantConfig) -> str | None:
+    """Table 1's row for a trained embedding judge's recipe; None for any other judge, and for one that reads text
+    features (the paper has no such judge)."""
+    if variant.kind != "encoder" or variant.features:
+        return None
+    return paper_row_for(variant.loss, variant.oversample)
 
 
 def _redundancy_table(results: Mapping[str, CorpusResults]) -> str:
@@ -201,9 +211,10 @@ def _table1(params: Params, res: CorpusResults) -> str:
         cells = []
         for strategy, k in table_k.items():
             summary = index.get((strategy, k, name), {})
-            theirs = PAPER_TABLE1[paper_sets[strategy]][paper_row_for(variant.loss, variant.oversample)]
+            row = _table1_row(variant)
+            theirs = "—" if row is None else " / ".join(f"{v:.4f}" for v in PAPER_TABLE1[paper_sets[strategy]][row])
             cells.append(f"<td>{_fmt(summary.get('auroc'))} ± {_fmt(summary.get('auroc_std'))} / "
-                         f"{_fmt(summary.get(fnr_key))}</td><td class='theirs'>{theirs[0]:.4f} / {theirs[1]:.4f}</td>")
+                         f"{_fmt(summary.get(fnr_key))}</td><td class='theirs'>{theirs}</td>")
         rows.append(f"<tr><td>{html.escape(name)}</td>{''.join(cells)}</tr>")
     return f"<table>{head}{''.join(rows)}</table>"
 

@@ -7,6 +7,7 @@ import sys
 from prefect import flow
 
 from deepprune import paths
+from deepprune.judges import judge_class
 from deepprune.judges.calibration import expected_calibration_error, reliability
 from deepprune.judges.evaluate import VariantResult, variant_recipe
 from deepprune.metrics import finite_or_none, roc_points
@@ -63,7 +64,7 @@ def judge_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
                 child.log_metrics({k.split("/", 2)[2]: v for k, v in keys.items() if v is not None})
                 log_roc(child, {name: (data.labels, result.oof_scores)}, f"{corpus}: {name}, held-out problems")
             variant = cfg.variants[name]
-            if variant.kind == "encoder":
+            if judge_class(variant.kind).trainable:
                 final = fit_final_judge(data, cfg, variant, encoder, params.seed, result.raw_oof)
                 path = paths.judge_model(corpus, name)
                 final.save(path, {"variant": name, "corpus": corpus, "prefix": prefix})

@@ -132,8 +132,8 @@ def transfer_pair(placement: Placement, params: Params, train: str, test: str, p
         if has_finetuned_encoder(path):  # its own encoder weights: encode the texts with them, on a copy
             own = load_encoder_judge(path, SentenceEncoder(cfg.encoder_path, cfg.max_length))
             scores[variant] = own.score(own.encoder.embed(data.texts_a, cfg.batch_size),
-                                        own.encoder.embed(data.texts_b, cfg.batch_size))
+                                        own.encoder.embed(data.texts_b, cfg.batch_size), data.texts_a, data.texts_b)
         else:
             judge = load_encoder_judge(path, cell_encoder(placement, cfg))
-            scores[variant] = judge.score(data.emb_a, data.emb_b)
+            scores[variant] = judge.score(data.emb_a, data.emb_b, data.texts_a, data.texts_b)
     return scores

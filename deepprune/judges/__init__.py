@@ -3,6 +3,7 @@
 A lazy registry: params name a judge `kind` (`judge.variants.<name>.kind`); its module is imported only
 when it is used. The embedding judges work on prefix embeddings of aligned pairs:
 `fit(emb_a, emb_b, labels, texts_a, texts_b)` then `score(emb_a, emb_b)` -> higher means "same answer".
+The cross-encoder reads both prefix texts together (`score(emb_a, emb_b, texts_a, texts_b)`, the embeddings unread).
 The causal-LM judge reads the prefix texts themselves: `fit_texts(texts_a, texts_b, labels)` and
 `score_texts(texts_a, texts_b)` (params section `judge_lm`, evaluated by `evaluate.evaluate_causal_lm`).
 """
@@ -16,6 +17,7 @@ from typing import Any
 JUDGES: dict[str, str] = {
     "sbert_cosine": "deepprune.judges.encoder:CosineJudge",
     "encoder": "deepprune.judges.encoder:EncoderJudge",
+    "cross_encoder": "deepprune.judges.cross_encoder:CrossEncoderJudge",
     "causal_lm": "deepprune.judges.causal_lm:CausalLMJudge",
 }
 

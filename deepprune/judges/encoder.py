@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 
 from deepprune.config import TrainConfig
 from deepprune.judges.losses import cross_entropy, focal_loss
+from deepprune.judges.text_features import feature_width, text_features
 from deepprune.pairs import oversample_minority
 from deepprune.progress import track
 
@@ -104,10 +106,10 @@ class PairHead(nn.Module):
     """MLP from pair features to the logit of P(same final answer); initialised and regularised from its
     own seeded generator."""
 
-    def __init__(self, dim: int, hidden: int, dropout: float, seed: int = 0) -> None:
+    def __init__(self, dim: int, hidden: int, dropout: float, seed: int = 0, extra: int = 0) -> None:
         super().__init__()
         self.generator = torch.Generator().manual_seed(seed)
-        first, last = nn.Linear(2 * dim + 1, hidden), nn.Linear(hidden, 1)
+        first, last = nn.Linear(2 * dim + 1 + extra, hidden), nn.Linear(hidden, 1)  # extra: text feature columns
         for layer in (first, last):  # torch's default Linear init, drawn from our generator
             nn.init.kaiming_uniform_(layer.weight, a=5 ** 0.5, generator=self.generator)
             bound = 1 / layer.in_features ** 0.5
@@ -128,7 +130,8 @@ class CosineJudge:
 
     trainable = False
 
-    def __init__(self, encoder: SentenceEncoder, cfg: TrainConfig, loss: str, oversample: bool, seed: int) -> None:
+    def __init__(self, encoder: SentenceEncoder, cfg: TrainConfig, loss: str, oversample: bool, seed: int,
+                 features: Sequence[str] = ()) -> None:
         self.encoder = encoder
         self.train_log: list[float] = []
 
@@ -137,8 +140,9 @@ class CosineJudge:
         """Nothing to learn."""
         return self
 
-    def score(self, emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
-        """Cosine similarity of each pair."""
+    def score(self, emb_a: np.ndarray, emb_b: np.ndarray, texts_a: Sequence[str] | None = None,
+              texts_b: Sequence[str] | None = None) -> np.ndarray:
+        """Cosine similarity of each pair (the texts are not read)."""
         return cosine_scores(emb_a, emb_b)
 
 
@@ -149,13 +153,17 @@ def _loss(logits: torch.Tensor, targets: torch.Tensor, loss: str, cfg: TrainConf
 
 
 class EncoderJudge:
-    """Trained judge: PairHead on encoder embeddings, optionally fine-tuning the encoder too."""
+    """Trained judge: PairHead on encoder embeddings (and, with `features`, pair features of the prefix texts:
+    deepprune.judges.text_features), optionally fine-tuning the encoder too."""
 
     trainable = True
 
-    def __init__(self, encoder: SentenceEncoder, cfg: TrainConfig, loss: str, oversample: bool, seed: int) -> None:
+    def __init__(self, encoder: SentenceEncoder, cfg: TrainConfig, loss: str, oversample: bool, seed: int,
+                 features: Sequence[str] = ()) -> None:
         self.encoder, self.cfg, self.loss, self.oversample, self.seed = encoder, cfg, loss, oversample, seed
-        self.head = PairHead(encoder.dim, cfg.hidden, cfg.dropout, seed)  # weights and dropout from the one seed
+        self.features = list(features)
+        # weights and dropout from the one seed
+        self.head = PairHead(encoder.dim, cfg.hidden, cfg.dropout, seed, feature_width(self.features))
         self.finetuned_state: dict[str, torch.Tensor] | None = None
         self.train_log: list[float] = []
         self.calibration: tuple[float, float] | None = None  # Platt (a, b) applied by score (judges/calibration.py)
@@ -166,15 +174,17 @@ class EncoderJudge:
 
     def fit(self, emb_a: np.ndarray, emb_b: np.ndarray, labels: np.ndarray,
             texts_a: Sequence[str] | None = None, texts_b: Sequence[str] | None = None) -> "EncoderJudge":
-        """Train on aligned pair embeddings (or, with finetune_encoder, on the texts themselves)."""
+        """Train on aligned pair embeddings (or, with finetune_encoder, on the texts themselves); judges with text
+        features read the texts too."""
         rng = np.random.default_rng(self.seed)
         labels = np.asarray(labels)
+        extra = torch.from_numpy(text_features(self.features, texts_a, texts_b, len(labels)))
         if self.cfg.finetune_encoder:
             if texts_a is None or texts_b is None:
                 raise ValueError("finetune_encoder needs the prefix texts")
-            self._fit_finetune(list(texts_a), list(texts_b), labels, rng)
+            self._fit_finetune(list(texts_a), list(texts_b), labels, extra, rng)
             return self
-        feats = pair_features(torch.from_numpy(emb_a), torch.from_numpy(emb_b))  # order-free: computed once
+        feats = self._features(torch.from_numpy(emb_a), torch.from_numpy(emb_b), extra)  # order-free: computed once
         y = torch.from_numpy(labels.astype(np.float32))
         opt = torch.optim.AdamW(self.head.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.head.train()
@@ -193,7 +203,11 @@ class EncoderJudge:
         self.head.eval()
         return self
 
-    def _fit_finetune(self, texts_a: list[str], texts_b: list[str], labels: np.ndarray,
+    @staticmethod
+    def _features(u: torch.Tensor, v: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+        return torch.cat([pair_features(u, v), extra], dim=-1) if extra.shape[1] else pair_features(u, v)
+
+    def _fit_finetune(self, texts_a: list[str], texts_b: list[str], labels: np.ndarray, extra: torch.Tensor,
                       rng: np.random.Generator) -> None:
         torch.manual_seed(self.seed)  # the encoder's own dropout draws from torch's global generator
         enc = self.encoder
@@ -210,7 +224,8 @@ class EncoderJudge:
             epoch_loss = 0.0
             for start in range(0, len(order), batch_size):
                 batch = order[start:start + batch_size]
-                feats = pair_features(enc([texts_a[i] for i in batch]), enc([texts_b[i] for i in batch]))
+                feats = self._features(enc([texts_a[i] for i in batch]), enc([texts_b[i] for i in batch]),
+                                       extra[torch.from_numpy(batch)])
                 loss = _loss(self.head(feats), y[torch.from_numpy(batch)], self.loss, self.cfg)
                 opt.zero_grad()
                 loss.backward()
@@ -222,9 +237,11 @@ class EncoderJudge:
         self.finetuned_state = {k: v.detach().clone() for k, v in enc.model.state_dict().items()}
 
     @torch.inference_mode()
-    def score(self, emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
-        """P(same final answer) for aligned pair embeddings."""
-        logits = self.head(pair_features(torch.from_numpy(emb_a), torch.from_numpy(emb_b)))
+    def score(self, emb_a: np.ndarray, emb_b: np.ndarray, texts_a: Sequence[str] | None = None,
+              texts_b: Sequence[str] | None = None) -> np.ndarray:
+        """P(same final answer) for aligned pair embeddings (and their prefix texts, for a judge with features)."""
+        extra = torch.from_numpy(text_features(self.features, texts_a, texts_b, len(emb_a)))
+        logits = self.head(self._features(torch.from_numpy(emb_a), torch.from_numpy(emb_b), extra))
         scores = torch.sigmoid(logits).double().numpy()
         if self.calibration is None:
             return scores
@@ -243,7 +260,8 @@ class EncoderJudge:
             tensors.update({f"encoder.{k}": v.contiguous() for k, v in self.finetuned_state.items()})
         meta = {"config": json.dumps({**metadata, "loss": self.loss, "oversample": self.oversample,
                                       "seed": self.seed, "encoder_path": self.encoder.source, "dim": self.encoder.dim,
-                                      "train": self.cfg.model_dump(), "calibration": self.calibration},
+                                      "train": self.cfg.model_dump(), "calibration": self.calibration,
+                                      **({"features": self.features} if self.features else {})},
                                      sort_keys=True)}
         with atomic_open(path, "wb") as handle:
             handle.write(save(tensors, metadata=meta))
@@ -258,19 +276,24 @@ def has_finetuned_encoder(path: str | os.PathLike) -> bool:
         return any(key.startswith("encoder.") for key in handle.keys())
 
 
-def load_encoder_judge(path: str | os.PathLike, encoder: SentenceEncoder | None = None) -> EncoderJudge:
-    """Rebuild a saved EncoderJudge from its safetensors file."""
+def load_encoder_judge(path: str | os.PathLike, encoder: SentenceEncoder | None = None) -> Any:
+    """Rebuild a saved trained judge from its safetensors file: an EncoderJudge, or a CrossEncoderJudge where its
+    metadata says kind cross_encoder."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
         meta = json.loads(handle.metadata()["config"])
         tensors = {k: handle.get_tensor(k) for k in handle.keys()}
     encoder = encoder or SentenceEncoder(meta["encoder_path"])
+    if meta.get("kind") == "cross_encoder":
+        from deepprune.judges.cross_encoder import CrossEncoderJudge
+
+        return CrossEncoderJudge.from_saved(meta, tensors, encoder)
     enc_state = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
     if enc_state:
         encoder.model.load_state_dict(enc_state)
     judge = EncoderJudge(encoder, TrainConfig.model_validate(meta["train"]), meta["loss"], meta["oversample"],
-                         int(meta.get("seed", 0)))
+                         int(meta.get("seed", 0)), meta.get("features", []))
     judge.head.load_state_dict({k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")})
     judge.head.eval()
     calibration = meta.get("calibration")

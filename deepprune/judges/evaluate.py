@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,16 +37,17 @@ def _variant_scores(variant: VariantConfig, cfg: JudgeConfig, encoder: SentenceE
                     data: "PairData", train: np.ndarray, test: np.ndarray,
                     frozen_state: dict | None) -> tuple[np.ndarray, list[float]]:
     """Fit one variant on the train rows and score the test rows."""
-    judge = judge_class(variant.kind)(encoder, cfg.train, variant.loss, variant.oversample, seed)
+    judge = judge_class(variant.kind)(encoder, cfg.train, variant.loss, variant.oversample, seed, variant.features)
     judge.fit(data.emb_a[train], data.emb_b[train], data.labels[train],
               texts_a=[data.texts_a[i] for i in train], texts_b=[data.texts_b[i] for i in train])
-    if judge.trainable and cfg.train.finetune_encoder:
+    test_a, test_b = [data.texts_a[i] for i in test], [data.texts_b[i] for i in test]
+    if isinstance(judge, EncoderJudge) and cfg.train.finetune_encoder:
         # the encoder itself changed: embed the held-out prefixes again, then restore it for the next fold
-        scores = judge.score(encoder.embed([data.texts_a[i] for i in test], cfg.batch_size),
-                             encoder.embed([data.texts_b[i] for i in test], cfg.batch_size))
+        scores = judge.score(encoder.embed(test_a, cfg.batch_size), encoder.embed(test_b, cfg.batch_size),
+                             test_a, test_b)
         encoder.model.load_state_dict(frozen_state)
         return scores, judge.train_log
-    return judge.score(data.emb_a[test], data.emb_b[test]), judge.train_log
+    return judge.score(data.emb_a[test], data.emb_b[test], test_a, test_b), judge.train_log
 
 
 @dataclass
@@ -86,13 +89,14 @@ def cross_validate(data: PairData, cfg: JudgeConfig, encoder: SentenceEncoder, s
     results: dict[str, VariantResult] = {}
     fold_ids = sorted(set(folds.tolist()))
     with track("cross-validating", len(cfg.variants) * len(fold_ids), "folds") as progress:  # variants x folds
-        for offset, (name, variant) in enumerate(sorted(cfg.variants.items())):
+        for name, variant in sorted(cfg.variants.items()):
+            first_seed = recipe_seed(seed, variant, cfg.train)
             raw = np.full(len(labels), np.nan)
             logs = []
             for fold in fold_ids:
                 test = np.flatnonzero(folds == fold)
                 train = data.training_rows(np.flatnonzero(folds != fold), cfg.train, seed + fold)  # every variant alike
-                scores, log = _variant_scores(variant, cfg, encoder, seed + 1000 * offset + fold, data, train, test,
+                scores, log = _variant_scores(variant, cfg, encoder, first_seed + fold, data, train, test,
                                               frozen_state)
                 raw[test] = scores
                 logs.append(log)
@@ -122,12 +126,25 @@ def variant_recipe(variant: VariantConfig, train: TrainConfig) -> dict[str, Any]
     """What defines an embedding judge variant: its own keys (kind, loss, oversample) and, for a trained kind, the
     judge.train keys its recipe uses (nested: {'train': {'focal': {'gamma': 2.0}, ...}})."""
     out: dict[str, Any] = variant.model_dump()
+    if not out["features"]:
+        del out["features"]  # only where a variant has them: the recipes of variants without stay as they were
     if not judge_class(variant.kind).trainable:
         return out
     used = _train_keys_used(train.model_dump(), variant.loss, variant.oversample)
-    if not used.get("finetune_encoder"):
+    if variant.kind == "cross_encoder":  # always fine-tunes: finetune_lr and _epochs are its recipe, the head's too
+        used.pop("finetune_encoder")
+    elif not used.get("finetune_encoder"):
         used = {k: v for k, v in used.items() if not k.startswith("finetune_") or k == "finetune_encoder"}
     return {**out, "train": used}
+
+
+def recipe_seed(seed: int, variant: VariantConfig, train: TrainConfig) -> int:
+    """The seed of a variant's cross-validation fits (fold f adds f): drawn from params' seed and what defines the
+    variant (variant_recipe), never from its name or its place among the variants. One recipe cross-validated in
+    the judge stage, in an ablation cell or as a sweep point therefore gets the same scores, and adding a variant
+    changes no other variant's figures."""
+    recipe = json.dumps(variant_recipe(variant, train), sort_keys=True)
+    return (seed + 7919 * zlib.crc32(recipe.encode())) % 2 ** 31
 
 
 def lm_judge_recipe(cfg: JudgeLMConfig, trained: bool) -> dict[str, Any]:
@@ -147,11 +164,11 @@ def lm_scores(result: "LMEvaluation", labels: np.ndarray, name: str) -> tuple[np
 
 
 def train_final(data: PairData, cfg: JudgeConfig, variant: VariantConfig, encoder: SentenceEncoder,
-                seed: int, raw_oof: np.ndarray | None) -> EncoderJudge:
+                seed: int, raw_oof: np.ndarray | None) -> Any:
     """A trained variant fitted on every pair (the judge that later stages load); its scores are calibrated by the
     Platt map fitted on every pair's out-of-fold score (`raw_oof`, cross_validate's `raw_oof`), where params
     calibrate (deepprune.judges.calibration)."""
-    judge = EncoderJudge(encoder, cfg.train, variant.loss, variant.oversample, seed)
+    judge = judge_class(variant.kind)(encoder, cfg.train, variant.loss, variant.oversample, seed, variant.features)
     rows = data.training_rows(np.arange(len(data.labels)), cfg.train, seed)
     judge.fit(data.emb_a[rows], data.emb_b[rows], data.labels[rows], texts_a=[data.texts_a[i] for i in rows],
               texts_b=[data.texts_b[i] for i in rows])
@@ -176,8 +193,9 @@ def time_judge(encoder: SentenceEncoder, judge: EncoderJudge, texts: Sequence[st
         emb = encoder.embed([f"{t} " for t in texts], batch_size)  # fresh strings: nothing cached
         encode.append((time.perf_counter() - start) / len(texts))
         a, b = np.repeat(emb, len(emb), axis=0), np.tile(emb, (len(emb), 1))
+        pairs_a, pairs_b = [t for t in texts for _ in texts], texts * len(texts)  # aligned with a and b
         start = time.perf_counter()
-        judge.score(a, b)
+        judge.score(a, b, pairs_a, pairs_b)
         score.append((time.perf_counter() - start) / len(a))
     return {"encode_seconds_per_prefix": float(np.median(encode)), "score_seconds_per_pair": float(np.median(score))}
 

@@ -28,9 +28,11 @@ from deepprune.sampling.live import trace_seed
 def judge_similarity(judge, encoder, batch_size: int = 32) -> Similarity:
     """An embedding judge as DeepPrune's online similarity: each prefix encoded once, every pair scored."""
     def similarity(seeds: Sequence[int], prefixes: Sequence[str]) -> np.ndarray:
-        emb = encoder.embed(list(prefixes), batch_size)
-        n = len(prefixes)
-        return judge.score(np.repeat(emb, n, axis=0), np.tile(emb, (n, 1))).reshape(n, n)
+        texts = list(prefixes)
+        emb = encoder.embed(texts, batch_size)
+        n = len(texts)
+        pairs_a, pairs_b = [t for t in texts for _ in texts], texts * n  # row-aligned with the embeddings below
+        return judge.score(np.repeat(emb, n, axis=0), np.tile(emb, (n, 1)), pairs_a, pairs_b).reshape(n, n)
     return similarity
 
 

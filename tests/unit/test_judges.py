@@ -81,7 +81,9 @@ def test_time_judge_divides_each_cost_by_what_it_timed():
         return np.ones((len(texts), 16), dtype=np.float32)
 
     class Judge:
-        def score(self, a, b):
+        def score(self, a, b, texts_a, texts_b):
+            assert list(zip(texts_a, texts_b))[:5] == [("a", "a"), ("a", "b"), ("a", "c"), ("a", "d"), ("b", "a")]
+            assert len(texts_a) == len(texts_b) == len(a)  # row i of a and b is the pair (texts_a[i], texts_b[i])
             time.sleep(0.001 * len(a))  # 1 ms a pair
             return np.zeros(len(a))
 
@@ -139,3 +141,29 @@ def test_a_capped_judge_trains_on_few_pairs_per_problem_and_still_scores_every_p
     assert len(fitted) == 2 * 5  # two trained variants x five folds
     assert fitted[:5] == fitted[5:]  # the same training rows for both variants, fold by fold
     assert all(np.isfinite(r.oof_scores).all() for r in results.values())
+
+
+def test_a_recipe_scores_the_same_whatever_its_name_and_whatever_else_is_cross_validated_beside_it():
+    """The judge stage, an ablation cell and a sweep point cross-validate one recipe among different variant sets
+    and under different names: its held-out scores must not depend on either (they once came from its position)."""
+    from deepprune.config import JudgeConfig
+    from deepprune.judges.evaluate import PairData, cross_validate
+
+    a, b, y = _pairs(300, 5)
+    problems = np.array([f"p{i // 30}" for i in range(300)], dtype=object)
+    data = PairData([""] * 300, [""] * 300, a, b, y, np.array([int(p[1:]) % 3 for p in problems]), problems)
+    stub = SimpleNamespace(dim=16, path="stub", source="stub")
+
+    def scores(variants: dict, name: str) -> np.ndarray:
+        cfg = JudgeConfig.model_validate({"truncation": {"strategy": "tokens", "k": 32}, "primary": name,
+                                          "baseline": name,
+                                          "variants": variants, "train": {"epochs": 3, "batch_size": 64, "hidden": 8}})
+        return cross_validate(data, cfg, stub, seed=11)[name].oof_scores
+
+    recipe = {"kind": "encoder", "loss": "focal", "oversample": True}
+    alone = scores({"zz_point": recipe}, "zz_point")
+    among = scores({"a_plain": {"kind": "encoder"}, "b_focal": {"kind": "encoder", "loss": "focal"},
+                    "primary": recipe, "sbert_cosine": {"kind": "sbert_cosine"}}, "primary")
+    np.testing.assert_array_equal(alone, among)
+    other = scores({"zz_point": {"kind": "encoder", "loss": "focal"}}, "zz_point")
+    assert not np.array_equal(alone, other)  # another recipe is another draw (and another model)
