@@ -67,3 +67,19 @@ def test_a_cross_encoder_variant_cross_validates_calibrated_and_its_recipe_names
     assert recipe["train"]["finetune_lr"] == 1e-4 and "finetune_encoder" not in recipe["train"]
     final = train_final(data, cfg, cfg.variants["minilm_cross"], encoder, 0, result.raw_oof)
     assert isinstance(final, CrossEncoderJudge) and final.calibration is not None
+
+
+def test_online_similarity_and_the_cost_timer_read_the_cross_encoder_from_texts(encoder):
+    """The online stage's similarity matrix and prune's judge-cost timing hand a saved cross-encoder its texts."""
+    from deepprune.judges.evaluate import time_judge
+    from deepprune.pruning.online import judge_similarity
+
+    judge = CrossEncoderJudge(encoder, CFG, "ce", False, seed=3)
+    prefixes = ["the answer is red", "so we get blue", "answer: red"]
+    matrix = judge_similarity(judge, encoder)([0, 1, 2], prefixes)
+    assert matrix.shape == (3, 3)
+    np.testing.assert_array_equal(matrix, matrix.T)  # order-free, as clustering needs
+    expected = judge.score(None, None, [prefixes[0]], [prefixes[2]])[0]
+    assert matrix[0, 2] == pytest.approx(expected)
+    cost = time_judge(encoder, judge, prefixes, repeats=1)
+    assert cost["score_seconds_per_pair"] > 0 and cost["encode_seconds_per_prefix"] > 0
