@@ -5,7 +5,9 @@ intermediate steps token by token; the price is one transformer pass per pair (n
 the whole encoder, which on 2 CPU cores is slow (README, "The judges": pairs/s from benchmarks/bench_judges.py).
 
 The two prefixes go in a canonical order (the smaller string first), so the score does not depend on which trace
-is called a and which b, at the cost of one pass. Trained with the same recipes as the embedding judges (focal
+is called a and which b, at the cost of one pass. The joined pair is cut to `judge.max_length` tokens, the longer
+prefix first (256 by default: two 128-token prefixes of MATH, about 120 MiniLM tokens each, sometimes lose their
+last tokens; raise it, up to MiniLM's 512, for longer prefixes). Trained with the same recipes as the embedding judges (focal
 loss or cross-entropy, oversampling, judge.train.finetune_lr/finetune_epochs, judge.train.max_pairs_per_problem),
 on its own copy of the encoder's weights: the shared encoder that embeds prefixes for the other judges is never
 changed.
@@ -23,7 +25,7 @@ import torch
 from torch import nn
 
 from deepprune.config import TrainConfig
-from deepprune.judges.encoder import SentenceEncoder, _loss
+from deepprune.judges.encoder import GLOBAL_RNG_FITS, SentenceEncoder, _loss
 from deepprune.pairs import oversample_minority
 from deepprune.progress import track
 
@@ -44,6 +46,7 @@ class CrossEncoderJudge:
     """Fine-tunes its own copy of the sentence encoder on the concatenated pair, with a linear head."""
 
     trainable = True
+    reads_embeddings = False  # scored from the texts alone (evaluate.time_judge times no encoding for it)
 
     def __init__(self, encoder: SentenceEncoder, cfg: TrainConfig, loss: str, oversample: bool, seed: int,
                  features: Sequence[str] = ()) -> None:
@@ -54,7 +57,7 @@ class CrossEncoderJudge:
         self.model = copy.deepcopy(encoder.model)
         self.model.eval()
         generator = torch.Generator().manual_seed(seed)
-        self.head = nn.Linear(encoder.dim, 1)
+        self.head = torch.nn.utils.skip_init(nn.Linear, encoder.dim, 1)  # no draw from torch's global generator
         nn.init.normal_(self.head.weight, std=0.02, generator=generator)
         nn.init.zeros_(self.head.bias)
         self.train_log: list[float] = []
@@ -73,10 +76,14 @@ class CrossEncoderJudge:
         """Fine-tune encoder and head on the pairs' texts (the embeddings are not read)."""
         if texts_a is None or texts_b is None:
             raise ValueError("the cross-encoder trains on the prefix texts")
+        with GLOBAL_RNG_FITS:  # the encoder's dropout draws from torch's global generator
+            self._fit(list(texts_a), list(texts_b), np.asarray(labels))
+        return self
+
+    def _fit(self, texts_a: list[str], texts_b: list[str], labels: np.ndarray) -> None:
         firsts, seconds = canonical(texts_a, texts_b)
-        labels = np.asarray(labels)
         rng = np.random.default_rng(self.seed)
-        torch.manual_seed(self.seed)  # the encoder's own dropout draws from torch's global generator
+        torch.manual_seed(self.seed)
         opt = torch.optim.AdamW([{"params": self.head.parameters(), "lr": self.cfg.lr},
                                  {"params": self.model.parameters(), "lr": self.cfg.finetune_lr}],
                                 weight_decay=self.cfg.weight_decay)
@@ -100,7 +107,6 @@ class CrossEncoderJudge:
                     progress.advance(len(batch))
                 self.train_log.append(epoch_loss / max(1, len(order)))
         self.model.eval()
-        return self
 
     @torch.inference_mode()
     def score(self, emb_a: np.ndarray, emb_b: np.ndarray, texts_a: Sequence[str] | None = None,

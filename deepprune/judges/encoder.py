@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,11 @@ from deepprune.judges.losses import cross_entropy, focal_loss
 from deepprune.judges.text_features import feature_width, text_features
 from deepprune.pairs import oversample_minority
 from deepprune.progress import track
+
+
+# Fits that fine-tune a transformer draw its dropout from torch's global generator, which every thread shares: they
+# take this lock, so that fits running in parallel threads (ablation cells, sweep points) stay reproducible.
+GLOBAL_RNG_FITS = threading.Lock()
 
 
 def default_encoder_path() -> str:
@@ -109,7 +115,10 @@ class PairHead(nn.Module):
     def __init__(self, dim: int, hidden: int, dropout: float, seed: int = 0, extra: int = 0) -> None:
         super().__init__()
         self.generator = torch.Generator().manual_seed(seed)
-        first, last = nn.Linear(2 * dim + 1 + extra, hidden), nn.Linear(hidden, 1)  # extra: text feature columns
+        # extra: text feature columns. skip_init: torch's own init would draw from its global generator, which a
+        # fine-tuning fit in another thread may be using (GLOBAL_RNG_FITS); the weights are drawn from ours below
+        first = torch.nn.utils.skip_init(nn.Linear, 2 * dim + 1 + extra, hidden)
+        last = torch.nn.utils.skip_init(nn.Linear, hidden, 1)
         for layer in (first, last):  # torch's default Linear init, drawn from our generator
             nn.init.kaiming_uniform_(layer.weight, a=5 ** 0.5, generator=self.generator)
             bound = 1 / layer.in_features ** 0.5
@@ -182,7 +191,8 @@ class EncoderJudge:
         if self.cfg.finetune_encoder:
             if texts_a is None or texts_b is None:
                 raise ValueError("finetune_encoder needs the prefix texts")
-            self._fit_finetune(list(texts_a), list(texts_b), labels, extra, rng)
+            with GLOBAL_RNG_FITS:
+                self._fit_finetune(list(texts_a), list(texts_b), labels, extra, rng)
             return self
         feats = self._features(torch.from_numpy(emb_a), torch.from_numpy(emb_b), extra)  # order-free: computed once
         y = torch.from_numpy(labels.astype(np.float32))

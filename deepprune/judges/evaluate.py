@@ -182,21 +182,26 @@ def train_final(data: PairData, cfg: JudgeConfig, variant: VariantConfig, encode
 
 def time_judge(encoder: SentenceEncoder, judge: EncoderJudge, texts: Sequence[str], repeats: int = 3,
                batch_size: int = 32) -> dict[str, float]:
-    """Measured cost of judging online: seconds to encode one prefix, and to score one pair from embeddings
-    (medians over repeats, batched as a server would batch them)."""
+    """Measured cost of judging online: seconds to encode one prefix (zero for a judge that reads no embeddings),
+    and to score one pair, over every distinct pair of the prefixes, as the simulator counts judge calls (medians
+    over repeats, batched as a server would batch them)."""
+    import itertools
     import time
 
     texts = list(texts)
+    if len(texts) < 2:
+        raise ValueError(f"timing a judge needs at least 2 prefixes to pair, got {len(texts)}")
+    rows = np.array(list(itertools.combinations(range(len(texts)), 2)), dtype=int).reshape(-1, 2)
     encode, score = [], []
     for _ in range(repeats):
+        fresh = [f"{t} " for t in texts]  # fresh strings: nothing cached
         start = time.perf_counter()
-        emb = encoder.embed([f"{t} " for t in texts], batch_size)  # fresh strings: nothing cached
-        encode.append((time.perf_counter() - start) / len(texts))
-        a, b = np.repeat(emb, len(emb), axis=0), np.tile(emb, (len(emb), 1))
-        pairs_a, pairs_b = [t for t in texts for _ in texts], texts * len(texts)  # aligned with a and b
+        emb = encoder.embed(fresh, batch_size) if getattr(judge, "reads_embeddings", True) else None
+        encode.append((time.perf_counter() - start) / len(texts) if emb is not None else 0.0)
+        a, b = (emb[rows[:, 0]], emb[rows[:, 1]]) if emb is not None else (None, None)
         start = time.perf_counter()
-        judge.score(a, b, pairs_a, pairs_b)
-        score.append((time.perf_counter() - start) / len(a))
+        judge.score(a, b, [fresh[i] for i in rows[:, 0]], [fresh[j] for j in rows[:, 1]])
+        score.append((time.perf_counter() - start) / len(rows))
     return {"encode_seconds_per_prefix": float(np.median(encode)), "score_seconds_per_pair": float(np.median(score))}
 
 

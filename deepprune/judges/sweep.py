@@ -98,10 +98,11 @@ def base_recipe(sweep: SweepConfig, judge: JudgeConfig, judge_lm: JudgeLMConfig)
 
 
 def encoder_recipe(point: SweepPoint, judge: JudgeConfig) -> tuple[VariantConfig, JudgeConfig]:
-    """The variant and judge config of one encoder sweep point; a bad key names `sweep.grid.<key>`."""
+    """The variant and judge config of one encoder sweep point: the primary variant (its kind and features) with
+    the point's loss, oversampling and train keys; a bad key names `sweep.grid.<key>`."""
     settings = point.as_dict
     train = judge.train.model_dump()
-    variant = {"kind": "encoder", "loss": "ce", "oversample": False}
+    variant = {**judge.variants[judge.primary].model_dump(), "loss": "ce", "oversample": False}
     for key, value in settings.items():
         if key in VARIANT_KEYS:
             variant[key] = value

@@ -3,7 +3,8 @@
 
 An embedding of a 128-token prefix blurs the intermediate results a trace has reached; two traces that will agree
 often share them. `shared_numbers` compares the numbers two prefixes write (integers, decimals, fractions and
-dates such as 12/31/2021 read as one number, thousands separators dropped):
+dates such as 12/31/2021 read as one number, a minus sign kept where it is a sign, not a subtraction; a comma is
+a thousands separator only before exactly three digits, so (1,2) and 2,3,5 stay separate numbers):
 - the Jaccard overlap of the two prefixes' sets of numbers;
 - whether their last numbers are equal (the latest intermediate result);
 - the Jaccard overlap of the numbers in the later half of each prefix (where the traces have got to).
@@ -18,12 +19,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-_NUMBER = re.compile(r"\d+(?:[./:]\d+)*")
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:[./:]\d+)*|\d+(?:[./:]\d+)*")  # "-2" in x=-2, "2" in 3-2
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 
 
 def numbers(text: str) -> list[str]:
     """The numbers a text writes, in order (a trailing full stop is the sentence's, not the number's)."""
-    return [n.rstrip(".") for n in _NUMBER.findall(text.replace(",", ""))]
+    return [n.rstrip(".") for n in _NUMBER.findall(_THOUSANDS.sub("", text))]
 
 
 def _jaccard(a: set[str], b: set[str]) -> float:

@@ -82,4 +82,27 @@ def test_online_similarity_and_the_cost_timer_read_the_cross_encoder_from_texts(
     expected = judge.score(None, None, [prefixes[0]], [prefixes[2]])[0]
     assert matrix[0, 2] == pytest.approx(expected)
     cost = time_judge(encoder, judge, prefixes, repeats=1)
-    assert cost["score_seconds_per_pair"] > 0 and cost["encode_seconds_per_prefix"] > 0
+    assert cost["score_seconds_per_pair"] > 0 and cost["encode_seconds_per_prefix"] == 0.0  # it reads texts only
+
+
+def test_cross_encoders_fitted_in_parallel_threads_are_reproducible(encoder):
+    """Their dropout draws from torch's global generator: fits in threads (ablation cells, sweep points) take turns."""
+    import threading
+
+    ta, tb, y = _pairs(24, 4)
+    cfg = CFG.model_copy(update={"finetune_epochs": 1})
+    alone = CrossEncoderJudge(encoder, cfg, "ce", False, seed=7).fit(None, None, y, ta, tb).score(None, None, ta, tb)
+    results: dict[int, np.ndarray] = {}
+
+    def fit(i: int) -> None:
+        judge = CrossEncoderJudge(encoder, cfg, "ce", False, seed=7 if i % 2 == 0 else 8)
+        results[i] = judge.fit(None, None, y, ta, tb).score(None, None, ta, tb)
+
+    threads = [threading.Thread(target=fit, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    np.testing.assert_array_equal(results[0], alone)
+    np.testing.assert_array_equal(results[2], alone)
+    assert not np.array_equal(results[1], alone)

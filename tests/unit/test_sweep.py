@@ -38,6 +38,10 @@ def test_encoder_recipe_sets_variant_and_train_keys(params):
     assert (variant.loss, variant.oversample) == ("focal", True)
     assert (cfg.train.focal.alpha, cfg.train.focal.gamma, cfg.train.oversample_ratio, cfg.train.epochs) == (0.75, 1.0, 0.25, 7)
     assert list(cfg.variants) == ["p"]
+    # the swept judge is the primary variant: its kind and text features stay, only the point's keys change
+    numbers = params.judge.model_copy(update={"primary": "encoder_shared_numbers"})
+    variant, _ = encoder_recipe(point, numbers)
+    assert (variant.kind, variant.features, variant.loss) == ("encoder", ["shared_numbers"], "focal")
     lm = lm_recipe(SweepPoint("q", (("focal.gamma", 0.0), ("steps", 3))), params.judge_lm)
     assert (lm.train.focal.gamma, lm.train.steps) == (0.0, 3)
 

@@ -17,6 +17,9 @@ STUB = SimpleNamespace(dim=16, path="stub", source="stub")
 def test_numbers_reads_decimals_fractions_dates_and_thousands_as_one_number_each():
     text = "So 1,250 apples at 0.5 each is 625. The date 12/31/2021, then 3/4 of 8: 6."
     assert numbers(text) == ["1250", "0.5", "625", "12/31/2021", "3/4", "8", "6"]
+    # a comma between numbers is not a thousands separator; a minus is a sign only where no operand precedes it
+    assert numbers("the point (1,2), roots 2,3,5") == ["1", "2", "2", "3", "5"]
+    assert numbers("x = -2, and 3-2 = 1; 10-12") == ["-2", "3", "2", "1", "10", "12"]
 
 
 def test_shared_numbers_are_symmetric_and_measure_what_they_say():
