@@ -17,9 +17,9 @@ from deepprune import paths
 from deepprune.config import read_params
 from deepprune.io import read_json
 from deepprune.metric_names import ablate_names
-from tests.conftest import mlflow_runs, recorded_only
+from tests.conftest import mlflow_runs, recorded_only, tiny_params
 
-VARIANTS = ("sbert_cosine", "encoder_plain", "encoder_focal", "encoder_oversample", "encoder_focal_oversample")
+VARIANTS = tuple(tiny_params()["judge"]["variants"])  # every judge variant, each also ablated in the tiny run
 RECORDED = ("math", "date")
 
 
@@ -235,7 +235,7 @@ def _judge_runs_in_mlflow(workspace, stages: set[str]) -> None:
     assert {r.data.tags["dvc_stage"] for r in parents} == stages
     assert all(r.info.status == "FINISHED" for r in runs)
     assert all(r.data.tags["prefect_flow_run_id"] != "none" for r in parents)
-    assert len(children) == 5 * len(stages)
+    assert len(children) == len(VARIANTS) * len(stages)
     date_children = [r for r in children if r.data.tags["corpus"] == "date"]
     assert {r.data.tags["variant"] for r in date_children} == set(VARIANTS)
     assert len({frozenset(r.data.metrics) for r in date_children}) == 1  # the compare view lines them up
