@@ -1,7 +1,8 @@
 """What a stage costs before and after its own work: a stage process that does nothing, run as DVC runs every
 stage (`run_stage`: params validated, the tracking store checked, a Prefect flow run, an MLflow run), reporting to
 one Prefect server and one MLflow server as under `make run`, and again with a temporary Prefect server of its own
-and the SQLite store opened directly (a stage run alone, `dvc repro`).
+and the SQLite store opened directly (a stage run alone, `dvc repro`); and once more on the shared servers with
+Prefect's flow-run heartbeats on, as they were before the stages turned them off.
 
     python -m benchmarks.bench_stage_overhead [--runs 5] [--no-own-server]
 
@@ -63,9 +64,13 @@ def _one(workspace: Path, env: dict[str, str]) -> dict[str, float]:
     return out
 
 
-def _series(workspace: Path, env: dict[str, str], runs: int) -> dict[str, list[float]]:
-    results = [_one(workspace, env) for _ in range(runs)]
-    return {key: [r[key] for r in results] for key in results[0]}
+def _series(workspace: Path, envs: dict[str, dict[str, str]], runs: int) -> dict[str, dict[str, list[float]]]:
+    """Each environment's runs, taken in turns (a, b, a, b, ...) so a busy spell of the machine hits both alike."""
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in envs}
+    for _ in range(runs):
+        for name, env in envs.items():
+            results[name].append(_one(workspace, env))
+    return {name: {key: [r[key] for r in rows] for key in rows[0]} for name, rows in results.items()}
 
 
 def main() -> None:
@@ -87,7 +92,7 @@ def main() -> None:
                        check=True, capture_output=True, timeout=300)
         columns: dict[str, dict[str, list[float]]] = {}
         if not args.no_own_server:
-            columns["own temporary server"] = _series(workspace, env, args.runs)
+            columns.update(_series(workspace, {"own temporary server": env}, args.runs))
         # one server for every run, as `make run` starts one for the whole pipeline
         sys.path.insert(0, str(ROOT))
         os.environ.update({k: env[k] for k in ("PREFECT_HOME", "MLFLOW_TRACKING_URI")})
@@ -97,7 +102,11 @@ def main() -> None:
         with prefect_server(load_params(ROOT / "params.yaml").tracking) as api_url, mlflow_server() as mlflow_url:
             shared = {**env, "PREFECT_API_URL": api_url, "MLFLOW_TRACKING_URI": mlflow_url}
             _one(workspace, shared)  # the first flow run registers the flow
-            columns["shared Prefect and MLflow servers (make run)"] = _series(workspace, shared, args.runs)
+            # a stage sends no flow-run heartbeats unless the user sets a frequency (flows._stage._heartbeats)
+            columns.update(_series(workspace, {
+                "shared Prefect and MLflow servers (make run)": shared,
+                "same, heartbeats every 180 s (Prefect's default)": {**shared, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "180"}},
+                args.runs))
     finally:
         shutil.rmtree(home, ignore_errors=True)
 

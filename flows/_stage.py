@@ -107,7 +107,7 @@ def run_stage(stage: str, run: Callable[..., Any], *args: str) -> None:
     try:
         tracking = stage_params().tracking  # refuse bad params before a server starts or an input is read
         require_store(tracking)
-        with prefect_server(tracking), prefect_tags(*tags):
+        with prefect_server(tracking), prefect_tags(*tags), _heartbeats():
             crashed = crash_abandoned_flow_runs(same_stage)
             if crashed:
                 print(f"{stage}: marked {len(crashed)} flow run(s) CRASHED that a hard kill had left RUNNING "
@@ -122,6 +122,20 @@ def run_stage(stage: str, run: Callable[..., Any], *args: str) -> None:
         print(f"{stage}: interrupted; finished work is kept and a rerun resumes", file=sys.stderr)
         raise SystemExit(130) from None
     leave(0)
+
+
+def _heartbeats() -> contextlib.AbstractContextManager:
+    """A stage's flow run sends Prefect no heartbeats unless the user set a frequency (env or Prefect profile).
+    Prefect's heartbeat thread sleeps in 1 s steps and the flow run's end waits for it to wake: up to 1 s a stage
+    run (benchmarks/bench_stage_overhead.py, "Prefect flow run closed"), for a signal that, by default every 180 s,
+    comes once in a stage of a minute. A stage run killed hard is marked CRASHED by the next run of its stage
+    (crash_abandoned_flow_runs) instead. A user who watches for silent flow runs with a Prefect automation sets
+    PREFECT_FLOWS_HEARTBEAT_FREQUENCY, and the stages send them."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
+
+    if "heartbeat_frequency" in get_current_settings().flows.model_fields_set:
+        return contextlib.nullcontext()
+    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
 def leave(code: int = 0) -> None:
