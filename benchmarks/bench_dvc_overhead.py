@@ -16,6 +16,7 @@ pure, C, ...) so a busy spell hits both alike, printed as medians:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import shutil
 import statistics
@@ -62,10 +63,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--stage", default="judge@math", help="the stage whose lock entry is rewritten")
     args = parser.parse_args()
-    try:
-        import _ruamel_yaml  # noqa: F401
-    except ImportError:
-        raise SystemExit("ruamel.yaml.clib is not installed here: `make setup` installs it") from None
+    if importlib.util.find_spec("_ruamel_yaml") is None:
+        raise SystemExit("ruamel.yaml.clib is not installed here: `make setup` installs it")
 
     variants = {"pure Python": WITHOUT_C, "C parser (ruamel.yaml.clib)": ""}
     rows: dict[str, dict[str, list[float]]] = {name: {"status": [], "collect": [], "lock": []} for name in variants}

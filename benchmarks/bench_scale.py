@@ -14,7 +14,9 @@ every pair is still scored held-out and replayed by prune.
 
 Prints each stage's wall time (its process, start-up included) and the total; then, per judge variant, the pairs
 it trains on in one fold and its pairs/s trained (pairs x epochs / s) and scored, and with `--uncapped` the same fit
-on every training pair of the fold, for the ratio. Runs in a temporary workspace with its own Prefect server and
+on every training pair of the fold, for the ratio. A judge that runs the encoder itself (kind cross_encoder, or
+judge.train.finetune_encoder) trains on and scores the first 64 pairs only, with the packaged encoder: its rate, not
+a fit of hours. Runs in a temporary workspace with its own Prefect server and
 MLflow store; the project's outputs and stores are not touched.
 """
 
@@ -42,6 +44,7 @@ from deepprune.services import free_port, service  # noqa: E402
 
 SOURCE = ROOT / "data/raw/traces/verifycot_date_gpt35_246x10.json"
 STAGES = ("sample", "label", "embed", "judge", "prune")
+ENCODER_SAMPLE = 64  # pairs a judge that runs the encoder itself trains on and scores here (a rate, not a full fit)
 
 
 def wide_corpus(path: Path, problems: int, traces: int) -> int:
@@ -115,27 +118,41 @@ def judge_throughput(ws: Path, cap: int | None, uncapped: bool, repeats: int = 3
     runs = [("capped", data.training_rows(everything, cfg.train, params.seed))] if cap else []
     if uncapped or not cap:
         runs.append(("every pair", everything))
+    # judges on precomputed embeddings train on a stand-in encoder; a judge that runs the encoder itself (the
+    # cross-encoder, a fine-tuned encoder) gets the real one and a sample of the rows: on every pair it runs for hours
     stub = type("Encoder", (), {"dim": data.emb_a.shape[1], "path": "bench", "source": "bench"})()
+    real: list[object] = []
     rows = []
     for name, variant in sorted(cfg.variants.items()):
         cls = judge_class(variant.kind)
-        for label, train in runs if cls.trainable else [("nothing (untrained)", everything[:0])]:
+        runs_encoder = not getattr(cls, "reads_embeddings", True) or (cls.trainable and cfg.train.finetune_encoder)
+        if runs_encoder and not real:
+            from deepprune.judges.encoder import SentenceEncoder
+
+            real.append(SentenceEncoder(cfg.encoder_path, cfg.max_length))
+        todo = runs if cls.trainable else [("nothing (untrained)", everything[:0])]
+        if runs_encoder:
+            todo = [(f"{label}, first {ENCODER_SAMPLE} pairs", train[:ENCODER_SAMPLE]) for label, train in todo[:1]]
+        for label, train in todo:
+            tested = test[:ENCODER_SAMPLE] if runs_encoder else test
             fit, score = [], []
             for _ in range(repeats if label == "capped" else 1):  # a fit on every pair takes minutes: once
-                judge = cls(stub, cfg.train, variant.loss, variant.oversample, params.seed, variant.features)
+                judge = cls(real[0] if runs_encoder else stub, cfg.train, variant.loss, variant.oversample,
+                            params.seed, variant.features)
                 started = time.perf_counter()
                 judge.fit(data.emb_a[train], data.emb_b[train], data.labels[train],
                           [data.texts_a[i] for i in train], [data.texts_b[i] for i in train])
                 fit.append(time.perf_counter() - started)
                 started = time.perf_counter()
-                judge.score(data.emb_a[test], data.emb_b[test], [data.texts_a[i] for i in test],
-                            [data.texts_b[i] for i in test])
+                judge.score(data.emb_a[tested], data.emb_b[tested], [data.texts_a[i] for i in tested],
+                            [data.texts_b[i] for i in tested])
                 score.append(time.perf_counter() - started)
-            epochs = cfg.train.epochs if cls.trainable else 0
+            epochs = (cfg.train.finetune_epochs if variant.kind == "cross_encoder" else cfg.train.epochs) \
+                if cls.trainable else 0
             rows.append({"judge": name, "training": label, "pairs": len(train),
                          "fit_s": statistics.median(fit) if cls.trainable else 0.0,
                          "trained_per_s": len(train) * epochs / statistics.median(fit) if cls.trainable else None,
-                         "scored_per_s": len(test) / statistics.median(score)})
+                         "scored_per_s": len(tested) / statistics.median(score)})
     return rows
 
 

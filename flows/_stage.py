@@ -124,6 +124,15 @@ def run_stage(stage: str, run: Callable[..., Any], *args: str) -> None:
     leave(0)
 
 
+def on_cluster(stage_flow: Any, *args: str, params_path: str = "params.yaml") -> Any:
+    """Run a stage flow whose cells fan out (sweep points, ablation cells, transfer cells) on the task runner params
+    `cluster` names: threads, or a Dask or Ray cluster."""
+    from tasks.cluster import make_task_runner
+
+    runner = make_task_runner(stage_params(params_path).cluster)
+    return stage_flow.with_options(task_runner=runner)(*args, params_path)
+
+
 def _heartbeats() -> contextlib.AbstractContextManager:
     """A stage's flow run sends Prefect no heartbeats unless the user set a frequency (env or Prefect profile).
     Prefect's heartbeat thread sleeps in 1 s steps and the flow run's end waits for it to wake: up to 1 s a stage

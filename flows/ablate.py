@@ -15,8 +15,9 @@ from deepprune.metric_names import ablate_names
 from deepprune.metrics import finite_or_none
 from deepprune.progress import track
 from deepprune.truncate import parse_prefix_name
-from flows._stage import cell_params, child_run, log_roc, run_stage, stage_params, stage_run, write_output
-from tasks.cluster import Placement, make_task_runner, run_cell
+from flows._stage import (cell_params, child_run, log_roc, on_cluster, run_stage, stage_params, stage_run,
+                          write_output)
+from tasks.cluster import Placement, run_cell
 from tasks.judge import ablation_truncation, labelled
 
 
@@ -69,8 +70,7 @@ def ablate_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
 
 def run_ablate(corpus: str, params_path: str = "params.yaml") -> dict[str, float | None]:
     """The ablate flow on the task runner params `cluster` names."""
-    runner = make_task_runner(stage_params(params_path).cluster)
-    return ablate_flow.with_options(task_runner=runner)(corpus, params_path)
+    return on_cluster(ablate_flow, corpus, params_path=params_path)
 
 
 def main() -> None:

@@ -89,12 +89,12 @@ def _engines_answer(deployment: str) -> list[str]:
     import os
     import socket
     import urllib.parse
-    import urllib.request
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import WorkerFilter, WorkerFilterStatus
 
     from deepprune.config import load_params
+    from deepprune.services import http_status
 
     missing = []
     try:
@@ -109,8 +109,10 @@ def _engines_answer(deployment: str) -> list[str]:
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
     if urllib.parse.urlsplit(uri).scheme in ("http", "https"):
         try:
-            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=2).close()
-        except OSError:
+            healthy = http_status(f"{uri.rstrip('/')}/health", timeout_s=2) == 200
+        except (OSError, ValueError):  # nothing answers, or a malformed URL
+            healthy = False
+        if not healthy:
             missing.append(f"the MLflow server {uri}")
     cluster = load_params(ROOT / "params.yaml").cluster
     where = urllib.parse.urlsplit(cluster.address if "://" in (cluster.address or "") else f"//{cluster.address}")

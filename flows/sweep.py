@@ -20,8 +20,9 @@ from deepprune.pairs import prefix_texts, read_pairs, read_prefixes
 from deepprune.progress import track
 from deepprune.tracking import Run, register_model
 from deepprune.truncate import prefix_name
-from flows._stage import cell_params, child_run, log_roc, run_stage, stage_params, stage_run, write_output
-from tasks.cluster import Placement, make_task_runner, read_once, run_cell
+from flows._stage import (cell_params, child_run, log_roc, on_cluster, run_stage, stage_params, stage_run,
+                          write_output)
+from tasks.cluster import Placement, read_once, run_cell
 from tasks.judge import cell_encoder, corpus_data
 from tasks.judge_lm import evaluate_lm_judge
 
@@ -142,8 +143,7 @@ def sweep_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
 
 def run_sweep(corpus: str, params_path: str = "params.yaml") -> dict[str, float | None]:
     """The sweep flow on the task runner params `cluster` names."""
-    runner = make_task_runner(stage_params(params_path).cluster)
-    return sweep_flow.with_options(task_runner=runner)(corpus, params_path)
+    return on_cluster(sweep_flow, corpus, params_path=params_path)
 
 
 def main() -> None:

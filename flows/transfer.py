@@ -16,8 +16,9 @@ from deepprune.metric_names import tnr_at_fnr_name
 from deepprune.metrics import finite_or_none
 from deepprune.truncate import prefix_name
 from deepprune.progress import track
-from flows._stage import cell_params, child_run, log_roc, run_stage, stage_params, stage_run, write_output
-from tasks.cluster import Placement, make_task_runner, run_cell
+from flows._stage import (cell_params, child_run, log_roc, on_cluster, run_stage, stage_params, stage_run,
+                          write_output)
+from tasks.cluster import Placement, run_cell
 from tasks.judge import corpus_data, transfer_pair
 
 
@@ -88,8 +89,7 @@ def transfer_flow(params_path: str = "params.yaml") -> dict[str, float | None]:
 
 def run_transfer(params_path: str = "params.yaml") -> dict[str, float | None]:
     """The transfer flow on the task runner params `cluster` names."""
-    runner = make_task_runner(stage_params(params_path).cluster)
-    return transfer_flow.with_options(task_runner=runner)(params_path)
+    return on_cluster(transfer_flow, params_path=params_path)
 
 
 def main() -> None:

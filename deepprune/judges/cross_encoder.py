@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from deepprune.config import TrainConfig
-from deepprune.judges.encoder import GLOBAL_RNG_FITS, SentenceEncoder, _loss
+from deepprune.judges.encoder import GLOBAL_RNG_FITS, SentenceEncoder
+from deepprune.judges.losses import recipe_loss
 from deepprune.pairs import oversample_minority
 from deepprune.progress import track
 
@@ -99,7 +100,7 @@ class CrossEncoderJudge:
                 for start in range(0, len(order), batch_size):
                     batch = order[start:start + batch_size]
                     logits = self._logits([firsts[i] for i in batch], [seconds[i] for i in batch])
-                    loss = _loss(logits, y[torch.from_numpy(batch)], self.loss, self.cfg)
+                    loss = recipe_loss(logits, y[torch.from_numpy(batch)], self.loss, self.cfg)
                     opt.zero_grad()
                     loss.backward()
                     opt.step()

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from deepprune.config import TrainConfig
-from deepprune.judges.losses import cross_entropy, focal_loss
+from deepprune.judges.losses import recipe_loss
 from deepprune.judges.text_features import feature_width, text_features
 from deepprune.pairs import oversample_minority
 from deepprune.progress import track
@@ -155,12 +155,6 @@ class CosineJudge:
         return cosine_scores(emb_a, emb_b)
 
 
-def _loss(logits: torch.Tensor, targets: torch.Tensor, loss: str, cfg: TrainConfig) -> torch.Tensor:
-    if loss == "focal":
-        return focal_loss(logits, targets, cfg.focal.alpha, cfg.focal.gamma)
-    return cross_entropy(logits, targets)
-
-
 class EncoderJudge:
     """Trained judge: PairHead on encoder embeddings (and, with `features`, pair features of the prefix texts:
     deepprune.judges.text_features), optionally fine-tuning the encoder too."""
@@ -204,7 +198,7 @@ class EncoderJudge:
             epoch_loss = 0.0
             for start in range(0, len(order), self.cfg.batch_size):
                 batch = order[start:start + self.cfg.batch_size]
-                loss = _loss(self.head(feats[batch]), y[batch], self.loss, self.cfg)
+                loss = recipe_loss(self.head(feats[batch]), y[batch], self.loss, self.cfg)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -236,7 +230,7 @@ class EncoderJudge:
                 batch = order[start:start + batch_size]
                 feats = self._features(enc([texts_a[i] for i in batch]), enc([texts_b[i] for i in batch]),
                                        extra[torch.from_numpy(batch)])
-                loss = _loss(self.head(feats), y[torch.from_numpy(batch)], self.loss, self.cfg)
+                loss = recipe_loss(self.head(feats), y[torch.from_numpy(batch)], self.loss, self.cfg)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

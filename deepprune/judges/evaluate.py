@@ -131,8 +131,9 @@ def variant_recipe(variant: VariantConfig, train: TrainConfig) -> dict[str, Any]
     if not judge_class(variant.kind).trainable:
         return out
     used = _train_keys_used(train.model_dump(), variant.loss, variant.oversample)
-    if variant.kind == "cross_encoder":  # always fine-tunes: finetune_lr and _epochs are its recipe, the head's too
-        used.pop("finetune_encoder")
+    if variant.kind == "cross_encoder":  # always fine-tunes, a linear head: no head epochs, hidden layer or dropout
+        for key in ("finetune_encoder", "epochs", "hidden", "dropout"):
+            used.pop(key, None)
     elif not used.get("finetune_encoder"):
         used = {k: v for k, v in used.items() if not k.startswith("finetune_") or k == "finetune_encoder"}
     return {**out, "train": used}

@@ -8,8 +8,13 @@ At gamma = 0 and alpha = 0.5 it is half the binary cross-entropy.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from deepprune.config import TrainConfig
 
 
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma: float) -> torch.Tensor:
@@ -26,3 +31,11 @@ def focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float, gamma:
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean binary cross-entropy of logits against 0/1 targets."""
     return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
+
+
+def recipe_loss(logits: torch.Tensor, targets: torch.Tensor, loss: str, cfg: TrainConfig) -> torch.Tensor:
+    """The loss a judge variant names ('focal', with cfg.focal's alpha and gamma, or 'ce'): one definition for
+    every trainable judge (embedding head, fine-tuned encoder, cross-encoder)."""
+    if loss == "focal":
+        return focal_loss(logits, targets, cfg.focal.alpha, cfg.focal.gamma)
+    return cross_entropy(logits, targets)

@@ -26,12 +26,15 @@ from deepprune.sampling.live import trace_seed
 
 
 def judge_similarity(judge, encoder, batch_size: int = 32) -> Similarity:
-    """An embedding judge as DeepPrune's online similarity: each prefix encoded once, every pair scored."""
+    """A judge as DeepPrune's online similarity: every pair scored, each prefix encoded once (a judge that reads the
+    texts alone, the cross-encoder, is handed no embeddings, and none are computed)."""
     def similarity(seeds: Sequence[int], prefixes: Sequence[str]) -> np.ndarray:
         texts = list(prefixes)
-        emb = encoder.embed(texts, batch_size)
         n = len(texts)
         pairs_a, pairs_b = [t for t in texts for _ in texts], texts * n  # row-aligned with the embeddings below
+        if not getattr(judge, "reads_embeddings", True):
+            return judge.score(None, None, pairs_a, pairs_b).reshape(n, n)
+        emb = encoder.embed(texts, batch_size)
         return judge.score(np.repeat(emb, n, axis=0), np.tile(emb, (n, 1)), pairs_a, pairs_b).reshape(n, n)
     return similarity
 

@@ -65,6 +65,7 @@ def test_a_cross_encoder_variant_cross_validates_calibrated_and_its_recipe_names
     assert result.summary["auroc"] > 0.7
     recipe = variant_recipe(cfg.variants["minilm_cross"], cfg.train)
     assert recipe["train"]["finetune_lr"] == 1e-4 and "finetune_encoder" not in recipe["train"]
+    assert not {"epochs", "hidden", "dropout"} & set(recipe["train"])  # the embedding head's keys, unread here
     final = train_final(data, cfg, cfg.variants["minilm_cross"], encoder, 0, result.raw_oof)
     assert isinstance(final, CrossEncoderJudge) and final.calibration is not None
 
@@ -76,7 +77,11 @@ def test_online_similarity_and_the_cost_timer_read_the_cross_encoder_from_texts(
 
     judge = CrossEncoderJudge(encoder, CFG, "ce", False, seed=3)
     prefixes = ["the answer is red", "so we get blue", "answer: red"]
-    matrix = judge_similarity(judge, encoder)([0, 1, 2], prefixes)
+    class Unread:  # the online stage's encoder: a cross-encoder judge needs no embeddings from it
+        def embed(self, texts, batch_size=32):
+            raise AssertionError("the cross-encoder's similarity encoded the prefixes")
+
+    matrix = judge_similarity(judge, Unread())([0, 1, 2], prefixes)
     assert matrix.shape == (3, 3)
     np.testing.assert_array_equal(matrix, matrix.T)  # order-free, as clustering needs
     expected = judge.score(None, None, [prefixes[0]], [prefixes[2]])[0]
