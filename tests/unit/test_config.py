@@ -107,6 +107,24 @@ def test_params_keep_their_meaning_through_dvcs_own_yaml_writer(tmp_path):
     assert (params.judge_lm.prompt.yes, params.judge_lm.prompt.no, params.prune.repetitions) == ("yes", "no", 10)
 
 
+def test_params_read_the_same_with_ruamels_c_parser_as_in_pure_python(tmp_path):
+    """read_params parses with ruamel's C parser, as DVC does where ruamel.yaml.clib is installed: the project's
+    params, its profiles and DVC's rewrite of them give the same values as ruamel's pure-Python parser, and the C
+    parser is really there (a missing wheel would make every DVC stage slower, not fail)."""
+    import importlib.util
+
+    from dvc.utils.serialize import modify_yaml
+    from ruamel.yaml import YAML
+
+    assert importlib.util.find_spec("_ruamel_yaml") is not None, "ruamel.yaml.clib is a dependency (pyproject.toml)"
+    rewritten = tmp_path / "params.yaml"
+    rewritten.write_text((ROOT / "params.yaml").read_text())
+    with modify_yaml(rewritten) as doc:  # DVC's writer: quotes dropped, null as an empty value
+        doc["seed"] = 7
+    for path in [ROOT / "params.yaml", rewritten, *sorted((ROOT / "profiles").glob("*.yaml"))]:
+        assert read_params(path) == YAML(typ="safe", pure=True).load(path.read_text()), path
+
+
 def _write(tmp_path, edit):
     raw = read_params(ROOT / "params.yaml")
     edit(raw)
