@@ -15,7 +15,7 @@ every pair is still scored held-out and replayed by prune.
 Prints each stage's wall time (its process, start-up included) and the total; then, per judge variant, the pairs
 it trains on in one fold and its pairs/s trained (pairs x epochs / s) and scored, and with `--uncapped` the same fit
 on every training pair of the fold, for the ratio. A judge that runs the encoder itself (kind cross_encoder, or
-judge.train.finetune_encoder) trains on and scores the first 64 pairs only, with the packaged encoder: its rate, not
+judge.train.finetune_encoder) trains on and scores the first 64 pairs only, with the stage's encoder: its rate, not
 a fit of hours. Runs in a temporary workspace with its own Prefect server and
 MLflow store; the project's outputs and stores are not touched.
 """
@@ -23,6 +23,7 @@ MLflow store; the project's outputs and stores are not touched.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -96,12 +98,13 @@ def run_stages(ws: Path, env: dict[str, str]) -> dict[str, float]:
 def judge_throughput(ws: Path, cap: int | None, uncapped: bool, repeats: int = 3) -> list[dict[str, object]]:
     """Every judge variant fitted on fold 0's training rows (capped as the stage caps them, and uncapped with
     `uncapped`) and scoring fold 0's pairs, from the embed stage's table: pairs/s trained and scored (capped fits:
-    the median of `repeats`)."""
+    the median of `repeats`; a judge that runs the encoder itself: one fit on 64 pairs)."""
     import numpy as np
 
     from deepprune.config import load_params
     from deepprune.judges import judge_class
     from deepprune.judges.embeddings import load_table
+    from deepprune.judges.encoder import EncoderJudge, SentenceEncoder
     from deepprune.judges.evaluate import pair_data
     from deepprune.pairs import prefix_texts, read_pairs, read_prefixes
     from deepprune.truncate import prefix_name
@@ -119,22 +122,24 @@ def judge_throughput(ws: Path, cap: int | None, uncapped: bool, repeats: int = 3
     if uncapped or not cap:
         runs.append(("every pair", everything))
     # judges on precomputed embeddings train on a stand-in encoder; a judge that runs the encoder itself (the
-    # cross-encoder, a fine-tuned encoder) gets the real one and a sample of the rows: on every pair it runs for hours
+    # cross-encoder, a fine-tuned encoder) gets the stage's encoder (judge.encoder_path) and a sample of the rows: on
+    # every pair it trains for hours. A fine-tuned encoder is put back after each fit, as cross_validate does.
     stub = type("Encoder", (), {"dim": data.emb_a.shape[1], "path": "bench", "source": "bench"})()
-    real: list[object] = []
+    real: list[Any] = []
     rows = []
     for name, variant in sorted(cfg.variants.items()):
         cls = judge_class(variant.kind)
-        runs_encoder = not getattr(cls, "reads_embeddings", True) or (cls.trainable and cfg.train.finetune_encoder)
+        retunes = cls is EncoderJudge and cfg.train.finetune_encoder  # its embeddings change with the fit
+        runs_encoder = not getattr(cls, "reads_embeddings", True) or retunes
         if runs_encoder and not real:
-            from deepprune.judges.encoder import SentenceEncoder
-
             real.append(SentenceEncoder(cfg.encoder_path, cfg.max_length))
+            frozen = copy.deepcopy(real[0].model.state_dict())
         todo = runs if cls.trainable else [("nothing (untrained)", everything[:0])]
-        if runs_encoder:
+        if runs_encoder:  # one fit, on the first rows of the first run
             todo = [(f"{label}, first {ENCODER_SAMPLE} pairs", train[:ENCODER_SAMPLE]) for label, train in todo[:1]]
         for label, train in todo:
             tested = test[:ENCODER_SAMPLE] if runs_encoder else test
+            texts_a, texts_b = [data.texts_a[i] for i in tested], [data.texts_b[i] for i in tested]
             fit, score = [], []
             for _ in range(repeats if label == "capped" else 1):  # a fit on every pair takes minutes: once
                 judge = cls(real[0] if runs_encoder else stub, cfg.train, variant.loss, variant.oversample,
@@ -144,11 +149,16 @@ def judge_throughput(ws: Path, cap: int | None, uncapped: bool, repeats: int = 3
                           [data.texts_a[i] for i in train], [data.texts_b[i] for i in train])
                 fit.append(time.perf_counter() - started)
                 started = time.perf_counter()
-                judge.score(data.emb_a[tested], data.emb_b[tested], [data.texts_a[i] for i in tested],
-                            [data.texts_b[i] for i in tested])
+                if retunes:  # scored as the stage scores it: the held-out prefixes embedded by the tuned encoder
+                    judge.score(real[0].embed(texts_a, cfg.batch_size), real[0].embed(texts_b, cfg.batch_size),
+                                texts_a, texts_b)
+                else:
+                    judge.score(data.emb_a[tested], data.emb_b[tested], texts_a, texts_b)
                 score.append(time.perf_counter() - started)
-            epochs = (cfg.train.finetune_epochs if variant.kind == "cross_encoder" else cfg.train.epochs) \
-                if cls.trainable else 0
+                if retunes:
+                    real[0].model.load_state_dict(frozen)
+            # passes over the training pairs: the head's epochs, or the encoder's for a judge that runs it
+            epochs = (cfg.train.finetune_epochs if runs_encoder else cfg.train.epochs) if cls.trainable else 0
             rows.append({"judge": name, "training": label, "pairs": len(train),
                          "fit_s": statistics.median(fit) if cls.trainable else 0.0,
                          "trained_per_s": len(train) * epochs / statistics.median(fit) if cls.trainable else None,
