@@ -14,7 +14,7 @@ from deepprune.config import Params
 from deepprune.judges.causal_lm import load_causal_lm
 from deepprune.judges.evaluate import (PairData, cross_validate, lm_judge_recipe, lm_scores, pair_data, train_final,
                                        variant_recipe)
-from deepprune.judges.sweep import SweepPoint, base_recipe, best_point, encoder_recipe, expand_grid, lm_recipe
+from deepprune.judges.sweep import SweepPoint, best_point, encoder_recipe, grid_points, lm_recipe
 from deepprune.metrics import finite_or_none
 from deepprune.pairs import prefix_texts, read_pairs, read_prefixes
 from deepprune.progress import track
@@ -89,7 +89,7 @@ def sweep_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
     """Every distinct grid point of params `sweep`, then the best point fitted and registered."""
     params = stage_params(params_path)
     sweep = params.sweep
-    points = expand_grid(sweep, base_recipe(sweep, params.judge, params.judge_lm))
+    points = grid_points(sweep, params.judge, params.judge_lm)
     with stage_run("sweep", corpus, {"seed": params.seed, "sweep": sweep.model_dump(), "points": len(points)}) as run:
         placement = Placement.of_stage(params.threads, params.tracking)
         data, _ = point_inputs(params, corpus, placement)  # read once here: threads share it

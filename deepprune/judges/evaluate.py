@@ -111,14 +111,21 @@ def cross_validate(data: PairData, cfg: JudgeConfig, encoder: SentenceEncoder, s
     return results
 
 
-def _train_keys_used(train: Mapping[str, Any], loss: str, oversample: bool) -> dict[str, Any]:
-    """A train section without the keys its recipe ignores: focal alpha and gamma under cross-entropy, the
-    oversampling ratio without oversampling (the same rule the sweep uses to tell points apart)."""
-    out = dict(train)
+def unused_train_keys(kind: str | None, loss: str, oversample: bool, finetune_encoder: bool = False) -> set[str]:
+    """The top-level keys of a train section (judge.train, or judge_lm.train with kind None) that a recipe does not
+    read: `focal` (alpha, gamma) under cross-entropy; `oversample_ratio` without oversampling; for an encoder judge
+    that does not fine-tune its encoder, the finetune_ settings; for the cross-encoder, which always fine-tunes and
+    has a linear head, the head's epochs, hidden and dropout and the finetune_encoder switch. The one rule that tells
+    two recipes apart: variant_recipe (and so seeds and MLflow params) and the sweep's distinct points use it."""
+    out = set()
     if loss != "focal":
-        out.pop("focal", None)
+        out.add("focal")
     if not oversample:
-        out.pop("oversample_ratio", None)
+        out.add("oversample_ratio")
+    if kind == "cross_encoder":
+        out |= {"finetune_encoder", "epochs", "hidden", "dropout"}
+    elif kind == "encoder" and not finetune_encoder:
+        out |= {key for key in TrainConfig.model_fields if key.startswith("finetune_")} - {"finetune_encoder"}
     return out
 
 
@@ -130,13 +137,8 @@ def variant_recipe(variant: VariantConfig, train: TrainConfig) -> dict[str, Any]
         del out["features"]  # only where a variant has them: the recipes of variants without stay as they were
     if not judge_class(variant.kind).trainable:
         return out
-    used = _train_keys_used(train.model_dump(), variant.loss, variant.oversample)
-    if variant.kind == "cross_encoder":  # always fine-tunes, a linear head: no head epochs, hidden layer or dropout
-        for key in ("finetune_encoder", "epochs", "hidden", "dropout"):
-            used.pop(key, None)
-    elif not used.get("finetune_encoder"):
-        used = {k: v for k, v in used.items() if not k.startswith("finetune_") or k == "finetune_encoder"}
-    return {**out, "train": used}
+    unused = unused_train_keys(variant.kind, variant.loss, variant.oversample, train.finetune_encoder)
+    return {**out, "train": {k: v for k, v in train.model_dump().items() if k not in unused}}
 
 
 def recipe_seed(seed: int, variant: VariantConfig, train: TrainConfig) -> int:
@@ -153,7 +155,8 @@ def lm_judge_recipe(cfg: JudgeLMConfig, trained: bool) -> dict[str, Any]:
     judge the judge_lm.train keys its recipe uses."""
     out: dict[str, Any] = {"prompt_version": cfg.prompt.version, "eval": cfg.eval.model_dump()}
     if trained:
-        out["train"] = _train_keys_used(cfg.train.model_dump(), cfg.train.loss, cfg.train.oversample)
+        unused = unused_train_keys(None, cfg.train.loss, cfg.train.oversample)
+        out["train"] = {k: v for k, v in cfg.train.model_dump().items() if k not in unused}
     return out
 
 

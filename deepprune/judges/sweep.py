@@ -39,17 +39,20 @@ def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
     tree[leaf] = value
 
 
-def _effective(settings: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """Settings with keys the recipe ignores reset to their defaults: alpha and gamma under cross-entropy,
-    the ratio without oversampling. Points equal after this are the same experiment."""
-    out = dict(settings)
-    if out.get("loss") == "ce":
-        for key in ("focal.alpha", "focal.gamma"):
-            if key in out:
-                out[key] = defaults.get(key)
-    if out.get("oversample") is False and "oversample_ratio" in out:
-        out["oversample_ratio"] = defaults.get("oversample_ratio")
-    return out
+def _unused(settings: Mapping[str, Any], defaults: Mapping[str, Any], kind: str | None) -> set[str]:
+    """The top-level train keys the point's recipe ignores (evaluate.unused_train_keys, the rule variant_recipe
+    uses): a point's own loss, oversampling and fine-tuning switch, or the defaults'."""
+    from deepprune.judges.evaluate import unused_train_keys
+
+    value = lambda key: settings.get(key, defaults.get(key))  # noqa: E731
+    return unused_train_keys(kind, value("loss"), bool(value("oversample")), bool(value("finetune_encoder")))
+
+
+def _effective(settings: dict[str, Any], defaults: dict[str, Any], kind: str | None) -> dict[str, Any]:
+    """Settings with the keys their recipe ignores reset to their defaults (alpha and gamma under cross-entropy,
+    the ratio without oversampling, ...). Points equal after this are the same experiment."""
+    unused = _unused(settings, defaults, kind)
+    return {key: defaults.get(key) if key.split(".")[0] in unused else value for key, value in settings.items()}
 
 
 def _point_name(settings: Mapping[str, Any]) -> str:
@@ -69,16 +72,16 @@ def _point_name(settings: Mapping[str, Any]) -> str:
     return "_".join(parts) or "base"
 
 
-def expand_grid(sweep: SweepConfig, base: dict[str, Any]) -> list[SweepPoint]:
-    """The grid's distinct points, in grid order. `base` is the flat default recipe the grid varies."""
+def expand_grid(sweep: SweepConfig, base: dict[str, Any], kind: str | None) -> list[SweepPoint]:
+    """The grid's distinct points, in grid order. `base` is the flat default recipe the grid varies, `kind` the
+    swept judge's (swept_kind); a point is named by the keys its recipe reads."""
     keys = list(sweep.grid)
     seen: set[tuple[tuple[str, Any], ...]] = set()
     points = []
     for values in itertools.product(*(sweep.grid[k] for k in keys)):
-        settings = _effective(dict(zip(keys, values)), base)
-        shown = {k: v for k, v in settings.items()
-                 if not (settings.get("loss") == "ce" and k.startswith("focal."))
-                 and not (settings.get("oversample") is False and k == "oversample_ratio")}
+        settings = _effective(dict(zip(keys, values)), base, kind)
+        unused = _unused(settings, base, kind)
+        shown = {k: v for k, v in settings.items() if k.split(".")[0] not in unused}
         frozen = tuple(sorted(settings.items()))
         if frozen in seen:
             continue
@@ -95,6 +98,16 @@ def base_recipe(sweep: SweepConfig, judge: JudgeConfig, judge_lm: JudgeLMConfig)
         return flatten(judge_lm.train.model_dump())
     primary = judge.variants[judge.primary]
     return {**flatten(judge.train.model_dump()), "loss": primary.loss, "oversample": primary.oversample}
+
+
+def swept_kind(sweep: SweepConfig, judge: JudgeConfig) -> str | None:
+    """The kind of judge a sweep trains: the primary variant's (encoder, cross_encoder), or None for causal_lm."""
+    return None if sweep.judge == "causal_lm" else judge.variants[judge.primary].kind
+
+
+def grid_points(sweep: SweepConfig, judge: JudgeConfig, judge_lm: JudgeLMConfig) -> list[SweepPoint]:
+    """The sweep's distinct points over the swept judge's default recipe."""
+    return expand_grid(sweep, base_recipe(sweep, judge, judge_lm), swept_kind(sweep, judge))
 
 
 def encoder_recipe(point: SweepPoint, judge: JudgeConfig) -> tuple[VariantConfig, JudgeConfig]:

@@ -11,7 +11,7 @@ import pytest
 
 from deepprune.config import Params, SweepConfig, TrainConfig, read_params
 from deepprune.judges.encoder import EncoderJudge
-from deepprune.judges.sweep import SweepPoint, base_recipe, best_point, encoder_recipe, expand_grid, lm_recipe
+from deepprune.judges.sweep import SweepPoint, base_recipe, best_point, encoder_recipe, expand_grid, grid_points, lm_recipe
 from tests.conftest import ROOT
 
 
@@ -23,12 +23,34 @@ def params() -> Params:
 def test_grid_runs_each_distinct_recipe_once(params):
     sweep = SweepConfig(grid={"loss": ["ce", "focal"], "focal.alpha": [0.25, 0.5], "focal.gamma": [0.0, 2.0],
                               "oversample": [False, True], "oversample_ratio": [0.5, 1.0]})
-    points = expand_grid(sweep, base_recipe(sweep, params.judge, params.judge_lm))
+    points = expand_grid(sweep, base_recipe(sweep, params.judge, params.judge_lm), "encoder")
     # ce ignores alpha and gamma; without oversampling the ratio is moot: ce 1 + 2, focal 4 x (1 + 2)
     assert len(points) == 3 + 12
     assert len({p.name for p in points}) == len(points)
     assert len({p.settings for p in points}) == len(points)
     assert "ce_noos" in [p.name for p in points]
+
+
+def test_points_that_differ_only_in_keys_their_judge_ignores_run_once(params):
+    """The sweep tells points apart by the rule variant_recipe uses (evaluate.unused_train_keys), whatever the swept
+    judge: a cross-encoder has no head epochs, an encoder that does not fine-tune has no finetune_lr."""
+    from deepprune.config import VariantConfig
+    from deepprune.judges.evaluate import variant_recipe
+
+    cross = params.judge.model_copy(update={
+        "variants": {**params.judge.variants, "cross": VariantConfig(kind="cross_encoder", loss="focal")},
+        "primary": "cross"})
+    heads = SweepConfig(grid={"epochs": [5, 10], "finetune_lr": [1e-5, 2e-5]})
+    points = grid_points(heads, cross, params.judge_lm)
+    assert [p.name for p in points] == ["finetune_lr=1e-05", "finetune_lr=2e-05"]
+    encoder = grid_points(heads, params.judge, params.judge_lm)  # the primary does not fine-tune its encoder
+    assert [p.name for p in encoder] == ["epochs=5", "epochs=10"]
+    # and the two points the cross-encoder's grid merged are one recipe, so one seed
+    recipes = []
+    for epochs in (5, 10):
+        variant, cfg = encoder_recipe(SweepPoint("p", (("epochs", epochs), ("finetune_lr", 1e-5))), cross)
+        recipes.append(variant_recipe(variant, cfg.train))
+    assert recipes[0] == recipes[1]
 
 
 def test_encoder_recipe_sets_variant_and_train_keys(params):
