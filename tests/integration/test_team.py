@@ -161,12 +161,34 @@ def _wait_for_stores(proc: subprocess.Popen, url: str, base: Path, seconds: floa
     pytest.fail(f"the stores did not come up (exit {proc.returncode}):\n{out[-3000:]}\n{logs}")
 
 
-def _stopped(proc: subprocess.Popen) -> str:
-    """Ctrl-C, as a user ends `make mlflow-postgres`; its output."""
+def _stopped(proc: subprocess.Popen, base: Path) -> str:
+    """Ctrl-C, as a user ends `make mlflow-postgres`; its output. If it has not ended within 120 s, fail with what
+    it and its servers are doing (a stop that hangs under load was seen twice in full runs, never alone)."""
     proc.send_signal(signal.SIGINT)
-    out = proc.communicate(timeout=120)[0]
+    started = time.monotonic()
+    try:
+        out = proc.communicate(timeout=120)[0]
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the stores did not stop within 120 s of Ctrl-C:\n{_still_running(proc.pid, base)}")
     assert proc.returncode == 0, out
+    print(f"the stores stopped {time.monotonic() - started:.1f} s after Ctrl-C")
     return out
+
+
+def _still_running(pid: int, base: Path) -> str:
+    """The launcher's process tree (state, age, command) and the tails of its servers' logs."""
+    import psutil
+
+    lines = []
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                lines.append(f"{proc.pid} pgid {os.getpgid(proc.pid)} {proc.status()} "
+                             f"{time.time() - proc.create_time():.0f}s {' '.join(proc.cmdline())[:200]}")
+    logs = "\n".join(f"--- {log.name}:\n{log.read_text(errors='replace')[-2000:]}"
+                     for log in sorted(base.rglob("*.log")))
+    return "\n".join(lines) + "\n" + logs
 
 
 def test_a_stage_logs_to_mlflow_on_postgresql_through_the_tracking_uri_alone(labelled):
@@ -191,7 +213,7 @@ def test_a_stage_logs_to_mlflow_on_postgresql_through_the_tracking_uri_alone(lab
         # what a user's shell has: the server's URI alone (no project artifact folder: the server keeps artifacts)
         user = {k: v for k, v in env.items() if k != "DEEPPRUNE_MLFLOW_ARTIFACTS"}
         run([sys.executable, "-m", "flows.sweep", "date"], ws, {**user, "MLFLOW_TRACKING_URI": url})
-        assert f"MLFLOW_TRACKING_URI={url}" in _stopped(proc)
+        assert f"MLFLOW_TRACKING_URI={url}" in _stopped(proc, base)
         assert subprocess.run([str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(pg_port)]).returncode != 0
 
         proc = _stores(ws, env, base, pg_port, mlflow_port)  # the database outlives the servers
@@ -209,7 +231,7 @@ def test_a_stage_logs_to_mlflow_on_postgresql_through_the_tracking_uri_alone(lab
         count = subprocess.run([str(bin_dir / "psql"), "-h", "127.0.0.1", "-p", str(pg_port), "-U", "mlflow", "-d",
                                 "mlflow", "-tAc", "SELECT count(*) FROM runs"], capture_output=True, text=True)
         assert count.stdout.strip() == str(len(runs))  # the runs are rows of PostgreSQL, not of a SQLite file
-        _stopped(proc)
+        _stopped(proc, base)
     finally:
         stop(proc)
         shutil.rmtree(base, ignore_errors=True)
@@ -249,8 +271,12 @@ def test_the_readme_team_block_runs_the_pipeline_on_every_engine_from_a_fresh_cl
         pytest.skip(str(exc))
     pytest.importorskip("psycopg2", reason="the team extra is not installed: pip install -e '.[team]'")
     venv = Path(sys.executable).parent.parent
-    if not ((venv / ".installed").exists() and (venv / ".team-installed").exists()):
-        pytest.skip(f"{venv} was not set up by `make setup-team`: the clone borrows it and must not rebuild it")
+    installed, team = venv / ".installed", venv / ".team-installed"
+    if not (installed.exists() and team.exists()) or team.stat().st_mtime < installed.stat().st_mtime:
+        # the clone's `make setup-team` would reinstall the project into the borrowed venv from the clone, which this
+        # test then deletes: every later process of that venv would lose the project's packages
+        pytest.skip(f"{venv} is not set up by `make setup-team` (or its team extra is older than its base install): "
+                    f"the clone borrows it and must not rebuild it")
     from mlflow.tracking import MlflowClient
 
     base = Path(tempfile.mkdtemp(prefix="deepprune-team-"))  # not pytest's tmp dir: PostgreSQL's own user reaches it
@@ -294,7 +320,11 @@ def test_the_readme_team_block_runs_the_pipeline_on_every_engine_from_a_fresh_cl
                     _, proc, _ = jobs[int(spec.lstrip("%")) - 1]
                     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in its terminal sends
                 for command, proc, log in jobs:
-                    proc.wait(timeout=180)
+                    try:
+                        proc.wait(timeout=180)
+                    except subprocess.TimeoutExpired:
+                        pytest.fail(f"{command!r} did not end within 180 s of Ctrl-C:\n"
+                                    f"{_still_running(proc.pid, base)}")
                     outputs[command] = log.read_text(errors="replace")
             else:
                 assert not any(proc.poll() is not None for _, proc, _ in jobs), \
