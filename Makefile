@@ -132,15 +132,9 @@ pull-exps: setup  ## every DVC experiment of the git remote $(GIT_REMOTE), with 
 
 # A team's Prefect: the server, a process work pool with the pipeline and each stage as deployments (flows/deploy.py),
 # and a worker that runs their flow runs in this checkout, POOL_LIMIT at a time. Runs started from the UI (or the API)
-# execute on the worker. Ctrl-C stops all three.
+# execute on the worker. Ctrl-C stops the worker (and the runs it started), then the server; neither outlives it.
 server: setup  ## Prefect server + work pool $(POOL) with the pipeline's deployments + a worker (foreground)
-	trap 'kill 0' EXIT; \
-	PREFECT_UI_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api \
-		$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) & \
-	export PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api; \
-	$(BIN)/python -m flows.deploy --pool $(POOL) --limit $(POOL_LIMIT) || exit 1; \
-	$(BIN)/prefect worker start --pool $(POOL) --type process & \
-	wait
+	$(BIN)/python -m flows.deploy --serve $(PREFECT_PORT) --pool $(POOL) --limit $(POOL_LIMIT)
 
 # Where the sweep, ablate and transfer cells run, written into params.yaml (two lines change, comments kept; no stage
 # reads these keys, so nothing reruns): CLUSTER=dask ADDRESS=tcp://127.0.0.1:8786, CLUSTER=ray ADDRESS=127.0.0.1:6379.

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+TERMINAL = "-"  # a service's log_path: its output goes to this process's stdout and stderr
 
 
 def _die_with_parent() -> None:
@@ -78,7 +79,8 @@ class Started:
 
     def __init__(self, proc: subprocess.Popen, ready: Callable[[], bool], timeout_s: float, name: str,
                  cmd: Sequence[str], log_path: str | os.PathLike | None, error: type[Exception]) -> None:
-        self.proc, self._ready, self._name, self._cmd, self._log, self._error = proc, ready, name, cmd, log_path, error
+        self.proc, self._ready, self._name, self._cmd, self._error = proc, ready, name, cmd, error
+        self._log = "its output is above" if log_path == TERMINAL else f"log: {log_path}"
         self._deadline = time.monotonic() + timeout_s
         self._timeout_s = timeout_s
 
@@ -87,10 +89,10 @@ class Started:
         while not self._ready():
             if self.proc.poll() is not None:
                 raise self._error(f"{self._name} exited with {self.proc.returncode} before it answered "
-                                  f"(log: {self._log})")
+                                  f"({self._log})")
             if time.monotonic() > self._deadline:
                 raise self._error(f"{self._name} did not answer within {self._timeout_s:.0f} s of starting "
-                                  f"{self._cmd[0]!r} (log: {self._log})")
+                                  f"{self._cmd[0]!r} ({self._log})")
             time.sleep(0.25)
         return self.proc
 
@@ -103,7 +105,9 @@ def started(cmd: Sequence[str], ready: Callable[[], bool], timeout_s: float, nam
     """`service` in two steps, so that several services start at once: the process is started here and the block
     gets it before it answers (Started.wait_ready); it is stopped the same way when the block ends."""
     log = subprocess.DEVNULL
-    if log_path is not None:
+    if log_path == TERMINAL:
+        log = None  # the output goes where this process's goes
+    elif log_path is not None:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         log = open(log_path, "ab")
     try:
@@ -115,7 +119,7 @@ def started(cmd: Sequence[str], ready: Callable[[], bool], timeout_s: float, nam
         finally:
             stop_process(proc, grace_s, group=True, first=stop_signal)
     finally:
-        if log is not subprocess.DEVNULL:
+        if log not in (subprocess.DEVNULL, None):
             log.close()
 
 

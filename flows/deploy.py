@@ -1,6 +1,7 @@
 """The pipeline as deployments on a Prefect process work pool, for a team's Prefect server (`make server`).
 
     python -m flows.deploy [--pool deepprune] [--limit 1]
+    python -m flows.deploy --serve 4200                # and the server and a worker, until Ctrl-C (make server)
     python -m flows.deploy --ready pipeline/pipeline   # wait until a run can start (make run-on-pool)
 
 Creates (or updates) the process work pool with a concurrency limit, and deploys the pipeline flow from this
@@ -15,6 +16,7 @@ process serving the pipeline, no pool) stays the single-user way.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -145,6 +147,57 @@ def wait_until_ready(deployment: str, seconds: float) -> None:
         time.sleep(2)
 
 
+def _worker_online(pool: str, name: str) -> bool:
+    """Whether the worker `name` of `pool` has sent the server its heartbeat (another one's, a worker of an earlier
+    `make server` still marked online, does not count)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import WorkerFilter, WorkerFilterStatus
+
+    try:
+        with get_client(sync_client=True) as client:
+            workers = client.read_workers_for_work_pool(
+                pool, worker_filter=WorkerFilter(status=WorkerFilterStatus(any_=["ONLINE"])))
+    except Exception:
+        return False
+    return any(worker.name == name for worker in workers)
+
+
+def serve(port: int, pool: str = POOL, limit: int | None = 1) -> None:
+    """`make server`, in the foreground: the Prefect server on 127.0.0.1:port (its UI calling the API on that port),
+    the pool and its deployments, and a worker of the pool. Ctrl-C or SIGTERM stops the worker first (SIGINT to it
+    and the flow runs it started: they end as on Ctrl-C, and the worker still reaches the server to say so), then
+    the server; SIGKILL to whatever of either is left after its grace. Each runs in a session of its own with the
+    parent-death signal set, so a `kill -9` of this process stops them too. Both write to this terminal."""
+    import os
+    import socket
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from deepprune.services import TERMINAL, service
+    from flows.server import healthy, terminate_as_interrupt
+
+    api = f"http://127.0.0.1:{port}/api"
+    prefect = str(Path(sys.executable).parent / "prefect")
+    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_UI_API_URL": api}
+    terminate_as_interrupt()
+    with service([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], lambda: healthy(api),
+                 180, "the Prefect server", TERMINAL, env, grace_s=15.0) as server, \
+            temporary_settings(updates={PREFECT_API_URL: api}):
+        names = deploy(pool, limit)
+        print(f"work pool {pool!r} (process, concurrency limit {limit or 'none'}): {', '.join(names)}", flush=True)
+        name = f"{pool}-{socket.gethostname()}-{os.getpid()}"
+        with service([prefect, "worker", "start", "--pool", pool, "--type", "process", "--name", name],
+                     lambda: _worker_online(pool, name), 180, f"the worker {name!r}", TERMINAL, env, grace_s=30.0,
+                     stop_signal=signal.SIGINT) as worker:
+            print(f"Prefect UI on http://127.0.0.1:{port}; the worker {name!r} runs the flow runs of pool {pool!r} "
+                  f"(Ctrl-C stops both)", flush=True)
+            while server.poll() is None and worker.poll() is None:
+                time.sleep(0.5)
+            what, ended = next((what, proc) for what, proc in (("the Prefect server", server), ("the worker", worker))
+                               if proc.poll() is not None)
+            raise SystemExit(f"deploy: {what} exited with {ended.returncode}; stopping the rest")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.deploy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--pool", default=POOL)
@@ -152,7 +205,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready", metavar="DEPLOYMENT", help="deploy nothing: wait until a run of DEPLOYMENT can "
                         "start (the deployment, a worker, the MLflow server and the cluster answer)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds --ready waits")
+    parser.add_argument("--serve", type=int, metavar="PORT", help="also start the Prefect server on 127.0.0.1:PORT "
+                        "and a worker of the pool, in the foreground until Ctrl-C (make server)")
     args = parser.parse_args(argv)
+    if args.serve:
+        try:
+            serve(args.serve, args.pool, args.limit or None)
+        except KeyboardInterrupt:
+            print("stopped the worker and the Prefect server", flush=True)
+        return 0
     if args.ready:
         wait_until_ready(args.ready, args.timeout)
         return 0

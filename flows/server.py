@@ -233,8 +233,11 @@ def stop_with_parent(poll_s: float = 0.5, grace_s: float = 10.0) -> None:
 
 def terminate_as_interrupt() -> None:
     """SIGTERM ends the process the way Ctrl-C does (KeyboardInterrupt): `finally` blocks run, the Prefect flow
-    run and the MLflow run are closed, the server is stopped."""
+    run and the MLflow run are closed, the server is stopped. Ctrl-C does so too in a process that started with
+    SIGINT ignored (a job started with `&` by a script, or by anything started that way, CI included): Python then
+    leaves SIGINT ignored, and the processes this one starts would inherit that."""
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, interrupt)

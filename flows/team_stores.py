@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     pg_port = args.pg_port or free_port()  # 0: any free port
     stop: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored (flows.server)
     try:
         with mlflow_on_postgres(args.data, pg_port, args.mlflow_port, args.artifacts) as url:
             print(f"MLflow on PostgreSQL (127.0.0.1:{pg_port}, data in {Path(args.data, 'data')}): {url}\n"

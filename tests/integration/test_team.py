@@ -138,10 +138,21 @@ def test_cells_on_a_ray_head_write_what_threads_write(labelled, on_threads, tmp_
     assert children and all(r.info.status == "FINISHED" for r in children)
 
 
+def _ignore_sigint() -> None:
+    """Runs in a child before exec: SIGINT ignored, as in every job a script starts with `&` (and what those start):
+    CI can start the tests that way. Ctrl-C (SIGINT) must stop the stores all the same."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _stores(ws: Path, env: dict[str, str], base: Path, pg_port: int, mlflow_port: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "flows.team_stores", "--data", str(base / "pg"), "--pg-port", str(pg_port),
            "--mlflow-port", str(mlflow_port), "--artifacts", str(base / "artifacts")]
-    return subprocess.Popen(cmd, cwd=ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(cmd, cwd=ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_ignore_sigint)
 
 
 def _wait_for_stores(proc: subprocess.Popen, url: str, base: Path, seconds: float = 300) -> None:
@@ -237,6 +248,48 @@ def test_a_stage_logs_to_mlflow_on_postgresql_through_the_tracking_uri_alone(lab
         shutil.rmtree(base, ignore_errors=True)
 
 
+def test_make_server_stops_its_worker_and_server_on_ctrl_c_even_started_with_sigint_ignored(tmp_path):
+    """`make server` (flows.deploy --serve): the server, the pool's deployments and a named worker come up; Ctrl-C
+    stops the worker, then the server, within a minute, leaving no process and a closed port. It is started with
+    SIGINT ignored, as a script's `&` job (CI's, for one) starts it: a Prefect worker started that way used to take
+    Ctrl-C, print that it passes it on, and then run on for good."""
+    import psutil
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "DEEPPRUNE_PARENT_RUN_ID")}
+    env.update(PREFECT_HOME=str(tmp_path / ".prefect"), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
+    log = tmp_path / "server.log"
+    with open(log, "w") as handle:
+        proc = subprocess.Popen([sys.executable, "-m", "flows.deploy", "--serve", str(port), "--pool", "ctrl-c"],
+                                cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_ignore_sigint)
+    try:
+        deadline = time.monotonic() + 300
+        while "Prefect UI on" not in log.read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-4000:]
+            time.sleep(1)
+        worker = f"ctrl-c-{socket.gethostname()}-{proc.pid}"
+        started = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.is_running()]
+        assert any(f"--name {worker}" in " ".join(p.cmdline()) for p in started)
+        assert any("server start" in " ".join(p.cmdline()) for p in started)
+        assert "pipeline/judge" in log.read_text(errors="replace")
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in its terminal sends
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"`make server` did not end within 60 s of Ctrl-C:\n{_still_running(proc.pid, tmp_path)}")
+        assert proc.returncode == 0, log.read_text(errors="replace")[-4000:]
+        out = log.read_text(errors="replace")
+        assert f"Worker '{worker}' stopped!" in out and "stopped the worker and the Prefect server" in out
+        assert not [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+            pytest.fail(f"port {port} still answers after Ctrl-C")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def _readme_team_block() -> list[str]:
     """The commands of README's "All of it at once" block, comments dropped."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -312,9 +365,10 @@ def test_the_readme_team_block_runs_the_pipeline_on_every_engine_from_a_fresh_cl
             elif line.endswith("&"):  # a job: its own process group, as an interactive shell starts one
                 log = base / f"job{len(jobs) + 1}.log"
                 with open(log, "w") as handle:
+                    # SIGINT handled by default whatever this test inherited, as in an interactive shell's job
                     jobs.append((line, subprocess.Popen(["bash", "-c", line[:-1].strip()], cwd=clone, env=env,
                                                         stdout=handle, stderr=subprocess.STDOUT,
-                                                        start_new_session=True), log))
+                                                        start_new_session=True, preexec_fn=_default_sigint), log))
             elif line.startswith("kill -INT"):
                 for spec in line.split()[2:]:
                     _, proc, _ = jobs[int(spec.lstrip("%")) - 1]
