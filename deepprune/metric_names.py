@@ -10,6 +10,12 @@ FOLD_SUFFIXES = ("_std", "_min", "_max", "_folds")
 COUNTS = ("n_pairs", "n_different")
 
 
+# The mean, over problems whose pairs hold both labels, of the AUROC among that problem's pairs alone: what a judge
+# knows about which traces of one problem agree, the only thing DeepPrune's clustering uses. Pooled AUROC also
+# rewards knowing which problems are consistent (all pairs high there), which prunes no trace more safely.
+AUROC_WITHIN_PROBLEM = "auroc_within_problem"
+
+
 def tnr_at_fnr_name(fnr: float) -> str:
     """'tnr_at_fnr_0.2': the best TNR among operating points whose FNR is at most fnr."""
     return f"tnr_at_fnr_{fnr:g}"
@@ -64,8 +70,10 @@ def check_rate_name(where: str, name: str, fnr: float, threshold: float) -> None
 
 def prefix_cost_name(prefix: str, kind: str) -> str:
     """'label/prefix/<prefix>/<kind>', kind 'complete_before_end' (share of traces on which the prefix is complete
-    before the trace ends) or 'median_tokens' (tokens written by then)."""
-    if kind not in ("complete_before_end", "median_tokens"):
+    before the trace ends), 'median_tokens' (tokens written by then) or 'shared_opening' (the median, over a
+    problem's pairs, of the share of the longer prefix that both prefixes open with, character for character: what
+    a judge cannot tell apart)."""
+    if kind not in ("complete_before_end", "median_tokens", "shared_opening"):
         raise ValueError(f"no prefix cost {kind!r}")
     return f"label/prefix/{prefix}/{kind}"
 

@@ -60,6 +60,18 @@ def roc_table(labels: Sequence[int], scores: Sequence[float], max_points: int = 
             "auroc": auroc(labels, scores), "n_pairs": int(len(labels))}
 
 
+def within_problem_auroc(labels: Sequence[int], scores: Sequence[float], problems: Sequence[object]) -> tuple[float, int]:
+    """(mean AUROC among each problem's own pairs, number of problems averaged): only problems whose pairs hold both
+    labels count; NaN and 0 when none does (metric_names.AUROC_WITHIN_PROBLEM says why this differs from AUROC)."""
+    labels, scores, problems = np.asarray(labels), np.asarray(scores, dtype=float), np.asarray(problems, dtype=object)
+    values = []
+    for problem in dict.fromkeys(problems.tolist()):
+        mine = problems == problem
+        if len(np.unique(labels[mine])) == 2:
+            values.append(auroc(labels[mine], scores[mine]))
+    return (float(np.mean(values)), len(values)) if values else (float("nan"), 0)
+
+
 def tnr_at_fnr(labels: Sequence[int], scores: Sequence[float], fnr: float = 0.2) -> float:
     """Best TNR among operating points whose FNR is at most fnr; NaN without both classes."""
     labels = np.asarray(labels)

@@ -11,8 +11,8 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from deepprune.config import Params, VariantConfig
-from deepprune.metric_names import (accuracy_at_name, prefix_cost_name, tnr_at_fnr_name, tnr_at_name,
-                                     tpr_at_name)
+from deepprune.metric_names import (AUROC_WITHIN_PROBLEM, accuracy_at_name, prefix_cost_name, tnr_at_fnr_name,
+                                     tnr_at_name, tpr_at_name)
 from deepprune.plots import (plot_judge_comparison, plot_pareto, plot_redundancy, plot_reliability, plot_roc,
                              plot_score_distributions, plot_truncation)
 from deepprune.reference import PAPER_BASELINE_AUROC, PAPER_ONLINE, PAPER_TABLE1, PAPER_TRANSFER, paper_row_for
@@ -135,9 +135,12 @@ def _judge_table(params: Params, corpus: str, res: CorpusResults) -> str:
                     f"<td>{_fmt(get(fnr_key))} ± {_fmt(get(fnr_key + '_std'))}</td>"
                     f"<td>{_fmt(get(tnr_at_name(cfg.threshold)))}</td><td>{_fmt(get(tpr_at_name(cfg.threshold)))}</td>"
                     f"<td>{_fmt(get(accuracy_at_name(cfg.threshold)))}</td>"
-                    f"<td>{_fmt(get('pooled_auroc'))}</td><td class='theirs'>{paper}</td></tr>")
+                    f"<td>{_fmt(get('pooled_auroc'))}</td><td>{_fmt(get(AUROC_WITHIN_PROBLEM))} "
+                    f"({_fmt(get(AUROC_WITHIN_PROBLEM + '_problems'))})</td>"
+                    f"<td class='theirs'>{paper}</td></tr>")
     head = (f"<tr><th>judge</th><th>AUROC mean ± std [min, max] over folds</th><th>TNR at FNR={cfg.fnr:g}</th>"
             f"<th>TNR at {thr}</th><th>TPR at {thr}</th><th>accuracy at {thr}</th><th>pooled out-of-fold AUROC</th>"
+            f"<th>AUROC within a problem (problems with both labels)</th>"
             f"<th class='theirs'>paper AUROC / TNR (Table 1, {paper_set.replace('_', ' ')}; "
             "SentenceBERT: Figure 2)</th></tr>")
     primary, baseline = res.judge.get(f"judge/{cfg.primary}/auroc"), res.judge.get(f"judge/{cfg.baseline}/auroc")
@@ -221,16 +224,18 @@ def _table1(params: Params, res: CorpusResults) -> str:
 
 def _prefix_costs(params: Params, corpus: str, res: CorpusResults) -> str:
     """What each prefix the label stage built costs online, from its measurement: the share of traces on which it is
-    complete before the trace ends, and the median tokens written by then."""
+    complete before the trace ends, the median tokens written by then, and how much of it a pair shares verbatim."""
     names = [prefix_name("tokens", k) for k in params.tokens_k(corpus)] + \
         [prefix_name("reasoning_words", k) for k in params.label.reasoning_words_k]
     if prefix_cost_name(names[0], "complete_before_end") not in res.label:
         return ""
     rows = "".join(f"<tr><td>{html.escape(n.replace('_', ' '))}</td>"
                    f"<td>{_fmt(res.label.get(prefix_cost_name(n, 'complete_before_end')), True)}</td>"
-                   f"<td>{_fmt(res.label.get(prefix_cost_name(n, 'median_tokens')))}</td></tr>" for n in names)
+                   f"<td>{_fmt(res.label.get(prefix_cost_name(n, 'median_tokens')))}</td>"
+                   f"<td>{_fmt(res.label.get(prefix_cost_name(n, 'shared_opening')), True)}</td></tr>" for n in names)
     return ("<table><tr><th>prefix</th><th>complete before the trace ends</th><th>median tokens written by then"
-            f"</th></tr>{rows}</table>")
+            "</th><th>median share of a pair's prefix that both open with (what a judge cannot tell apart)</th>"
+            f"</tr>{rows}</table>")
 
 
 def _ci(row: Mapping[str, Any], key: str, pct: bool = False, scale: float = 1.0) -> str:
@@ -392,7 +397,10 @@ def render_index(params: Params, results: Mapping[str, CorpusResults], figures: 
         "DeepPrune's tau a probability; the reliability diagram shows how well, beside the uncalibrated head. The "
         "paper's "
         "numbers come from Qwen3-4B judges on long traces of other models (Table 1) and are shown for orientation, "
-        "not as a like-for-like comparison.</p>",
+        "not as a like-for-like comparison. <i>AUROC within a problem</i> ranks each problem's pairs among "
+        "themselves and averages over the problems that have pairs of both kinds: DeepPrune's clustering only ever "
+        "compares traces of one problem, so this, not the pooled AUROC (which also rewards telling consistent "
+        "problems from inconsistent ones), bounds how well it can prune.</p>",
     ]
     for corpus, res in results.items():
         sections += [f"<h3>{html.escape(corpus)}</h3>", _judge_table(params, corpus, res),

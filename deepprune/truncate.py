@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from deepprune.metric_names import prefix_cost_name
 from deepprune.progress import track
@@ -108,6 +109,25 @@ def cut_prefixes(texts: dict[tuple[str, str], str], tokens_k: Sequence[int], rea
             out[key], costs[key] = row, cost
             progress.advance()
     return out, costs
+
+
+def shared_opening_stats(prefixes: Mapping[tuple[str, str], Mapping[str, str]],
+                         pairs: Iterable[tuple[str, str, str]]) -> dict[str, float | None]:
+    """Per prefix, the median over pairs (problem_id, trace_a, trace_b) of the share of the longer of the two
+    prefixes that both open with, character for character (1: the same text). Traces that restate the question
+    the same way share most of a short prefix, and a judge reads only what follows."""
+    names = sorted({name for row in prefixes.values() for name in row})
+    shares: dict[str, list[float]] = {name: [] for name in names}
+    for problem_id, a, b in pairs:
+        row_a, row_b = prefixes[(problem_id, a)], prefixes[(problem_id, b)]
+        for name in names:
+            text_a, text_b = row_a.get(name), row_b.get(name)
+            if text_a is None or text_b is None:
+                continue
+            longer = max(len(text_a), len(text_b))
+            shares[name].append(len(os.path.commonprefix([text_a, text_b])) / longer if longer else 1.0)
+    return {prefix_cost_name(name, "shared_opening"): float(statistics.median(values)) if values else None
+            for name, values in shares.items()}
 
 
 def prefix_cost_stats(costs: PrefixTokens) -> dict[str, float | None]:

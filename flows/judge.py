@@ -10,19 +10,24 @@ from deepprune import paths
 from deepprune.judges import judge_class
 from deepprune.judges.calibration import expected_calibration_error, reliability
 from deepprune.judges.evaluate import VariantResult, variant_recipe
-from deepprune.metrics import finite_or_none, roc_points
+from deepprune.metric_names import AUROC_WITHIN_PROBLEM
+from deepprune.metrics import finite_or_none, roc_points, within_problem_auroc
 from deepprune.truncate import prefix_name
 from flows._stage import (cell_params, child_run, log_roc, run_stage, stage_params, stage_run, write_output,
                           write_output_rows)
 from tasks.judge import evaluate_judges, fit_final_judge, load_embeddings, load_encoder, load_labels, make_pair_data
 
 
-def _metric_keys(name: str, result: VariantResult, labels) -> dict[str, float | None]:  # type: ignore[no-untyped-def]
-    """A variant's fold summary, its pooled out-of-fold metrics, and the calibration error of its scores before
-    and after calibration (equal for a judge that is not calibrated)."""
+def _metric_keys(name: str, result: VariantResult, labels, problems) -> dict[str, float | None]:  # type: ignore[no-untyped-def]
+    """A variant's fold summary, its pooled out-of-fold metrics, its AUROC within a problem (out-of-fold scores),
+    and the calibration error of its scores before and after calibration (equal for a judge that is not
+    calibrated)."""
     out = {f"judge/{name}/{key}": finite_or_none(value) for key, value in result.summary.items()}
     out.update({f"judge/{name}/pooled_{key}": finite_or_none(value) for key, value in result.pooled.items()
                 if key not in ("n_pairs", "n_different")})
+    within, n_problems = within_problem_auroc(labels, result.oof_scores, problems)
+    out[f"judge/{name}/{AUROC_WITHIN_PROBLEM}"] = finite_or_none(within)
+    out[f"judge/{name}/{AUROC_WITHIN_PROBLEM}_problems"] = n_problems
     raw = result.raw_oof if result.raw_oof is not None else result.oof_scores
     out[f"judge/{name}/ece"] = finite_or_none(expected_calibration_error(labels, result.oof_scores))
     out[f"judge/{name}/ece_uncalibrated"] = finite_or_none(expected_calibration_error(labels, raw))
@@ -46,7 +51,7 @@ def judge_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
         metrics: dict[str, float | None] = {"judge/n_pairs": len(pairs), "judge/n_folds": params.label.folds}
         folds_doc: dict[str, object] = {"prefix": prefix, "variants": {}}
         for name, result in results.items():
-            keys = _metric_keys(name, result, data.labels)
+            keys = _metric_keys(name, result, data.labels, data.problems)
             metrics.update(keys)
             fpr, tpr, _ = roc_points([p.label for p in pairs], result.oof_scores)
             folds_doc["variants"][name] = {  # type: ignore[index]

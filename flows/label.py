@@ -9,7 +9,7 @@ from prefect import flow
 from deepprune import paths
 from deepprune.pairs import redundancy_stats
 from deepprune.tokens import token_unit
-from deepprune.truncate import prefix_cost_stats
+from deepprune.truncate import prefix_cost_stats, shared_opening_stats
 from flows._stage import run_stage, stage_params, stage_run, write_output
 from tasks.label import label_pairs, load_traces, make_prefixes, save_rows
 
@@ -32,7 +32,8 @@ def label_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
                                             "prefix_tokens": prefix_tokens[(pid, tid)]}
                                            for (pid, tid), row in prefixes.items()])
         metrics = {**redundancy_stats(problems, pairs, spec), "label/skipped_traces": report.skipped,
-                   **prefix_cost_stats(prefix_tokens)}
+                   **prefix_cost_stats(prefix_tokens),
+                   **shared_opening_stats(prefixes, ((p.problem_id, p.trace_a, p.trace_b) for p in pairs))}
         write_output(paths.metrics("label", corpus), metrics)
         run.log_metrics(metrics)
         print(f"label[{corpus}]: {len(pairs)} pairs, same-answer share {metrics['label/same_answer_share']:.3f}")

@@ -8,7 +8,7 @@ import torch
 
 from deepprune.judges.losses import cross_entropy, focal_loss
 from deepprune.metrics import (accuracy_at_threshold, auroc, judge_metrics, rates_at_threshold, roc_points,
-                               roc_table, summarize_folds, tnr_at_fnr)
+                               roc_table, summarize_folds, tnr_at_fnr, within_problem_auroc)
 from deepprune.plots import roc_svg
 
 
@@ -62,6 +62,20 @@ def test_judge_metrics_keys_are_the_names_metric_names_builds():
     assert {"tnr_at_fnr_0.1", "tnr_at_0.4", "tpr_at_0.4", "accuracy_at_0.4"} <= set(one)
     assert one["accuracy_at_0.4"] == pytest.approx(0.75)  # right: 0.9 and 0.4 (same, >= 0.4), 0.2; wrong: 0.6
     assert set(summarize_folds([one, one])) == set(summary_names(0.1, 0.4))
+
+
+def test_within_problem_auroc_ignores_what_only_tells_problems_apart():
+    """Scores that only know which problem is consistent (every pair of problem a above every pair of b) have a
+    high pooled AUROC and, within each problem, none: 0.5. One-label problems are left out of the mean."""
+    labels = [1, 1, 0, 1, 0, 0, 1, 1]
+    problems = ["a", "a", "a", "b", "b", "b", "c", "c"]
+    by_problem = [0.9, 0.9, 0.9, 0.2, 0.2, 0.2, 0.95, 0.95]
+    assert auroc(labels, by_problem) > 0.7
+    assert within_problem_auroc(labels, by_problem, problems) == (0.5, 2)
+    ranked = [0.6, 0.7, 0.5, 0.3, 0.1, 0.2, 0.95, 0.95]  # inside each problem, the same pairs above the different
+    assert within_problem_auroc(labels, ranked, problems) == (1.0, 2)
+    value, counted = within_problem_auroc([1, 1], [0.3, 0.4], ["a", "a"])
+    assert math.isnan(value) and counted == 0
 
 
 def test_metrics_are_nan_with_one_class_and_folds_skip_nan():

@@ -75,3 +75,17 @@ def test_prefix_cost_stats_say_how_often_a_prefix_is_complete_before_its_trace_e
     none = prefix_cost_stats({("p", "0"): {"reasoning_words_9": None}})
     assert none == {"label/prefix/reasoning_words_9/complete_before_end": 0.0,
                     "label/prefix/reasoning_words_9/median_tokens": None}
+
+
+def test_shared_opening_is_the_median_share_of_the_longer_prefix_a_pair_opens_with():
+    from deepprune.truncate import shared_opening_stats
+
+    prefixes = {("p", "0"): {"tokens_4": "Let x be 3", "words_1": "so 3"},
+                ("p", "1"): {"tokens_4": "Let x be 4", "words_1": None},
+                ("p", "2"): {"tokens_4": "We have 5", "words_1": "so 5"},
+                ("q", "0"): {"tokens_4": "same", "words_1": "same"},
+                ("q", "1"): {"tokens_4": "same", "words_1": "same"}}
+    pairs = [("p", "0", "1"), ("p", "0", "2"), ("p", "1", "2"), ("q", "0", "1")]
+    stats = shared_opening_stats(prefixes, pairs)
+    # tokens_4: 9/10, 0/10, 0/10, 4/4 -> median 0.45; words_1 (missing on trace 1): 3/4, 1.0 -> median 0.875
+    assert stats == {"label/prefix/tokens_4/shared_opening": 0.45, "label/prefix/words_1/shared_opening": 0.875}
