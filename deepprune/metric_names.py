@@ -53,8 +53,8 @@ def summary_names(fnr: float, threshold: float) -> tuple[str, ...]:
 
 def ablate_names(fnr: float, threshold: float) -> tuple[str, ...]:
     """What the ablate stage keeps per (truncation, variant): every rate's mean, AUROC's and TNR's fold spread,
-    and the pair count."""
-    return (*rate_names(fnr, threshold), "auroc_std", f"{tnr_at_fnr_name(fnr)}_std", "n_pairs")
+    the pair count, and the AUROC within a problem (of the pooled out-of-fold scores)."""
+    return (*rate_names(fnr, threshold), "auroc_std", f"{tnr_at_fnr_name(fnr)}_std", "n_pairs", AUROC_WITHIN_PROBLEM)
 
 
 def check_rate_name(where: str, name: str, fnr: float, threshold: float) -> None:

@@ -7,10 +7,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from deepprune.io import atomic_open
+from deepprune.metric_names import AUROC_WITHIN_PROBLEM
 from deepprune.reference import PAPER_SAME_ANSWER_SHARE
 
 OURS, THEIRS = "#1f77b4", "#b0b0b0"
@@ -166,10 +168,13 @@ def plot_pareto(summary: Mapping[str, Mapping[str, float | str | None]], corpus:
 def plot_truncation(rows: Sequence[Mapping], judge: str, corpus: str,
                     paper: Mapping[str, tuple[int, float]] | None = None) -> go.Figure:
     """Figure 4: held-out AUROC against k, one panel per truncation strategy, one line per judge variant
-    (the chosen judge drawn bold), error bars = fold std; the paper's Table 1 point for the judge in grey."""
+    (the chosen judge drawn bold), error bars = fold std, and the chosen judge's AUROC within a problem dotted; the
+    paper's Table 1 point for the judge in grey."""
     strategies = ("tokens", "reasoning_words")
     fig = make_subplots(rows=1, cols=2, subplot_titles=("first k tokens", "first k reasoning words"))
     variants = sorted({r["variant"] for r in rows}, key=lambda v: (v == judge, v))
+    palette = plotly.colors.qualitative.Plotly  # one colour per variant in both panels, as the legend shows it
+    colour = {variant: palette[idx % len(palette)] for idx, variant in enumerate(variants)}
     for col, strategy in enumerate(strategies, start=1):
         for variant in variants:
             pts = sorted((r for r in rows if r["strategy"] == strategy and r["variant"] == variant), key=lambda r: r["k"])
@@ -177,9 +182,16 @@ def plot_truncation(rows: Sequence[Mapping], judge: str, corpus: str,
                 continue
             fig.add_trace(go.Scatter(
                 x=[r["k"] for r in pts], y=[r["summary"].get("auroc") for r in pts], mode="lines+markers",
-                name=variant, legendgroup=variant, showlegend=col == 1,
-                line=dict(width=4 if variant == judge else 1.5),
+                name=variant, legendgroup=variant, showlegend=col == 1, marker=dict(color=colour[variant]),
+                line=dict(width=4 if variant == judge else 1.5, color=colour[variant]),
                 error_y=dict(type="data", array=[r["summary"].get("auroc_std") or 0 for r in pts])), row=1, col=col)
+            within = [r["summary"].get(AUROC_WITHIN_PROBLEM) for r in pts]
+            if variant == judge and any(v is not None for v in within):
+                fig.add_trace(go.Scatter(
+                    x=[r["k"] for r in pts], y=within, mode="lines+markers", name=f"{variant}, within a problem",
+                    legendgroup=f"{variant}-within", showlegend=col == 1, marker=dict(color=colour[variant]),
+                    line=dict(width=2, dash="dot", color=colour[variant])),
+                    row=1, col=col)
         if paper and strategy in paper:
             k, value = paper[strategy]
             fig.add_trace(go.Scatter(x=[k], y=[value], mode="markers", marker=dict(color=THEIRS, size=12, symbol="diamond"),

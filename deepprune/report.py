@@ -453,7 +453,9 @@ def render_index(params: Params, results: Mapping[str, CorpusResults], figures: 
                      "reasoning words on traces of thousands of tokens; ours are scaled to the shipped traces. "
                      "A prefix is only worth its AUROC online if it is complete before the trace ends: the table under "
                      "each corpus says on what share of traces it is, and after how many tokens (the label stage's "
-                     "measurement; a prefix of k reasoning words needs the sentence of the k-th one).</p>"]
+                     "measurement; a prefix of k reasoning words needs the sentence of the k-th one). The dotted line is the "
+                     "chosen judge's AUROC within a problem (section 2): where it stays near 0.5 while the pooled "
+                     "AUROC is high, the prefix tells consistent problems apart, not the traces of one problem.</p>"]
         for corpus, res in results.items():
             if res.ablate is not None:
                 sections += [f"<h3>{html.escape(corpus)}</h3>", _table1(params, res), _prefix_costs(params, corpus, res),

@@ -11,8 +11,8 @@ from prefect import flow
 from deepprune import paths
 from deepprune.config import TruncationConfig
 from deepprune.judges.evaluate import AblationRow, variant_recipe
-from deepprune.metric_names import ablate_names
-from deepprune.metrics import finite_or_none
+from deepprune.metric_names import AUROC_WITHIN_PROBLEM, ablate_names
+from deepprune.metrics import finite_or_none, within_problem_auroc
 from deepprune.progress import track
 from deepprune.truncate import parse_prefix_name
 from flows._stage import (cell_params, child_run, log_roc, on_cluster, run_stage, stage_params, stage_run,
@@ -40,6 +40,10 @@ def ablate_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
             for future in futures:
                 rows.extend(future.result())
                 progress.advance()
+        labels, problems = [p.label for p in pairs], [p.problem_id for p in pairs]
+        for row in rows:  # what DeepPrune's clustering can use of each score: its ranking inside one problem
+            within, n_problems = within_problem_auroc(labels, row.oof_scores, problems)
+            row.summary.update({AUROC_WITHIN_PROBLEM: within, f"{AUROC_WITHIN_PROBLEM}_problems": n_problems})
         kept = ablate_names(params.judge.fnr, params.judge.threshold)
         metrics: dict[str, float | None] = {}
         by_truncation: dict[tuple[str, int], list[AblationRow]] = defaultdict(list)
@@ -47,7 +51,6 @@ def ablate_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
             by_truncation[(row.strategy, row.k)].append(row)
             for key in kept:
                 metrics[f"ablate/{row.strategy}_{row.k}/{row.variant}/{key}"] = finite_or_none(row.summary[key])
-        labels = [p.label for p in pairs]
         for (strategy, k), group in by_truncation.items():
             recipes = {r.variant: variant_recipe(params.judge.variants[r.variant], params.judge.train) for r in group}
             cell = cell_params(params, corpus, TruncationConfig(strategy=strategy, k=k), variants=recipes)
