@@ -14,6 +14,7 @@ COUNTS = ("n_pairs", "n_different")
 # knows about which traces of one problem agree, the only thing DeepPrune's clustering uses. Pooled AUROC also
 # rewards knowing which problems are consistent (all pairs high there), which prunes no trace more safely.
 AUROC_WITHIN_PROBLEM = "auroc_within_problem"
+AUROC_WITHIN_PROBLEM_COUNT = f"{AUROC_WITHIN_PROBLEM}_problems"  # how many problems that mean is over
 
 
 def tnr_at_fnr_name(fnr: float) -> str:
@@ -70,9 +71,9 @@ def check_rate_name(where: str, name: str, fnr: float, threshold: float) -> None
 
 def prefix_cost_name(prefix: str, kind: str) -> str:
     """'label/prefix/<prefix>/<kind>', kind 'complete_before_end' (share of traces on which the prefix is complete
-    before the trace ends), 'median_tokens' (tokens written by then) or 'shared_opening' (the median, over a
-    problem's pairs, of the share of the longer prefix that both prefixes open with, character for character: what
-    a judge cannot tell apart)."""
+    before the trace ends), 'median_tokens' (tokens written by then) or 'shared_opening' (the median, over all
+    of the corpus's pairs, of the share of the longer prefix that both prefixes open with, character for character:
+    what a judge cannot tell apart)."""
     if kind not in ("complete_before_end", "median_tokens", "shared_opening"):
         raise ValueError(f"no prefix cost {kind!r}")
     return f"label/prefix/{prefix}/{kind}"

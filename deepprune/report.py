@@ -11,8 +11,8 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from deepprune.config import Params, VariantConfig
-from deepprune.metric_names import (AUROC_WITHIN_PROBLEM, accuracy_at_name, prefix_cost_name, tnr_at_fnr_name,
-                                     tnr_at_name, tpr_at_name)
+from deepprune.metric_names import (AUROC_WITHIN_PROBLEM, AUROC_WITHIN_PROBLEM_COUNT, accuracy_at_name,
+                                     prefix_cost_name, tnr_at_fnr_name, tnr_at_name, tpr_at_name)
 from deepprune.plots import (plot_judge_comparison, plot_pareto, plot_redundancy, plot_reliability, plot_roc,
                              plot_score_distributions, plot_truncation)
 from deepprune.reference import PAPER_BASELINE_AUROC, PAPER_ONLINE, PAPER_TABLE1, PAPER_TRANSFER, paper_row_for
@@ -136,7 +136,7 @@ def _judge_table(params: Params, corpus: str, res: CorpusResults) -> str:
                     f"<td>{_fmt(get(tnr_at_name(cfg.threshold)))}</td><td>{_fmt(get(tpr_at_name(cfg.threshold)))}</td>"
                     f"<td>{_fmt(get(accuracy_at_name(cfg.threshold)))}</td>"
                     f"<td>{_fmt(get('pooled_auroc'))}</td><td>{_fmt(get(AUROC_WITHIN_PROBLEM))} "
-                    f"({_fmt(get(AUROC_WITHIN_PROBLEM + '_problems'))})</td>"
+                    f"({_fmt(get(AUROC_WITHIN_PROBLEM_COUNT))})</td>"
                     f"<td class='theirs'>{paper}</td></tr>")
     head = (f"<tr><th>judge</th><th>AUROC mean ± std [min, max] over folds</th><th>TNR at FNR={cfg.fnr:g}</th>"
             f"<th>TNR at {thr}</th><th>TPR at {thr}</th><th>accuracy at {thr}</th><th>pooled out-of-fold AUROC</th>"
@@ -454,8 +454,8 @@ def render_index(params: Params, results: Mapping[str, CorpusResults], figures: 
                      "A prefix is only worth its AUROC online if it is complete before the trace ends: the table under "
                      "each corpus says on what share of traces it is, and after how many tokens (the label stage's "
                      "measurement; a prefix of k reasoning words needs the sentence of the k-th one). The dotted line is the "
-                     "chosen judge's AUROC within a problem (section 2): where it stays near 0.5 while the pooled "
-                     "AUROC is high, the prefix tells consistent problems apart, not the traces of one problem.</p>"]
+                     "chosen judge's AUROC within a problem (section 2): where it stays near 0.5 while the AUROC over "
+                     "folds is high, the prefix tells consistent problems apart, not the traces of one problem.</p>"]
         for corpus, res in results.items():
             if res.ablate is not None:
                 sections += [f"<h3>{html.escape(corpus)}</h3>", _table1(params, res), _prefix_costs(params, corpus, res),

@@ -19,10 +19,28 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 TERMINAL = "-"  # a service's log_path: its output goes to this process's stdout and stderr
 
 
+try:  # looked up once here: a dlopen in a forked child can deadlock on a lock another thread of the parent held
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _PRCTL = None
+
+
 def _die_with_parent() -> None:
     """Runs in the child before exec: the kernel sends it SIGTERM when the parent that started it dies."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM held back (delivered when the block ends) in this thread: a second Ctrl-C while a
+    service is being stopped must not cut the stop short of its SIGKILL and leave the service running."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def free_port() -> int:
@@ -61,6 +79,61 @@ def stop_process(proc: subprocess.Popen, grace_s: float = 10.0, group: bool = Fa
             deadline = time.monotonic() + 10  # SIGKILL is delivered asynchronously: gone when this returns
             while _group_alive(proc.pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
+
+
+def descendants(pid: int, recursive: bool = True) -> list:
+    """The processes `pid` started, and (recursive) theirs, now (psutil.Process objects; empty when pid is gone).
+    Taken before a process is stopped, it names what it started in sessions of their own, which a signal to its
+    group misses."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=recursive)
+    except psutil.Error:
+        return []
+
+
+def signal_groups(procs: Sequence, sig: signal.Signals) -> None:
+    """`sig` to the process group of every process of `procs` still running (each group once)."""
+    for pgid in {g for g in map(_pgid, _running(procs)) if g is not None}:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+
+
+def kill_after(procs: Sequence, grace_s: float) -> None:
+    """Wait up to grace_s for every process of `procs` to end, then SIGKILL those still running. For what a
+    stopped process had started in sessions of its own (a Prefect worker's flow runs and what they started)."""
+    import psutil
+
+    with _stop_signals_held():
+        deadline = time.monotonic() + grace_s
+        while _running(procs) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for proc in _running(procs):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        deadline = time.monotonic() + 10  # SIGKILL is delivered asynchronously: gone when this returns
+        while _running(procs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def _running(procs: Sequence) -> list:
+    import psutil
+
+    def running(proc) -> bool:
+        try:
+            return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    return [p for p in procs if running(p)]
+
+
+def _pgid(proc) -> int | None:
+    try:
+        return os.getpgid(proc.pid)
+    except ProcessLookupError:
+        return None
 
 
 def _group_alive(pgid: int) -> bool:
@@ -117,7 +190,8 @@ def started(cmd: Sequence[str], ready: Callable[[], bool], timeout_s: float, nam
         try:
             yield Started(proc, ready, timeout_s, name, cmd, log_path, error)
         finally:
-            stop_process(proc, grace_s, group=True, first=stop_signal)
+            with _stop_signals_held():
+                stop_process(proc, grace_s, group=True, first=stop_signal)
     finally:
         if log not in (subprocess.DEVNULL, None):
             log.close()

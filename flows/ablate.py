@@ -11,7 +11,7 @@ from prefect import flow
 from deepprune import paths
 from deepprune.config import TruncationConfig
 from deepprune.judges.evaluate import AblationRow, variant_recipe
-from deepprune.metric_names import AUROC_WITHIN_PROBLEM, ablate_names
+from deepprune.metric_names import AUROC_WITHIN_PROBLEM, AUROC_WITHIN_PROBLEM_COUNT, ablate_names
 from deepprune.metrics import finite_or_none, within_problem_auroc
 from deepprune.progress import track
 from deepprune.truncate import parse_prefix_name
@@ -43,7 +43,7 @@ def ablate_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
         labels, problems = [p.label for p in pairs], [p.problem_id for p in pairs]
         for row in rows:  # what DeepPrune's clustering can use of each score: its ranking inside one problem
             within, n_problems = within_problem_auroc(labels, row.oof_scores, problems)
-            row.summary.update({AUROC_WITHIN_PROBLEM: within, f"{AUROC_WITHIN_PROBLEM}_problems": n_problems})
+            row.summary.update({AUROC_WITHIN_PROBLEM: within, AUROC_WITHIN_PROBLEM_COUNT: n_problems})
         kept = ablate_names(params.judge.fnr, params.judge.threshold)
         metrics: dict[str, float | None] = {}
         by_truncation: dict[tuple[str, int], list[AblationRow]] = defaultdict(list)

@@ -164,38 +164,47 @@ def _worker_online(pool: str, name: str) -> bool:
 
 def serve(port: int, pool: str = POOL, limit: int | None = 1) -> None:
     """`make server`, in the foreground: the Prefect server on 127.0.0.1:port (its UI calling the API on that port),
-    the pool and its deployments, and a worker of the pool. Ctrl-C or SIGTERM stops the worker first (SIGINT to it
-    and the flow runs it started: they end as on Ctrl-C, and the worker still reaches the server to say so), then
-    the server; SIGKILL to whatever of either is left after its grace. Each runs in a session of its own with the
-    parent-death signal set, so a `kill -9` of this process stops them too. Both write to this terminal."""
+    the pool and its deployments, and a worker of the pool. Ctrl-C or SIGTERM stops the worker first: SIGINT to it
+    and to each flow run it started (Prefect starts them in sessions of their own, out of the worker's group), so
+    they end as on Ctrl-C while the server still answers; whatever the runs started that is still running 30 s
+    after the worker has gone is killed. Then the server; SIGKILL to whatever of the worker or the server is left
+    after its grace. Each runs in a session of its own with the parent-death signal set, so a `kill -9` of this
+    process stops them too. Both write to this terminal."""
     import os
     import socket
 
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from deepprune.services import TERMINAL, service
-    from flows.server import healthy, terminate_as_interrupt
+    from deepprune.services import TERMINAL, descendants, kill_after, service, signal_groups
+    from flows.server import healthy
 
     api = f"http://127.0.0.1:{port}/api"
     prefect = str(Path(sys.executable).parent / "prefect")
     env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_UI_API_URL": api}
-    terminate_as_interrupt()
+    runs: list = []
     with service([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], lambda: healthy(api),
                  180, "the Prefect server", TERMINAL, env, grace_s=15.0) as server, \
             temporary_settings(updates={PREFECT_API_URL: api}):
         names = deploy(pool, limit)
         print(f"work pool {pool!r} (process, concurrency limit {limit or 'none'}): {', '.join(names)}", flush=True)
         name = f"{pool}-{socket.gethostname()}-{os.getpid()}"
-        with service([prefect, "worker", "start", "--pool", pool, "--type", "process", "--name", name],
-                     lambda: _worker_online(pool, name), 180, f"the worker {name!r}", TERMINAL, env, grace_s=30.0,
-                     stop_signal=signal.SIGINT) as worker:
-            print(f"Prefect UI on http://127.0.0.1:{port}; the worker {name!r} runs the flow runs of pool {pool!r} "
-                  f"(Ctrl-C stops both)", flush=True)
-            while server.poll() is None and worker.poll() is None:
-                time.sleep(0.5)
-            what, ended = next((what, proc) for what, proc in (("the Prefect server", server), ("the worker", worker))
-                               if proc.poll() is not None)
-            raise SystemExit(f"deploy: {what} exited with {ended.returncode}; stopping the rest")
+        try:
+            with service([prefect, "worker", "start", "--pool", pool, "--type", "process", "--name", name],
+                         lambda: _worker_online(pool, name), 180, f"the worker {name!r}", TERMINAL, env,
+                         grace_s=30.0, stop_signal=signal.SIGINT) as worker:
+                try:
+                    print(f"Prefect UI on http://127.0.0.1:{port}; the worker {name!r} runs the flow runs of pool "
+                          f"{pool!r} (Ctrl-C stops both)", flush=True)
+                    while server.poll() is None and worker.poll() is None:
+                        time.sleep(0.5)
+                    what, ended = next((what, proc) for what, proc in (("the Prefect server", server),
+                                                                       ("the worker", worker)) if proc.poll() is not None)
+                    raise SystemExit(f"deploy: {what} exited with {ended.returncode}; stopping the rest")
+                finally:  # Prefect starts each flow run in a session of its own: the worker's group misses them
+                    runs = descendants(worker.pid)  # the flow runs and all they started, while they are known
+                    signal_groups(descendants(worker.pid, recursive=False), signal.SIGINT)  # Ctrl-C to each run
+        finally:  # the worker has gone (or was killed): what its runs started gets a grace, then SIGKILL
+            kill_after(runs, grace_s=30.0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,7 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve", type=int, metavar="PORT", help="also start the Prefect server on 127.0.0.1:PORT "
                         "and a worker of the pool, in the foreground until Ctrl-C (make server)")
     args = parser.parse_args(argv)
-    if args.serve:
+    if args.serve is not None:
+        from flows.server import terminate_as_interrupt
+
+        terminate_as_interrupt()  # before anything starts: a Ctrl-C from here on stops what has started
         try:
             serve(args.serve, args.pool, args.limit or None)
         except KeyboardInterrupt:

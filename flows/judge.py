@@ -10,7 +10,7 @@ from deepprune import paths
 from deepprune.judges import judge_class
 from deepprune.judges.calibration import expected_calibration_error, reliability
 from deepprune.judges.evaluate import VariantResult, variant_recipe
-from deepprune.metric_names import AUROC_WITHIN_PROBLEM
+from deepprune.metric_names import AUROC_WITHIN_PROBLEM, AUROC_WITHIN_PROBLEM_COUNT
 from deepprune.metrics import finite_or_none, roc_points, within_problem_auroc
 from deepprune.truncate import prefix_name
 from flows._stage import (cell_params, child_run, log_roc, run_stage, stage_params, stage_run, write_output,
@@ -27,7 +27,7 @@ def _metric_keys(name: str, result: VariantResult, labels, problems) -> dict[str
                 if key not in ("n_pairs", "n_different")})
     within, n_problems = within_problem_auroc(labels, result.oof_scores, problems)
     out[f"judge/{name}/{AUROC_WITHIN_PROBLEM}"] = finite_or_none(within)
-    out[f"judge/{name}/{AUROC_WITHIN_PROBLEM}_problems"] = n_problems
+    out[f"judge/{name}/{AUROC_WITHIN_PROBLEM_COUNT}"] = n_problems
     raw = result.raw_oof if result.raw_oof is not None else result.oof_scores
     out[f"judge/{name}/ece"] = finite_or_none(expected_calibration_error(labels, result.oof_scores))
     out[f"judge/{name}/ece_uncalibrated"] = finite_or_none(expected_calibration_error(labels, raw))

@@ -144,10 +144,6 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _stores(ws: Path, env: dict[str, str], base: Path, pg_port: int, mlflow_port: int) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "flows.team_stores", "--data", str(base / "pg"), "--pg-port", str(pg_port),
            "--mlflow-port", str(mlflow_port), "--artifacts", str(base / "artifacts")]
@@ -257,7 +253,8 @@ def test_make_server_stops_its_worker_and_server_on_ctrl_c_even_started_with_sig
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "DEEPPRUNE_PARENT_RUN_ID")}
-    env.update(PREFECT_HOME=str(tmp_path / ".prefect"), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
+    env.update(PREFECT_HOME=str(tmp_path / ".prefect"), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+               COLUMNS="250")  # Prefect's console wraps its lines at 80 columns off a terminal
     log = tmp_path / "server.log"
     with open(log, "w") as handle:
         proc = subprocess.Popen([sys.executable, "-m", "flows.deploy", "--serve", str(port), "--pool", "ctrl-c"],
@@ -365,10 +362,11 @@ def test_the_readme_team_block_runs_the_pipeline_on_every_engine_from_a_fresh_cl
             elif line.endswith("&"):  # a job: its own process group, as an interactive shell starts one
                 log = base / f"job{len(jobs) + 1}.log"
                 with open(log, "w") as handle:
-                    # SIGINT handled by default whatever this test inherited, as in an interactive shell's job
+                    # SIGINT ignored, as in a script's `&` job (CI's): the harder case; an interactive shell's job
+                    # has it handled by default, and every job must stop on the `kill -INT` all the same
                     jobs.append((line, subprocess.Popen(["bash", "-c", line[:-1].strip()], cwd=clone, env=env,
                                                         stdout=handle, stderr=subprocess.STDOUT,
-                                                        start_new_session=True, preexec_fn=_default_sigint), log))
+                                                        start_new_session=True, preexec_fn=_ignore_sigint), log))
             elif line.startswith("kill -INT"):
                 for spec in line.split()[2:]:
                     _, proc, _ = jobs[int(spec.lstrip("%")) - 1]

@@ -186,6 +186,34 @@ def test_a_service_is_stopped_with_everything_it_started(tmp_path):
     assert proc.returncode is not None and not _group(proc.pid)
 
 
+def test_what_a_service_started_in_sessions_of_its_own_gets_ctrl_c_then_sigkill(tmp_path):
+    """A Prefect worker starts each flow run in a session of its own, out of reach of a signal to the worker's
+    group (flows.deploy.serve). Taken before the service stops, descendants() names them; signal_groups() sends
+    each group Ctrl-C (a run that handles it ends), and kill_after() kills what ignores it once the grace is over."""
+    import signal
+
+    from deepprune.services import descendants, kill_after, signal_groups
+
+    handled, ready = tmp_path / "handled", tmp_path / "ready"
+    polite = ("import signal, sys, time, pathlib\n"
+              f"signal.signal(signal.SIGINT, lambda *a: (pathlib.Path({str(handled)!r}).touch(), sys.exit(0)))\n"
+              "time.sleep(300)\n")
+    script = (f"setsid {sys.executable} -c {polite!r} & setsid bash -c \"trap '' INT; sleep 302\" & "
+              f"sleep 0.5; touch {ready}; wait")
+    with service(["bash", "-c", script.replace("\\n", "\n")], ready.exists, 30, "a worker", grace_s=2) as proc:
+        deadline = time.monotonic() + 20
+        while len({os.getpgid(p.pid) for p in descendants(proc.pid) if p.is_running()}) < 2:  # two own sessions
+            assert time.monotonic() < deadline, [p.cmdline() for p in descendants(proc.pid)]
+            time.sleep(0.1)
+        runs = descendants(proc.pid)
+        signal_groups(descendants(proc.pid, recursive=False), signal.SIGINT)
+    started = time.monotonic()
+    kill_after(runs, grace_s=2)
+    assert handled.exists()  # the run that handles Ctrl-C got it
+    assert not [p for p in runs if p.is_running() and p.status() != "zombie"]  # the one that ignores it: killed
+    assert time.monotonic() - started < 10
+
+
 def _group(pgid: int) -> list[int]:
     import psutil
 
