@@ -11,8 +11,8 @@ from prefect import flow
 from deepprune import paths
 from deepprune.config import TruncationConfig
 from deepprune.judges.evaluate import AblationRow, variant_recipe
-from deepprune.metric_names import AUROC_WITHIN_PROBLEM, AUROC_WITHIN_PROBLEM_COUNT, ablate_names
-from deepprune.metrics import finite_or_none, within_problem_auroc
+from deepprune.metric_names import ablate_names
+from deepprune.metrics import finite_or_none
 from deepprune.progress import track
 from deepprune.truncate import parse_prefix_name
 from flows._stage import (cell_params, child_run, log_roc, on_cluster, run_stage, stage_params, stage_run,
@@ -40,10 +40,7 @@ def ablate_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, floa
             for future in futures:
                 rows.extend(future.result())
                 progress.advance()
-        labels, problems = [p.label for p in pairs], [p.problem_id for p in pairs]
-        for row in rows:  # what DeepPrune's clustering can use of each score: its ranking inside one problem
-            within, n_problems = within_problem_auroc(labels, row.oof_scores, problems)
-            row.summary.update({AUROC_WITHIN_PROBLEM: within, AUROC_WITHIN_PROBLEM_COUNT: n_problems})
+        labels = [p.label for p in pairs]
         kept = ablate_names(params.judge.fnr, params.judge.threshold)
         metrics: dict[str, float | None] = {}
         by_truncation: dict[tuple[str, int], list[AblationRow]] = defaultdict(list)

@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -93,7 +94,6 @@ def _engines_answer(deployment: str) -> list[str]:
     import urllib.parse
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import WorkerFilter, WorkerFilterStatus
 
     from deepprune.config import load_params
     from deepprune.services import http_status
@@ -102,9 +102,7 @@ def _engines_answer(deployment: str) -> list[str]:
     try:
         with get_client(sync_client=True) as client:
             found = client.read_deployment_by_name(deployment)
-            workers = client.read_workers_for_work_pool(
-                found.work_pool_name, worker_filter=WorkerFilter(status=WorkerFilterStatus(any_=["ONLINE"])))
-            if not workers:
+            if not _online_workers(client, found.work_pool_name):
                 missing.append(f"a worker of pool {found.work_pool_name!r}")
     except Exception:
         missing.append(f"deployment {deployment} on the Prefect server")
@@ -147,19 +145,24 @@ def wait_until_ready(deployment: str, seconds: float) -> None:
         time.sleep(2)
 
 
+def _online_workers(client: Any, pool: str) -> list:
+    """The workers of `pool` whose heartbeat the server has now."""
+    from prefect.client.schemas.filters import WorkerFilter, WorkerFilterStatus
+
+    return client.read_workers_for_work_pool(
+        pool, worker_filter=WorkerFilter(status=WorkerFilterStatus(any_=["ONLINE"])))
+
+
 def _worker_online(pool: str, name: str) -> bool:
     """Whether the worker `name` of `pool` has sent the server its heartbeat (another one's, a worker of an earlier
     `make server` still marked online, does not count)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import WorkerFilter, WorkerFilterStatus
 
     try:
         with get_client(sync_client=True) as client:
-            workers = client.read_workers_for_work_pool(
-                pool, worker_filter=WorkerFilter(status=WorkerFilterStatus(any_=["ONLINE"])))
+            return any(worker.name == name for worker in _online_workers(client, pool))
     except Exception:
         return False
-    return any(worker.name == name for worker in workers)
 
 
 def serve(port: int, pool: str = POOL, limit: int | None = 1) -> None:
@@ -176,15 +179,13 @@ def serve(port: int, pool: str = POOL, limit: int | None = 1) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from deepprune.services import TERMINAL, descendants, kill_after, service, signal_groups
-    from flows.server import healthy
+    from flows.server import prefect_server_spawn
 
-    api = f"http://127.0.0.1:{port}/api"
-    prefect = str(Path(sys.executable).parent / "prefect")
-    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_UI_API_URL": api}
+    api, spawn = prefect_server_spawn(port, TERMINAL)
+    prefect = spawn["cmd"][0]
+    env = {**os.environ, "PREFECT_API_URL": api}
     runs: list = []
-    with service([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], lambda: healthy(api),
-                 180, "the Prefect server", TERMINAL, env, grace_s=15.0) as server, \
-            temporary_settings(updates={PREFECT_API_URL: api}):
+    with service(**spawn, timeout_s=180, grace_s=15.0) as server, temporary_settings(updates={PREFECT_API_URL: api}):
         names = deploy(pool, limit)
         print(f"work pool {pool!r} (process, concurrency limit {limit or 'none'}): {', '.join(names)}", flush=True)
         name = f"{pool}-{socket.gethostname()}-{os.getpid()}"

@@ -91,6 +91,17 @@ def servers(tracking: TrackingConfig | None, mlflow: bool = True,
         yield found.get(_PrefectPlan), found.get(_MlflowPlan)
 
 
+def prefect_server_spawn(port: int, log_path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
+    """A Prefect server on 127.0.0.1:port whose UI calls the API on that port (Prefect otherwise builds the UI's API
+    URL from its default port): its API URL, and the arguments of services.started / services.service."""
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_UI_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    cmd = [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+           str(port)]
+    return api_url, {"cmd": cmd, "ready": lambda: healthy(api_url), "name": "the Prefect server",
+                     "log_path": log_path, "env": env}
+
+
 class _PrefectPlan:
     """The Prefect API a block reports to: the one PREFECT_API_URL names (checked now), or a server to start
     (`spawn`: the arguments of services.started)."""
@@ -106,14 +117,8 @@ class _PrefectPlan:
                            f"the Prefect API at {self.api_url}",
                            "unset PREFECT_API_URL to report to a local Prefect server that the run starts and stops")
             return
-        port = free_port()
-        self.api_url = api_url = f"http://127.0.0.1:{port}/api"
         home = Path(os.environ.get("PREFECT_HOME", ROOT / ".prefect"))
-        env = {**os.environ, "PREFECT_UI_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-        cmd = [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-               str(port)]
-        self.spawn = {"cmd": cmd, "ready": lambda: healthy(api_url), "name": "the Prefect server",
-                      "log_path": home / "server.log", "env": env}
+        self.api_url, self.spawn = prefect_server_spawn(free_port(), home / "server.log")
 
     @contextlib.contextmanager
     def use(self) -> Iterator[str]:

@@ -14,7 +14,8 @@ from deepprune.config import JudgeConfig, JudgeLMConfig, TrainConfig, VariantCon
 from deepprune.judges import judge_class
 from deepprune.judges.calibration import cross_fold_calibrate, fit_platt
 from deepprune.judges.encoder import EncoderJudge, SentenceEncoder
-from deepprune.metrics import judge_metrics, summarize_folds
+from deepprune.metric_names import AUROC_WITHIN_PROBLEM, AUROC_WITHIN_PROBLEM_COUNT
+from deepprune.metrics import judge_metrics, summarize_folds, within_problem_auroc
 from deepprune.pairs import Pair, cap_per_problem
 from deepprune.progress import track
 
@@ -336,12 +337,17 @@ class AblationRow:
 def ablation_cell(data: PairData, cfg: JudgeConfig, variants: Sequence[str], encoder: SentenceEncoder, seed: int,
                   prefix: str) -> list[AblationRow]:
     """One cell of the truncation ablation (Figure 4, Table 1): every listed variant cross-validated on the pairs cut
-    at `prefix` (a prefix name of the embed stage). Every cell has the same pairs and folds; only the truncation
-    changes."""
+    at `prefix` (a prefix name of the embed stage), its fold summary with its AUROC within a problem. Every cell has
+    the same pairs and folds; only the truncation changes."""
     from deepprune.truncate import parse_prefix_name
 
     sub = cfg.model_copy(update={"variants": {v: cfg.variants[v] for v in variants}, "primary": variants[0],
                                  "baseline": variants[0]})
     strategy, k = parse_prefix_name(prefix)
-    return [AblationRow(strategy, k, variant, result.summary, result.oof_scores)
-            for variant, result in cross_validate(data, sub, encoder, seed).items()]
+    rows = []
+    for variant, result in cross_validate(data, sub, encoder, seed).items():
+        # what DeepPrune's clustering can use of the scores: their ranking inside one problem
+        within, n_problems = within_problem_auroc(data.labels, result.oof_scores, data.problems)
+        rows.append(AblationRow(strategy, k, variant, {**result.summary, AUROC_WITHIN_PROBLEM: within,
+                                                       AUROC_WITHIN_PROBLEM_COUNT: n_problems}, result.oof_scores))
+    return rows
