@@ -334,17 +334,33 @@ def _prune_verdicts(results: Mapping[str, CorpusResults]) -> str:
         out.append(f"<li><b>{html.escape(corpus)}</b>: <code>{headline}</code> saves {dp['token_reduction']:.1%} of "
                    f"cons@N's tokens at accuracy {dp['accuracy']:.1%} (cons@N {cons['accuracy']:.1%}, change "
                    f"{dp['accuracy_change_pts']:+.1f} points); the oracle saves {oracle['token_reduction']:.1%}, so "
-                   f"DeepPrune reaches {share:.0%} of the oracle's savings.</li>")
+                   f"DeepPrune reaches {share:.0%} of the oracle's savings.{_against_random(res.prune, headline)}</li>")
         tuned = res.prune.get("tuned")
         name = next((m["name"] for m in res.prune["methods"] if m["kind"] == "tuned"), None)
         if tuned and name in summary and "skipped" not in summary[name]:
             row = summary[name]
+            share = row["token_reduction"] / oracle["token_reduction"] if oracle["token_reduction"] else float("nan")
             taus = ", ".join(f"{float(t):g}" for _, t in sorted(tuned["taus"].items(), key=lambda kv: int(kv[0])))
             out.append(f"<li><b>{html.escape(corpus)}</b>, tau picked without peeking: <code>{html.escape(name)}</code> "
                        f"(tau per fold, each picked on the other folds' problems: {taus}) saves "
-                       f"{row['token_reduction']:.1%} at an accuracy change of {row['accuracy_change_pts']:+.1f} "
-                       f"points [{row['accuracy_change_pts_lo']:+.1f}, {row['accuracy_change_pts_hi']:+.1f}].</li>")
+                       f"{row['token_reduction']:.1%} ({share:.0%} of the oracle's savings) at an accuracy change of "
+                       f"{row['accuracy_change_pts']:+.1f} points [{row['accuracy_change_pts_lo']:+.1f}, "
+                       f"{row['accuracy_change_pts_hi']:+.1f}].{_against_random(res.prune, name)}</li>")
     return f"<ul>{''.join(out)}</ul>"
+
+
+def _against_random(prune: Mapping[str, Any], name: str) -> str:
+    """The sentence on random pruning at `name`'s budget: the paired accuracy gain, and whether it clears 0."""
+    rand = next((m["name"] for m in prune["methods"] if m["kind"] == "random" and m["settings"].get("match") == name),
+                None)
+    row = prune["summary"].get(rand, {}) if rand else {}
+    if "match_gain_pts" not in row:
+        return ""
+    verdict = "beats it beyond the 95% interval" if row["match_gain_pts_lo"] > 0 else \
+        "loses to it beyond the 95% interval" if row["match_gain_pts_hi"] < 0 else "does not beat it beyond the 95% interval"
+    return (f" Against random pruning at the same budget (<code>{html.escape(rand)}</code>, paired by draw) it gains "
+            f"{row['match_gain_pts']:+.1f} points [{row['match_gain_pts_lo']:+.1f}, {row['match_gain_pts_hi']:+.1f}]: it "
+            f"{verdict}.")
 
 
 def _online_table(res: CorpusResults) -> str:

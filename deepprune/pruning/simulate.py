@@ -257,6 +257,21 @@ def summarize(results: Mapping[str, MethodResult], reference: str) -> dict[str, 
     return out
 
 
+def add_match_gains(summary: dict[str, dict[str, float | str | None]], results: Mapping[str, MethodResult],
+                    methods: Sequence[MethodSpec]) -> None:
+    """For every budget-matched random method: the accuracy of the method whose budget it matches minus its own,
+    paired by draw (the same arrival order, the same tokens per problem), in points, with its interval over the
+    draws: `match_gain_pts` and its `_lo` and `_hi`. A `_lo` above 0 is the method beating random pruning at its own
+    budget beyond the 95% interval; comparing the two methods' separate intervals would also count the draws'
+    shared noise."""
+    for spec in methods:
+        row, match = summary[spec.name], spec.settings.get("match") if spec.kind == "random" else None
+        if match is None or "skipped" in row or "skipped" in summary[str(match)]:
+            continue
+        gains = [100.0 * (m - r) for m, r in zip(results[str(match)].accuracy, results[spec.name].accuracy)]
+        row["match_gain_pts"], row["match_gain_pts_lo"], row["match_gain_pts_hi"] = interval(gains)
+
+
 def clustering_settings(cfg: "PruneConfig") -> dict[str, object]:
     """The settings every clustering method of the prune stage shares (r, q, the cap, the vote)."""
     return {"r": cfg.r, "q": cfg.q, "max_clusters": cfg.max_clusters, "vote": cfg.vote}
@@ -268,10 +283,12 @@ def method_specs(cfg: "PruneConfig") -> list[MethodSpec]:
     common = clustering_settings(cfg)
     specs += [MethodSpec(f"deepprune_tau{t:g}", "deepprune", {"tau": t, **common}) for t in cfg.taus]
     specs += [MethodSpec(f"sbert_tau{t:g}", "sbert", {"tau": t, **common}) for t in cfg.sbert_taus]
+    matched = [f"deepprune_tau{cfg.tau:g}"]
     if cfg.tune is not None:
-        specs.append(MethodSpec(f"deepprune_tuned{cfg.tune.target_change_pts:+g}pts", "tuned",
-                                {"target_change_pts": cfg.tune.target_change_pts, **common}))
-    specs.append(MethodSpec(f"random_at_deepprune_tau{cfg.tau:g}", "random", {"match": f"deepprune_tau{cfg.tau:g}"}))
+        tuned = f"deepprune_tuned{cfg.tune.target_change_pts:+g}pts"
+        specs.append(MethodSpec(tuned, "tuned", {"target_change_pts": cfg.tune.target_change_pts, **common}))
+        matched.append(tuned)
+    specs += [MethodSpec(f"random_at_{name}", "random", {"match": name}) for name in matched]
     specs.append(MethodSpec(f"esc_w{cfg.esc_window}", "esc", {"window": cfg.esc_window}))
     specs.append(MethodSpec(f"settle_tau{cfg.tau:g}_w{cfg.settle_window}", "settle",
                             {"tau": cfg.tau, "window": cfg.settle_window, **common}))

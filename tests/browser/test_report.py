@@ -115,3 +115,22 @@ def test_the_screenshot_script_renders_the_whole_page(tiny_run, report):
     assert header[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", header[16:24])
     assert (width, height) == (VIEWPORT["width"], page.evaluate("document.documentElement.scrollHeight"))
+
+
+def test_each_prune_verdict_says_how_it_fares_against_random_pruning_at_its_budget(tiny_run, report):
+    """The headline tau and the tuned tau each get one sentence on random pruning at their budget, and its verdict
+    is the one the paired interval in prune_<corpus>.json gives."""
+    import json
+
+    page, _, _ = report
+    verdicts = page.evaluate("() => [...document.querySelectorAll('li')].map(li => li.textContent)"
+                             ".filter(t => t.includes('Against random pruning at the same budget'))")
+    for corpus in ("math", "date"):
+        prune = json.loads((tiny_run.path / "data" / "prune" / corpus / "results.json").read_text())
+        for method in (m for m in prune["methods"] if m["kind"] == "random"):
+            row = prune["summary"][method["name"]]
+            said = [v for v in verdicts if v.startswith(f"{corpus}") and method["name"] in v]
+            assert len(said) == 1, (method["name"], verdicts)
+            expected = "beats it" if row["match_gain_pts_lo"] > 0 else "loses to it" if row["match_gain_pts_hi"] < 0 \
+                else "does not beat it"
+            assert f"{row['match_gain_pts']:+.1f} points" in said[0] and expected in said[0]

@@ -5,11 +5,11 @@ import pytest
 
 from deepprune.answers import AnswerSpec
 from deepprune.pruning import confidence as dc
-from deepprune.pruning.controller import (RAN_TO_END, MethodSpec, greedy_cluster, run_cons, run_deepconf_online,
+from deepprune.pruning.controller import (RAN_TO_END, MethodSpec, greedy_cluster, run_deepconf_online,
                                           run_method, stable_seed)
 from deepprune.pruning.replay import RecordedTrace
 from deepprune.pruning.simulate import replay_corpus
-from deepprune.pruning.simulate import deepconf_warmup_error, simulate, summarize
+from deepprune.pruning.simulate import add_match_gains, deepconf_warmup_error, method_specs, simulate, summarize
 
 SPEC = AnswerSpec(extractor="regex", pattern=r"ANS=(\d+)")
 
@@ -381,7 +381,6 @@ def test_judge_seconds_count_every_prefix_and_call():
 def test_tau_is_picked_on_the_other_folds_only_and_the_tuned_method_uses_its_fold_tau():
     from deepprune.pruning.simulate import pick_taus
 
-    rng = np.random.default_rng(3)
     specs = []
     for i in range(8):
         classes = [0, 0, 1, 0, 2, 0]
@@ -452,3 +451,38 @@ def test_a_trace_recorded_at_its_token_limit_before_its_prefix_is_complete_has_c
     assert rand.traces[3].stop_reason == "length" and rand.traces[3].votes
     oracle = _run(p, engine, [0, 1, 2, 3], 25, "oracle")
     assert oracle.traces[3].stop_reason == "length" and oracle.traces[3].n_tokens == 400
+
+
+def test_match_gain_is_the_matched_methods_accuracy_minus_randoms_paired_by_draw():
+    """A perfect judge against random pruning at its budget: the gain is per draw, so a `_lo` above 0 is a win
+    beyond the interval even where the two methods' own intervals overlap."""
+    rng = np.random.default_rng(11)
+    raw = []
+    for i in range(30):  # the majority (correct) answer on 5 of 9 traces; the minority's traces are short and arrive first
+        classes = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0])
+        lengths = np.array([20, 20, 20, 20, 60, 60, 60, 60, 60]) + rng.integers(0, 5, size=9)
+        raw.append({"pid": f"g{i}", "classes": classes, "lengths": lengths, "correct_class": 0,
+                    "judge": _judge(classes)})
+    problems, engine = _corpus(raw)
+    specs = [MethodSpec("cons", "cons"), MethodSpec("dp", "deepprune", {"tau": 0.5}),
+             MethodSpec("rand", "random", {"match": "dp"}), MethodSpec("esc", "esc", {"window": 4})]
+    results = simulate(problems, engine, specs, n=9, k=8, repetitions=12, seed=5)
+    summary = summarize(results, "cons")
+    add_match_gains(summary, results, specs)
+    paired = [100.0 * (d - r) for d, r in zip(results["dp"].accuracy, results["rand"].accuracy)]
+    assert summary["rand"]["match_gain_pts"] == pytest.approx(np.mean(paired))
+    assert summary["rand"]["match_gain_pts_lo"] == pytest.approx(np.percentile(paired, 2.5))
+    assert summary["rand"]["match_gain_pts_lo"] > 0  # a perfect judge keeps the majority; random loses it sometimes
+    assert "match_gain_pts" not in summary["dp"] and "match_gain_pts" not in summary["esc"]  # only matched methods
+
+
+def test_the_prune_stage_matches_random_pruning_to_the_tuned_taus_budget_too():
+    from pathlib import Path
+
+    from deepprune.config import PruneConfig, read_params
+    cfg = PruneConfig(**read_params(Path(__file__).resolve().parents[2] / "params.yaml")["prune"])
+    names = [(s.name, s.settings.get("match")) for s in method_specs(cfg)]
+    tuned = next(name for name, _ in names if name.startswith("deepprune_tuned"))
+    assert (f"random_at_{tuned}", tuned) in names
+    assert names.index((f"random_at_{tuned}", tuned)) > [n for n, _ in names].index(tuned)  # its budget exists first
+    assert ("random_at_deepprune_tau0.5", "deepprune_tau0.5") in names
