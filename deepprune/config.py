@@ -17,6 +17,13 @@ from deepprune.compute import check_device
 from deepprune.metric_names import check_rate_name
 
 
+
+# Who votes after DeepPrune's clustering (deepprune.pruning.controller, DESIGN.md section 4, docs/DECISIONS.md)
+VoteRule = Literal["all_completed", "largest_cluster", "cluster_size"]
+VOTE_HELP = ("all_completed: every trace that ran to the end votes; largest_cluster: only the largest cluster's "
+             "completed members; cluster_size: every completed trace, with its cluster's size shared among the "
+             "cluster's completed members (a pruned trace votes through them)")
+
 class _Strict(BaseModel):
     # strict: YAML's `true` is not a count or a rate, and "3" is not a number (no silent coercion)
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -393,8 +400,7 @@ class PruneConfig(_Strict):
     r: int = Field(1, ge=1, description="cluster members a new trace is compared with")
     q: int = Field(2, ge=0, description="members of the largest cluster resumed to completion for the vote")
     max_clusters: int | None = Field(None, ge=1, description="cap on clusters (null: none)")
-    vote: Literal["all_completed", "largest_cluster"] = Field(
-        "all_completed", description="vote over every completed trace, or the largest cluster's completed members")
+    vote: VoteRule = Field("all_completed", description=VOTE_HELP)
     sbert_taus: list[Cosine] = Field(description="cosine thresholds for SBERT clustering, one method each")
     esc_window: int = Field(4, ge=1, description="ESC: traces per window")
     tune: TuneConfig | None = Field(description="a DeepPrune method whose tau is picked on the training folds "
@@ -441,8 +447,7 @@ class OnlineConfig(_Strict):
     r: int = Field(1, ge=1, description="cluster members a new trace is compared with")
     q: int = Field(2, ge=0, description="members of the largest cluster resumed to completion for the vote")
     max_clusters: int | None = Field(None, ge=1, description="cap on clusters (null: none)")
-    vote: Literal["all_completed", "largest_cluster"] = Field(
-        "all_completed", description="vote over every completed trace, or the largest cluster's completed members")
+    vote: VoteRule = Field("all_completed", description=VOTE_HELP)
     deepconf: OnlineDeepConfConfig = OnlineDeepConfConfig()
 
 

@@ -21,8 +21,11 @@ One rule for every path:
   a resume round; ESC one round per window; DeepConf online its warm-up, then the rest. Token counts say what a
   method costs; depth says how long a user waits for its answer.
 - **Vote** (`all_completed`): every trace that ran to the end (finished or hit the token budget) votes, so
-  tau = 1 is cons@N; `largest_cluster`: only the largest cluster's completed members vote. Ties between answers
-  go to the class whose member finished first (fewest tokens), then to the earliest arrival.
+  tau = 1 is cons@N; `largest_cluster`: only the largest cluster's completed members vote; `cluster_size`: every
+  completed trace votes with its cluster's size shared evenly among the cluster's completed members, so a pruned
+  trace votes through the members of its cluster that ran to the end (the judge predicted they agree): with a
+  perfect judge its counts are cons@N's. Ties between answers go to the class whose member
+  finished first (fewest tokens), then to the earliest arrival.
 """
 
 from __future__ import annotations
@@ -31,16 +34,17 @@ import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, get_args
 
 import numpy as np
 
 from deepprune.answers import AnswerSpec, answers_equivalent, extract_answer, is_correct
+from deepprune.config import VoteRule
 from deepprune.pruning.confidence import ConfidenceStop, deepconf_threshold, token_confidence, trace_score
 from deepprune.sampling.engines import GenJob, GenResult
 
 RESUME_SEED_OFFSET = 1_000_003  # an engine without exact resume samples a continuation from seed_i + this
-VOTES = ("all_completed", "largest_cluster")
+VOTES = get_args(VoteRule)
 METHOD_KINDS = ("cons", "deepprune", "sbert", "settle", "random", "esc", "oracle", "deepconf_offline",
                 "deepconf_online")  # and the prune stage's "tuned": DeepPrune at a tau per fold (pruning/simulate.py)
 RAN_TO_END = ("finished", "length")
@@ -242,7 +246,8 @@ def vote(task: Task, traces: Sequence[TraceRun], voters: Sequence[int],
             first[cls], rep[cls] = key, p
     if not score:
         return voters[0]
-    best = max(score, key=lambda c: (score[c], -first[c][0], -first[c][1]))
+    # rounded: shared cluster weights (4/3 + 4/3 + 4/3 against 4) must tie exactly, as counts do
+    best = max(score, key=lambda c: (round(score[c], 9), -first[c][0], -first[c][1]))
     return rep[best]
 
 
@@ -303,6 +308,22 @@ def greedy_cluster(order: Sequence[int], sim: np.ndarray, tau: float, r: int = 1
     return clusters, calls
 
 
+def _voters(vote_over: str, clusters: Sequence[Sequence[int]], largest: Sequence[int],
+            completed: Sequence[int]) -> tuple[list[int], list[float] | None]:
+    """Who votes after clustering, and with what weight (None: one vote each), as `vote_over` says."""
+    if vote_over == "all_completed":
+        return list(completed), None
+    done = set(completed)
+    if vote_over == "largest_cluster":
+        return [p for p in largest if p in done], None
+    voters, weights = [], []  # cluster_size: a cluster's weight is its size, shared by its completed members
+    for cluster in clusters:
+        members = [p for p in cluster if p in done]
+        voters += members
+        weights += [len(cluster) / len(members)] * len(members)
+    return voters, weights
+
+
 def _largest(clusters: list[list[int]]) -> list[int]:
     return max(enumerate(clusters), key=lambda item: (len(item[1]), -item[0]))[1]
 
@@ -335,8 +356,8 @@ def run_clustering(engine: Engine, task: Task, k: int, similarity: Similarity, t
     tails = _resume(engine, task, [(p, first[p], task.max_tokens - traces[p].n_tokens) for p in runs_on if p in open_],
                     traces)
     completed = [p for p in range(task.n) if traces[p].stop_reason in RAN_TO_END]
-    voters = completed if vote_over == "all_completed" else [p for p in largest if traces[p].stop_reason in RAN_TO_END]
-    return _finish(name or f"deepprune_tau{tau:g}", task, traces, voters, start, judge_calls=calls,
+    voters, weights = _voters(vote_over, clusters, largest, completed)
+    return _finish(name or f"deepprune_tau{tau:g}", task, traces, voters, start, weights, judge_calls=calls,
                    judge_seconds=judge_seconds, clusters=clusters, depth=_round(first) + _round(tails))
 
 
@@ -396,8 +417,8 @@ def run_settle(engine: Engine, task: Task, k: int, similarity: Similarity, tau: 
     for p in resumed:  # resumed once sampling stopped, from where it paused
         ends[p] = clock + traces[p].n_tokens - traces[p].prefix_tokens
     completed = [p for p in range(upto) if traces[p].stop_reason in RAN_TO_END]
-    voters = completed if vote_over == "all_completed" else [p for p in largest if traces[p].stop_reason in RAN_TO_END]
-    return _finish(name or f"settle_tau{tau:g}_w{window}", task, traces, voters, start, judge_calls=calls,
+    voters, weights = _voters(vote_over, clusters, largest, completed)
+    return _finish(name or f"settle_tau{tau:g}_w{window}", task, traces, voters, start, weights, judge_calls=calls,
                    judge_seconds=judge_seconds, clusters=clusters, depth=max(ends))
 
 

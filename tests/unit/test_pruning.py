@@ -79,6 +79,27 @@ def test_pruned_traces_never_vote_and_cost_their_prefix():
     assert [t.votes for t in out.traces] == [True, True, True, False, False]
 
 
+def test_the_cluster_size_vote_counts_pruned_traces_through_their_cluster():
+    """Five long traces answer 0 (right), three short ones answer 1 and end within their prefix. With a perfect
+    judge, all_completed counts 3 votes each (seed and 2 resumed against 3 completed), a tie the shortest trace
+    wins; cluster_size counts the clusters, 5 against 3, as cons@N does."""
+    p, engine = _one([1, 0, 1, 0, 1, 0, 0, 0], [40, 500, 40, 500, 40, 500, 500, 500], correct_class=0)
+    order = list(range(8))
+    cons = _run(p, engine, order, 100, "cons")
+    every = _run(p, engine, order, 100, "deepprune", tau=0.5, q=2)
+    sized = _run(p, engine, order, 100, "deepprune", tau=0.5, q=2, vote="cluster_size")
+    assert cons.answer == "0" and cons.correct
+    assert every.answer == "1" and not every.correct  # 3 against 3, the 40-token traces finish first
+    assert sized.answer == "0" and sized.correct
+    assert (sized.tokens, sized.completed) == (every.tokens, every.completed)  # who runs is the same; only the count
+    assert [t.votes for t in sized.traces] == [t.votes for t in every.traces]
+    # two clusters of 8: one with 6 completed members (8/6 each, which sum to 7.999999999999999 in floats), one
+    # with its seed alone (8): a tie, which goes to the first finisher (trace 0, 100 tokens), not to the float
+    p, engine = _one([0, 1] * 8, [100] + [500] * 15, correct_class=0)
+    tied = _run(p, engine, list(range(16)), 50, "deepprune", tau=0.5, q=5, vote="cluster_size")
+    assert tied.completed == 7 and tied.answer == "0"
+
+
 def test_token_accounting_on_a_hand_built_case():
     p, engine = _one([0, 0, 1, 0], [300, 150, 200, 400])
     # arrival 0,1,2,3; perfect judge: clusters {0,1,3} and {2}; q = 0 resumes nobody
@@ -294,7 +315,8 @@ def test_every_method_through_the_controller_keeps_the_invariants():
              MethodSpec("tau1", "deepprune", {"tau": 1.0})]
     for tau in (0.0, 0.3, 0.5):
         for r, q, cap, vote in ((1, 2, None, "all_completed"), (2, 0, None, "largest_cluster"),
-                                (1, 3, 2, "all_completed"), (3, 1, None, "largest_cluster")):
+                                (1, 3, 2, "all_completed"), (3, 1, None, "largest_cluster"),
+                                (1, 2, None, "cluster_size"), (2, 1, 3, "cluster_size")):
             specs.append(MethodSpec(f"dp{tau}_{r}{q}{cap}{vote[0]}", "deepprune",
                                     {"tau": tau, "r": r, "q": q, "max_clusters": cap, "vote": vote}))
     specs += [MethodSpec("sbert", "sbert", {"tau": 0.5}), MethodSpec("rand", "random", {"match": "dp0.5_12Nonea"}),
