@@ -346,6 +346,15 @@ def _prune_verdicts(results: Mapping[str, CorpusResults]) -> str:
                        f"{row['token_reduction']:.1%} ({share:.0%} of the oracle's savings) at an accuracy change of "
                        f"{row['accuracy_change_pts']:+.1f} points [{row['accuracy_change_pts_lo']:+.1f}, "
                        f"{row['accuracy_change_pts_hi']:+.1f}].{_against_random(res.prune, name)}</li>")
+        perfect = next((m["name"] for m in res.prune["methods"] if m["kind"] == "perfect_judge"), None)
+        if perfect in summary and "skipped" not in summary[perfect]:
+            row = summary[perfect]
+            share = row["token_reduction"] / oracle["token_reduction"] if oracle["token_reduction"] else float("nan")
+            out.append(f"<li><b>{html.escape(corpus)}</b>, the ceiling of any judge: <code>{perfect}</code> (the same "
+                       "clustering and vote with a judge that knows which traces agree) saves "
+                       f"{row['token_reduction']:.1%} ({share:.0%} of the oracle's savings) at an accuracy change of "
+                       f"{row['accuracy_change_pts']:+.1f} points [{row['accuracy_change_pts_lo']:+.1f}, "
+                       f"{row['accuracy_change_pts_hi']:+.1f}].{_against_random(res.prune, perfect)}</li>")
     return f"<ul>{''.join(out)}</ul>"
 
 

@@ -1,5 +1,6 @@
 """The pruning controller: the one implementation of cons@N, DeepPrune (judge or SBERT clustering), DeepConf
-(online and offline), ESC, random pruning at a budget and the oracle (DESIGN.md sections 1 and 4).
+(online and offline), ESC, random pruning at a budget, and two bounds: DeepPrune with a perfect judge and the
+oracle (DESIGN.md sections 1 and 4).
 
 It drives any engine through `generate(jobs) -> results` (deepprune.sampling.engines: GenJob, GenResult, an
 `on_token` callback that may stop a trace, and `resume` continuations): a live engine (transformers, an
@@ -45,7 +46,7 @@ from deepprune.sampling.engines import GenJob, GenResult
 
 RESUME_SEED_OFFSET = 1_000_003  # an engine without exact resume samples a continuation from seed_i + this
 VOTES = get_args(VoteRule)
-METHOD_KINDS = ("cons", "deepprune", "sbert", "settle", "random", "esc", "oracle", "deepconf_offline",
+METHOD_KINDS = ("cons", "deepprune", "sbert", "settle", "random", "esc", "oracle", "perfect_judge", "deepconf_offline",
                 "deepconf_online")  # and the prune stage's "tuned": DeepPrune at a tau per fold (pruning/simulate.py)
 RAN_TO_END = ("finished", "length")
 
@@ -422,6 +423,19 @@ def run_settle(engine: Engine, task: Task, k: int, similarity: Similarity, tau: 
                    judge_seconds=judge_seconds, clusters=clusters, depth=max(ends))
 
 
+def run_perfect_judge(engine: Engine, task: Task, k: int, r: int = 1, q: int = 2, max_clusters: int | None = None,
+                      vote_over: str = "all_completed", name: str = "deepprune_perfect_judge") -> Outcome:
+    """DeepPrune as it is (greedy clustering, q resumed, the vote) with a perfect judge: a pair scores 1 when the
+    two traces' final answers are equivalent and 0 otherwise (a trace with no answer agrees with none), which it
+    knows by reading every trace to the end, as the oracle does. Not a method: the ceiling of any judge under this
+    clustering and vote, so the gap between a trained judge and it is the judge's, and what is left to the oracle
+    is the scheme's."""
+    whole = run_cons(engine, task)
+    classes = np.array([task.grader.answer_class(t.answer) for t in whole.traces])
+    agree = ((classes[:, None] == classes[None, :]) & (classes[:, None] >= 0)).astype(float)
+    return run_clustering(engine, task, k, lambda seeds, texts: agree, 0.5, r, q, max_clusters, vote_over, name)
+
+
 def run_oracle(engine: Engine, task: Task, k: int, name: str = "oracle") -> Outcome:
     """The floor of tokens for this scheme at cons@N's accuracy: it clusters by the true final answers (it reads
     every trace to the end to know them, which no online method can), so the first trace of each answer runs on
@@ -590,6 +604,11 @@ def run_method(spec: MethodSpec, engine: Engine, task: Task, k: int, similaritie
         return run_clustering(engine, task, k, similarities[key], float(s["tau"]), int(s.get("r", 1)),
                               int(s.get("q", 2)), None if max_clusters is None else int(max_clusters),
                               str(s.get("vote", "all_completed")), spec.name)
+    if kind == "perfect_judge":
+        max_clusters = s.get("max_clusters")
+        return run_perfect_judge(engine, task, k, int(s.get("r", 1)), int(s.get("q", 2)),
+                                 None if max_clusters is None else int(max_clusters),
+                                 str(s.get("vote", "all_completed")), spec.name)
     if kind == "settle":
         if "judge" not in similarities:
             raise ValueError(f"{spec.name}: no judge similarity for problem {task.problem_id}")

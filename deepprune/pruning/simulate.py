@@ -288,6 +288,8 @@ def method_specs(cfg: "PruneConfig") -> list[MethodSpec]:
         tuned = f"deepprune_tuned{cfg.tune.target_change_pts:+g}pts"
         specs.append(MethodSpec(tuned, "tuned", {"target_change_pts": cfg.tune.target_change_pts, **common}))
         matched.append(tuned)
+    specs.append(MethodSpec("deepprune_perfect_judge", "perfect_judge", common))  # the ceiling of any judge
+    matched.append("deepprune_perfect_judge")
     specs += [MethodSpec(f"random_at_{name}", "random", {"match": name}) for name in matched]
     specs.append(MethodSpec(f"esc_w{cfg.esc_window}", "esc", {"window": cfg.esc_window}))
     specs.append(MethodSpec(f"settle_tau{cfg.tau:g}_w{cfg.settle_window}", "settle",

@@ -100,6 +100,20 @@ def test_the_cluster_size_vote_counts_pruned_traces_through_their_cluster():
     assert tied.completed == 7 and tied.answer == "0"
 
 
+def test_the_perfect_judge_is_deepprune_with_a_judge_that_knows_the_answers():
+    classes = [2, 0, -1, 0, 1, 2, 0, -1, 0]  # -1: no answer, which agrees with nothing (not even another -1)
+    lengths = [300, 250, 400, 120, 80, 500, 260, 30, 310]
+    p, engine = _one(classes, lengths, correct_class=0)  # the replayed judge scores 0.9 for same answers, else 0.1
+    order = [4, 7, 0, 2, 1, 3, 5, 6, 8]
+    for vote in ("all_completed", "cluster_size"):
+        known = _run(p, engine, order, 100, "deepprune", tau=0.5, q=2, vote=vote)
+        perfect = _run(p, engine, order, 100, "perfect_judge", name="pj", q=2, vote=vote)
+        assert (perfect.answer, perfect.tokens, perfect.completed, perfect.clusters) == \
+            (known.answer, known.tokens, known.completed, known.clusters)
+    pos = {cls: [i for i, t in enumerate(order) if classes[t] == cls] for cls in (0, 1, 2)}
+    assert sorted(map(sorted, perfect.clusters)) == sorted([pos[0], pos[1], pos[2], [order.index(2)], [order.index(7)]])
+
+
 def test_token_accounting_on_a_hand_built_case():
     p, engine = _one([0, 0, 1, 0], [300, 150, 200, 400])
     # arrival 0,1,2,3; perfect judge: clusters {0,1,3} and {2}; q = 0 resumes nobody
@@ -319,6 +333,7 @@ def test_every_method_through_the_controller_keeps_the_invariants():
                                 (1, 2, None, "cluster_size"), (2, 1, 3, "cluster_size")):
             specs.append(MethodSpec(f"dp{tau}_{r}{q}{cap}{vote[0]}", "deepprune",
                                     {"tau": tau, "r": r, "q": q, "max_clusters": cap, "vote": vote}))
+    specs += [MethodSpec("perfect", "perfect_judge", {"q": 1, "vote": "cluster_size"})]
     specs += [MethodSpec("sbert", "sbert", {"tau": 0.5}), MethodSpec("rand", "random", {"match": "dp0.5_12Nonea"}),
               MethodSpec("esc", "esc", {"window": 3}),
               MethodSpec("settle", "settle", {"tau": 0.5, "window": 3}),
