@@ -16,13 +16,12 @@ from deepprune.answers import AnswerSpec
 from deepprune.compute import check_device
 from deepprune.metric_names import check_rate_name
 
-
-
 # Who votes after DeepPrune's clustering (deepprune.pruning.controller, DESIGN.md section 4, docs/DECISIONS.md)
 VoteRule = Literal["all_completed", "largest_cluster", "cluster_size"]
 VOTE_HELP = ("all_completed: every trace that ran to the end votes; largest_cluster: only the largest cluster's "
              "completed members; cluster_size: every completed trace, with its cluster's size shared among the "
              "cluster's completed members (a pruned trace votes through them)")
+
 
 class _Strict(BaseModel):
     # strict: YAML's `true` is not a count or a rate, and "3" is not a number (no silent coercion)

@@ -329,32 +329,29 @@ def _prune_verdicts(results: Mapping[str, CorpusResults]) -> str:
         if res.prune is None:
             continue
         summary, headline = res.prune["summary"], res.prune["headline"]
-        dp, oracle, cons = summary[headline], summary["oracle"], summary["cons"]
-        share = dp["token_reduction"] / oracle["token_reduction"] if oracle["token_reduction"] else float("nan")
-        out.append(f"<li><b>{html.escape(corpus)}</b>: <code>{headline}</code> saves {dp['token_reduction']:.1%} of "
-                   f"cons@N's tokens at accuracy {dp['accuracy']:.1%} (cons@N {cons['accuracy']:.1%}, change "
-                   f"{dp['accuracy_change_pts']:+.1f} points); the oracle saves {oracle['token_reduction']:.1%}, so "
-                   f"DeepPrune reaches {share:.0%} of the oracle's savings.{_against_random(res.prune, headline)}</li>")
+        oracle, cons = summary["oracle"], summary["cons"]
+        where = f"<li><b>{html.escape(corpus)}</b>"
+
+        def saves(name: str) -> str:
+            row = summary[name]
+            share = row["token_reduction"] / oracle["token_reduction"] if oracle["token_reduction"] else float("nan")
+            return (f"saves {row['token_reduction']:.1%} of cons@N's tokens ({share:.0%} of the oracle's savings, "
+                    f"{oracle['token_reduction']:.1%}) at accuracy {row['accuracy']:.1%} (cons@N {cons['accuracy']:.1%}, "
+                    f"change {row['accuracy_change_pts']:+.1f} points [{row['accuracy_change_pts_lo']:+.1f}, "
+                    f"{row['accuracy_change_pts_hi']:+.1f}]).{_against_random(res.prune, name)}")
+
+        out.append(f"{where}: <code>{html.escape(headline)}</code> {saves(headline)}</li>")
         tuned = res.prune.get("tuned")
         name = next((m["name"] for m in res.prune["methods"] if m["kind"] == "tuned"), None)
         if tuned and name in summary and "skipped" not in summary[name]:
-            row = summary[name]
-            share = row["token_reduction"] / oracle["token_reduction"] if oracle["token_reduction"] else float("nan")
             taus = ", ".join(f"{float(t):g}" for _, t in sorted(tuned["taus"].items(), key=lambda kv: int(kv[0])))
-            out.append(f"<li><b>{html.escape(corpus)}</b>, tau picked without peeking: <code>{html.escape(name)}</code> "
-                       f"(tau per fold, each picked on the other folds' problems: {taus}) saves "
-                       f"{row['token_reduction']:.1%} ({share:.0%} of the oracle's savings) at an accuracy change of "
-                       f"{row['accuracy_change_pts']:+.1f} points [{row['accuracy_change_pts_lo']:+.1f}, "
-                       f"{row['accuracy_change_pts_hi']:+.1f}].{_against_random(res.prune, name)}</li>")
+            out.append(f"{where}, tau picked without peeking: <code>{html.escape(name)}</code> (tau per fold, each "
+                       f"picked on the other folds' problems: {taus}) {saves(name)}</li>")
         perfect = next((m["name"] for m in res.prune["methods"] if m["kind"] == "perfect_judge"), None)
         if perfect in summary and "skipped" not in summary[perfect]:
-            row = summary[perfect]
-            share = row["token_reduction"] / oracle["token_reduction"] if oracle["token_reduction"] else float("nan")
-            out.append(f"<li><b>{html.escape(corpus)}</b>, the ceiling of any judge: <code>{perfect}</code> (the same "
-                       "clustering and vote with a judge that knows which traces agree) saves "
-                       f"{row['token_reduction']:.1%} ({share:.0%} of the oracle's savings) at an accuracy change of "
-                       f"{row['accuracy_change_pts']:+.1f} points [{row['accuracy_change_pts_lo']:+.1f}, "
-                       f"{row['accuracy_change_pts_hi']:+.1f}].{_against_random(res.prune, perfect)}</li>")
+            out.append(f"{where}, DeepPrune when its clustering is right: <code>{html.escape(perfect)}</code> (the "
+                       "same clustering, resume and vote with a judge that knows which traces agree; not a ceiling "
+                       f"on tokens, since a judge that merges wrongly keeps fewer seeds) {saves(perfect)}</li>")
     return f"<ul>{''.join(out)}</ul>"
 
 
@@ -363,12 +360,12 @@ def _against_random(prune: Mapping[str, Any], name: str) -> str:
     rand = next((m["name"] for m in prune["methods"] if m["kind"] == "random" and m["settings"].get("match") == name),
                 None)
     row = prune["summary"].get(rand, {}) if rand else {}
-    if "match_gain_pts" not in row:
+    if "matched_minus_random_pts" not in row:
         return ""
-    verdict = "beats it beyond the 95% interval" if row["match_gain_pts_lo"] > 0 else \
-        "loses to it beyond the 95% interval" if row["match_gain_pts_hi"] < 0 else "does not beat it beyond the 95% interval"
+    verdict = "beats it beyond the 95% interval" if row["matched_minus_random_pts_lo"] > 0 else \
+        "loses to it beyond the 95% interval" if row["matched_minus_random_pts_hi"] < 0 else "does not beat it beyond the 95% interval"
     return (f" Against random pruning at the same budget (<code>{html.escape(rand)}</code>, paired by draw) it gains "
-            f"{row['match_gain_pts']:+.1f} points [{row['match_gain_pts_lo']:+.1f}, {row['match_gain_pts_hi']:+.1f}]: it "
+            f"{row['matched_minus_random_pts']:+.1f} points [{row['matched_minus_random_pts_lo']:+.1f}, {row['matched_minus_random_pts_hi']:+.1f}]: it "
             f"{verdict}.")
 
 

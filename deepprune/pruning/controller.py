@@ -1,6 +1,6 @@
 """The pruning controller: the one implementation of cons@N, DeepPrune (judge or SBERT clustering), DeepConf
-(online and offline), ESC, random pruning at a budget, and two bounds: DeepPrune with a perfect judge and the
-oracle (DESIGN.md sections 1 and 4).
+(online and offline), ESC, random pruning at a budget, and two references that read every trace to the end:
+DeepPrune with a perfect judge, and the oracle (DESIGN.md sections 1 and 4).
 
 It drives any engine through `generate(jobs) -> results` (deepprune.sampling.engines: GenJob, GenResult, an
 `on_token` callback that may stop a trace, and `resume` continuations): a live engine (transformers, an
@@ -25,7 +25,9 @@ One rule for every path:
   tau = 1 is cons@N; `largest_cluster`: only the largest cluster's completed members vote; `cluster_size`: every
   completed trace votes with its cluster's size shared evenly among the cluster's completed members, so a pruned
   trace votes through the members of its cluster that ran to the end (the judge predicted they agree): with a
-  perfect judge its counts are cons@N's. Ties between answers go to the class whose member
+  perfect judge and no cluster cap its counts are cons@N's (a tie still goes to the first finisher among the
+  voters, who may not include cons@N's first finisher); a cluster none of whose members ran to the end (a live
+  engine's abort) has no vote. Ties between answers go to the class whose member
   finished first (fewest tokens), then to the earliest arrival.
 """
 
@@ -247,7 +249,7 @@ def vote(task: Task, traces: Sequence[TraceRun], voters: Sequence[int],
             first[cls], rep[cls] = key, p
     if not score:
         return voters[0]
-    # rounded: shared cluster weights (4/3 + 4/3 + 4/3 against 4) must tie exactly, as counts do
+    # rounded: shared cluster weights must tie exactly, as counts do (six members' 8/6 sum to 7.999999999999999)
     best = max(score, key=lambda c: (round(score[c], 9), -first[c][0], -first[c][1]))
     return rep[best]
 
@@ -320,6 +322,8 @@ def _voters(vote_over: str, clusters: Sequence[Sequence[int]], largest: Sequence
     voters, weights = [], []  # cluster_size: a cluster's weight is its size, shared by its completed members
     for cluster in clusters:
         members = [p for p in cluster if p in done]
+        if not members:  # none ran to the end (a live engine's abort): the cluster has no vote
+            continue
         voters += members
         weights += [len(cluster) / len(members)] * len(members)
     return voters, weights
@@ -427,9 +431,12 @@ def run_perfect_judge(engine: Engine, task: Task, k: int, r: int = 1, q: int = 2
                       vote_over: str = "all_completed", name: str = "deepprune_perfect_judge") -> Outcome:
     """DeepPrune as it is (greedy clustering, q resumed, the vote) with a perfect judge: a pair scores 1 when the
     two traces' final answers are equivalent and 0 otherwise (a trace with no answer agrees with none), which it
-    knows by reading every trace to the end, as the oracle does. Not a method: the ceiling of any judge under this
-    clustering and vote, so the gap between a trained judge and it is the judge's, and what is left to the oracle
-    is the scheme's."""
+    knows by reading every trace to the end, as the oracle does. Not a method: a reference for DeepPrune when its
+    clustering is right, so its distance to the oracle is the scheme's (which traces resume, how they vote). It is
+    no ceiling on tokens: a trained judge that merges traces with different answers keeps fewer seeds and saves
+    more. Replay only: it reads each trace twice, which a live engine would generate twice."""
+    if getattr(engine, "identity", {}).get("engine") != "replay":
+        raise ValueError("the perfect judge reads every recorded trace to the end: it runs on the replay engine only")
     whole = run_cons(engine, task)
     classes = np.array([task.grader.answer_class(t.answer) for t in whole.traces])
     agree = ((classes[:, None] == classes[None, :]) & (classes[:, None] >= 0)).astype(float)
@@ -594,28 +601,23 @@ def run_method(spec: MethodSpec, engine: Engine, task: Task, k: int, similaritie
     random pruning reads the budget of the method it matches from `budgets[f'{match}:{problem_id}']`."""
     s = spec.settings
     kind = spec.kind
+    cap = None if s.get("max_clusters") is None else int(s["max_clusters"])  # the clustering methods' cluster cap
     if kind == "cons":
         return run_cons(engine, task, spec.name)
     if kind in ("deepprune", "sbert"):
         key = "judge" if kind == "deepprune" else "cosine"
         if key not in similarities:
             raise ValueError(f"{spec.name}: no {key} similarity for problem {task.problem_id}")
-        max_clusters = s.get("max_clusters")
         return run_clustering(engine, task, k, similarities[key], float(s["tau"]), int(s.get("r", 1)),
-                              int(s.get("q", 2)), None if max_clusters is None else int(max_clusters),
-                              str(s.get("vote", "all_completed")), spec.name)
+                              int(s.get("q", 2)), cap, str(s.get("vote", "all_completed")), spec.name)
     if kind == "perfect_judge":
-        max_clusters = s.get("max_clusters")
-        return run_perfect_judge(engine, task, k, int(s.get("r", 1)), int(s.get("q", 2)),
-                                 None if max_clusters is None else int(max_clusters),
+        return run_perfect_judge(engine, task, k, int(s.get("r", 1)), int(s.get("q", 2)), cap,
                                  str(s.get("vote", "all_completed")), spec.name)
     if kind == "settle":
         if "judge" not in similarities:
             raise ValueError(f"{spec.name}: no judge similarity for problem {task.problem_id}")
-        max_clusters = s.get("max_clusters")
         return run_settle(engine, task, k, similarities["judge"], float(s["tau"]), int(s["window"]), int(s.get("r", 1)),
-                          int(s.get("q", 2)), None if max_clusters is None else int(max_clusters),
-                          str(s.get("vote", "all_completed")), spec.name)
+                          int(s.get("q", 2)), cap, str(s.get("vote", "all_completed")), spec.name)
     if kind == "random":
         key = f"{s['match']}:{task.problem_id}"
         if budgets is None or key not in budgets:

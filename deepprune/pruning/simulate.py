@@ -260,8 +260,8 @@ def summarize(results: Mapping[str, MethodResult], reference: str) -> dict[str, 
 def add_match_gains(summary: dict[str, dict[str, float | str | None]], results: Mapping[str, MethodResult],
                     methods: Sequence[MethodSpec]) -> None:
     """For every budget-matched random method: the accuracy of the method whose budget it matches minus its own,
-    paired by draw (the same arrival order, the same tokens per problem), in points, with its interval over the
-    draws: `match_gain_pts` and its `_lo` and `_hi`. A `_lo` above 0 is the method beating random pruning at its own
+    paired by draw (the same arrival order, the same budget per problem), in points, with its interval over the
+    draws: `matched_minus_random_pts` and its `_lo` and `_hi`. A `_lo` above 0 is the method beating random pruning at its own
     budget beyond the 95% interval; comparing the two methods' separate intervals would also count the draws'
     shared noise."""
     for spec in methods:
@@ -269,7 +269,7 @@ def add_match_gains(summary: dict[str, dict[str, float | str | None]], results: 
         if match is None or "skipped" in row or "skipped" in summary[str(match)]:
             continue
         gains = [100.0 * (m - r) for m, r in zip(results[str(match)].accuracy, results[spec.name].accuracy)]
-        row["match_gain_pts"], row["match_gain_pts_lo"], row["match_gain_pts_hi"] = interval(gains)
+        row["matched_minus_random_pts"], row["matched_minus_random_pts_lo"], row["matched_minus_random_pts_hi"] = interval(gains)
 
 
 def clustering_settings(cfg: "PruneConfig") -> dict[str, object]:
@@ -288,7 +288,7 @@ def method_specs(cfg: "PruneConfig") -> list[MethodSpec]:
         tuned = f"deepprune_tuned{cfg.tune.target_change_pts:+g}pts"
         specs.append(MethodSpec(tuned, "tuned", {"target_change_pts": cfg.tune.target_change_pts, **common}))
         matched.append(tuned)
-    specs.append(MethodSpec("deepprune_perfect_judge", "perfect_judge", common))  # the ceiling of any judge
+    specs.append(MethodSpec("deepprune_perfect_judge", "perfect_judge", dict(common)))  # DeepPrune, clustered right
     matched.append("deepprune_perfect_judge")
     specs += [MethodSpec(f"random_at_{name}", "random", {"match": name}) for name in matched]
     specs.append(MethodSpec(f"esc_w{cfg.esc_window}", "esc", {"window": cfg.esc_window}))

@@ -114,6 +114,33 @@ def test_the_perfect_judge_is_deepprune_with_a_judge_that_knows_the_answers():
     assert sorted(map(sorted, perfect.clusters)) == sorted([pos[0], pos[1], pos[2], [order.index(2)], [order.index(7)]])
 
 
+def test_a_cluster_none_of_whose_members_ran_to_the_end_has_no_cluster_size_vote():
+    from deepprune.pruning.controller import TraceRun, _voters, vote
+
+    p, _ = _one([0, 1, 1], [100, 100, 100], correct_class=1)
+    traces = [TraceRun(s) for s in (0, 1, 2)]
+    for t, answer in zip(traces, ("0", "1", None)):
+        t.answer = answer
+    # cluster [2] ended by a live engine's abort: no member ran to the end, so it has no weight to share
+    voters, weights = _voters("cluster_size", [[0], [1], [2]], [0], completed=[0, 1])
+    assert (voters, weights) == ([0, 1], [1.0, 1.0])
+    voters, weights = _voters("cluster_size", [[0, 2], [1]], [0, 2], completed=[1])
+    assert (voters, weights) == ([1], [1.0]) and vote(p.task([0, 1, 2]), traces, voters, weights) == 1
+
+
+def test_the_perfect_judge_runs_on_the_replay_engine_only():
+    p, engine = _one([0, 0, 1], [100, 100, 100])
+
+    class Live:
+        identity = {"engine": "transformers"}
+
+        def generate(self, jobs):
+            return engine.generate(jobs)
+
+    with pytest.raises(ValueError, match="replay engine only"):
+        _run(p, Live(), [0, 1, 2], 10, "perfect_judge")
+
+
 def test_token_accounting_on_a_hand_built_case():
     p, engine = _one([0, 0, 1, 0], [300, 150, 200, 400])
     # arrival 0,1,2,3; perfect judge: clusters {0,1,3} and {2}; q = 0 resumes nobody
@@ -333,10 +360,12 @@ def test_every_method_through_the_controller_keeps_the_invariants():
                                 (1, 2, None, "cluster_size"), (2, 1, 3, "cluster_size")):
             specs.append(MethodSpec(f"dp{tau}_{r}{q}{cap}{vote[0]}", "deepprune",
                                     {"tau": tau, "r": r, "q": q, "max_clusters": cap, "vote": vote}))
-    specs += [MethodSpec("perfect", "perfect_judge", {"q": 1, "vote": "cluster_size"})]
+    specs += [MethodSpec("perfect", "perfect_judge", {"q": 1, "vote": "cluster_size"}),
+              MethodSpec("perfect_q0", "perfect_judge", {"q": 0})]
     specs += [MethodSpec("sbert", "sbert", {"tau": 0.5}), MethodSpec("rand", "random", {"match": "dp0.5_12Nonea"}),
               MethodSpec("esc", "esc", {"window": 3}),
               MethodSpec("settle", "settle", {"tau": 0.5, "window": 3}),
+              MethodSpec("settle_sized", "settle", {"tau": 0.3, "window": 3, "vote": "cluster_size", "max_clusters": 2}),
               MethodSpec("settle_all", "settle", {"tau": 0.5, "window": n}),
               MethodSpec("settle_tau1", "settle", {"tau": 1.0, "window": 2}),
               MethodSpec("dc_off", "deepconf_offline", {"eta": 10, "window": 4}),
@@ -369,6 +398,10 @@ def test_every_method_through_the_controller_keeps_the_invariants():
                 assert (out.tokens, out.answer, out.correct) == (cons.tokens, cons.answer, cons.correct)
             if name == "oracle":
                 assert (out.answer, out.correct) == (cons.answer, cons.correct) and out.tokens <= cons.tokens
+            if name == "perfect_q0":  # clustered by the answers, nothing resumed: the oracle's traces and tokens
+                assert (out.tokens, out.clusters) == (oracle.tokens, oracle.clusters), name
+            if name == "perfect":  # and one resumed member on top
+                assert out.tokens >= oracle.tokens, name
             if name.startswith("dp") and out.correct == cons.correct:
                 classes = [[p.grader.answer_class(out.traces[i].answer) if out.traces[i].stop_reason in RAN_TO_END
                             else p.grader.answer_class(p.grader.answer(engine.records[(p.problem_id, out.traces[i].seed)].text))
@@ -507,10 +540,10 @@ def test_match_gain_is_the_matched_methods_accuracy_minus_randoms_paired_by_draw
     summary = summarize(results, "cons")
     add_match_gains(summary, results, specs)
     paired = [100.0 * (d - r) for d, r in zip(results["dp"].accuracy, results["rand"].accuracy)]
-    assert summary["rand"]["match_gain_pts"] == pytest.approx(np.mean(paired))
-    assert summary["rand"]["match_gain_pts_lo"] == pytest.approx(np.percentile(paired, 2.5))
-    assert summary["rand"]["match_gain_pts_lo"] > 0  # a perfect judge keeps the majority; random loses it sometimes
-    assert "match_gain_pts" not in summary["dp"] and "match_gain_pts" not in summary["esc"]  # only matched methods
+    assert summary["rand"]["matched_minus_random_pts"] == pytest.approx(np.mean(paired))
+    assert summary["rand"]["matched_minus_random_pts_lo"] == pytest.approx(np.percentile(paired, 2.5))
+    assert summary["rand"]["matched_minus_random_pts_lo"] > 0  # a perfect judge keeps the majority; random loses it sometimes
+    assert "matched_minus_random_pts" not in summary["dp"] and "matched_minus_random_pts" not in summary["esc"]  # only matched methods
 
 
 def test_the_prune_stage_matches_random_pruning_to_the_tuned_taus_budget_too():
