@@ -334,9 +334,9 @@ def _prune_verdicts(results: Mapping[str, CorpusResults]) -> str:
 
         def saves(name: str) -> str:
             row = summary[name]
-            share = row["token_reduction"] / oracle["token_reduction"] if oracle["token_reduction"] else float("nan")
-            return (f"saves {row['token_reduction']:.1%} of cons@N's tokens ({share:.0%} of the oracle's savings, "
-                    f"{oracle['token_reduction']:.1%}) at accuracy {row['accuracy']:.1%} (cons@N {cons['accuracy']:.1%}, "
+            share = (f"{row['token_reduction'] / oracle['token_reduction']:.0%} of the oracle's savings, "
+                     f"{oracle['token_reduction']:.1%}" if oracle["token_reduction"] > 0 else "the oracle saves nothing here")
+            return (f"saves {row['token_reduction']:.1%} of cons@N's tokens ({share}) at accuracy {row['accuracy']:.1%} (cons@N {cons['accuracy']:.1%}, "
                     f"change {row['accuracy_change_pts']:+.1f} points [{row['accuracy_change_pts_lo']:+.1f}, "
                     f"{row['accuracy_change_pts_hi']:+.1f}]).{_against_random(res.prune, name)}")
 

@@ -556,3 +556,21 @@ def test_the_prune_stage_matches_random_pruning_to_the_tuned_taus_budget_too():
     assert (f"random_at_{tuned}", tuned) in names
     assert names.index((f"random_at_{tuned}", tuned)) > [n for n, _ in names].index(tuned)  # its budget exists first
     assert ("random_at_deepprune_tau0.5", "deepprune_tau0.5") in names
+
+
+def test_the_reports_pruning_sentences_on_a_corpus_where_the_oracle_saves_nothing():
+    """Live corpus-sized: one problem, every trace needed. The sentence says the oracle saves nothing, not 'nan%'."""
+    from deepprune.report import CorpusResults, _prune_verdicts
+
+    row = {"token_reduction": 0.0, "accuracy": 1.0, "accuracy_change_pts": 0.0, "accuracy_change_pts_lo": 0.0,
+           "accuracy_change_pts_hi": 0.0}
+    summary = {"cons": row, "oracle": row, "deepprune_tau0.5": row,
+               "random_at_deepprune_tau0.5": {**row, "matched_minus_random_pts": 0.0, "matched_minus_random_pts_lo": 0.0,
+                                              "matched_minus_random_pts_hi": 0.0}}
+    methods = [{"name": "deepprune_tau0.5", "kind": "deepprune", "settings": {}},
+               {"name": "random_at_deepprune_tau0.5", "kind": "random", "settings": {"match": "deepprune_tau0.5"}}]
+    res = CorpusResults({}, {}, {}, [], [], {}, {}, prune={"summary": summary, "headline": "deepprune_tau0.5",
+                                                             "methods": methods})
+    text = _prune_verdicts({"live": res})
+    assert "the oracle saves nothing here" in text and "nan" not in text
+    assert "does not beat it beyond the 95% interval" in text
