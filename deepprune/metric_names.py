@@ -17,6 +17,11 @@ AUROC_WITHIN_PROBLEM = "auroc_within_problem"
 AUROC_WITHIN_PROBLEM_COUNT = f"{AUROC_WITHIN_PROBLEM}_problems"  # how many problems that mean is over
 
 
+# On each random-pruning row of the prune stage: the accuracy, in points, of the method whose budget it matches minus
+# its own, paired by draw; `_lo` and `_hi` add its 95% interval over the draws, as for every prune figure.
+MATCHED_MINUS_RANDOM = "matched_minus_random_pts"
+
+
 def tnr_at_fnr_name(fnr: float) -> str:
     """'tnr_at_fnr_0.2': the best TNR among operating points whose FNR is at most fnr."""
     return f"tnr_at_fnr_{fnr:g}"

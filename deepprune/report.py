@@ -11,8 +11,8 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from deepprune.config import Params, VariantConfig
-from deepprune.metric_names import (AUROC_WITHIN_PROBLEM, AUROC_WITHIN_PROBLEM_COUNT, accuracy_at_name,
-                                     prefix_cost_name, tnr_at_fnr_name, tnr_at_name, tpr_at_name)
+from deepprune.metric_names import (AUROC_WITHIN_PROBLEM, AUROC_WITHIN_PROBLEM_COUNT, MATCHED_MINUS_RANDOM,
+                                    accuracy_at_name, prefix_cost_name, tnr_at_fnr_name, tnr_at_name, tpr_at_name)
 from deepprune.plots import (plot_judge_comparison, plot_pareto, plot_redundancy, plot_reliability, plot_roc,
                              plot_score_distributions, plot_truncation)
 from deepprune.reference import PAPER_BASELINE_AUROC, PAPER_ONLINE, PAPER_TABLE1, PAPER_TRANSFER, paper_row_for
@@ -335,10 +335,12 @@ def _prune_verdicts(results: Mapping[str, CorpusResults]) -> str:
         def saves(name: str) -> str:
             row = summary[name]
             share = (f"{row['token_reduction'] / oracle['token_reduction']:.0%} of the oracle's savings, "
-                     f"{oracle['token_reduction']:.1%}" if oracle["token_reduction"] > 0 else "the oracle saves nothing here")
-            return (f"saves {row['token_reduction']:.1%} of cons@N's tokens ({share}) at accuracy {row['accuracy']:.1%} (cons@N {cons['accuracy']:.1%}, "
-                    f"change {row['accuracy_change_pts']:+.1f} points [{row['accuracy_change_pts_lo']:+.1f}, "
-                    f"{row['accuracy_change_pts_hi']:+.1f}]).{_against_random(res.prune, name)}")
+                     f"{oracle['token_reduction']:.1%}" if oracle["token_reduction"] > 0
+                     else "the oracle saves nothing here")
+            return (f"saves {row['token_reduction']:.1%} of cons@N's tokens ({share}) at accuracy {row['accuracy']:.1%} "
+                    f"(cons@N {cons['accuracy']:.1%}, change {row['accuracy_change_pts']:+.1f} points "
+                    f"[{row['accuracy_change_pts_lo']:+.1f}, {row['accuracy_change_pts_hi']:+.1f}])."
+                    f"{_against_random(res.prune, name)}")
 
         out.append(f"{where}: <code>{html.escape(headline)}</code> {saves(headline)}</li>")
         tuned = res.prune.get("tuned")
@@ -360,13 +362,12 @@ def _against_random(prune: Mapping[str, Any], name: str) -> str:
     rand = next((m["name"] for m in prune["methods"] if m["kind"] == "random" and m["settings"].get("match") == name),
                 None)
     row = prune["summary"].get(rand, {}) if rand else {}
-    if "matched_minus_random_pts" not in row:
+    if MATCHED_MINUS_RANDOM not in row:
         return ""
-    verdict = "beats it beyond the 95% interval" if row["matched_minus_random_pts_lo"] > 0 else \
-        "loses to it beyond the 95% interval" if row["matched_minus_random_pts_hi"] < 0 else "does not beat it beyond the 95% interval"
+    gain, lo, hi = (row[MATCHED_MINUS_RANDOM + s] for s in ("", "_lo", "_hi"))
+    verdict = "beats it" if lo > 0 else "loses to it" if hi < 0 else "does not beat it"
     return (f" Against random pruning at the same budget (<code>{html.escape(rand)}</code>, paired by draw) it gains "
-            f"{row['matched_minus_random_pts']:+.1f} points [{row['matched_minus_random_pts_lo']:+.1f}, {row['matched_minus_random_pts_hi']:+.1f}]: it "
-            f"{verdict}.")
+            f"{gain:+.1f} points [{lo:+.1f}, {hi:+.1f}]: it {verdict} beyond the 95% interval.")
 
 
 def _online_table(res: CorpusResults) -> str:

@@ -10,8 +10,8 @@ from prefect import flow
 
 from deepprune import paths
 from deepprune.metrics import finite_or_none
-from deepprune.pruning.simulate import (add_judge_seconds, add_match_gains, clustering_settings, deepconf_warmup_error,
-                                       method_specs, summarize)
+from deepprune.pruning.simulate import (add_judge_seconds, add_matched_minus_random, clustering_settings,
+                                       deepconf_warmup_error, method_specs, summarize)
 from flows._stage import child_run, run_stage, stage_params, stage_run, write_output
 from tasks.label import load_traces
 from deepprune.truncate import prefix_name
@@ -45,7 +45,7 @@ def prune_flow(corpus: str, params_path: str = "params.yaml") -> dict[str, float
         results = run_simulation(problems, engine, methods, n, k, cfg.repetitions, params.seed,
                                  tuned["taus"] if tuned else None)
         summary = summarize(results, "cons")
-        add_match_gains(summary, results, methods)
+        add_matched_minus_random(summary, results, methods)
         # replay reuses the judge stage's scores; what judging online would cost is measured on the saved judge
         cost = measure_judge_cost(paths.judge_model(corpus, cfg.judge),
                                   paths.prefixes(corpus), prefix,

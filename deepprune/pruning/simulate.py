@@ -13,6 +13,7 @@ import numpy as np
 
 from deepprune.answers import AnswerSpec
 from deepprune.data.schema import Trace
+from deepprune.metric_names import MATCHED_MINUS_RANDOM
 from deepprune.progress import track
 from deepprune.pruning.controller import Grader, MethodSpec, Outcome, Task, run_method, stable_seed
 from deepprune.pruning.replay import MatrixSimilarity, RecordedTrace, ReplayEngine
@@ -257,19 +258,20 @@ def summarize(results: Mapping[str, MethodResult], reference: str) -> dict[str, 
     return out
 
 
-def add_match_gains(summary: dict[str, dict[str, float | str | None]], results: Mapping[str, MethodResult],
-                    methods: Sequence[MethodSpec]) -> None:
+def add_matched_minus_random(summary: dict[str, dict[str, float | str | None]], results: Mapping[str, MethodResult],
+                             methods: Sequence[MethodSpec]) -> None:
     """For every budget-matched random method: the accuracy of the method whose budget it matches minus its own,
     paired by draw (the same arrival order, the same budget per problem), in points, with its interval over the
-    draws: `matched_minus_random_pts` and its `_lo` and `_hi`. A `_lo` above 0 is the method beating random pruning at its own
-    budget beyond the 95% interval; comparing the two methods' separate intervals would also count the draws'
-    shared noise."""
+    draws (metric_names.MATCHED_MINUS_RANDOM, `_lo`, `_hi`). A `_lo` above 0 is the method beating random pruning at
+    its own budget beyond the 95% interval; comparing the two methods' separate intervals would also count the
+    draws' shared noise."""
     for spec in methods:
         row, match = summary[spec.name], spec.settings.get("match") if spec.kind == "random" else None
         if match is None or "skipped" in row or "skipped" in summary[str(match)]:
             continue
         gains = [100.0 * (m - r) for m, r in zip(results[str(match)].accuracy, results[spec.name].accuracy)]
-        row["matched_minus_random_pts"], row["matched_minus_random_pts_lo"], row["matched_minus_random_pts_hi"] = interval(gains)
+        mean, lo, hi = interval(gains)
+        row[MATCHED_MINUS_RANDOM], row[MATCHED_MINUS_RANDOM + "_lo"], row[MATCHED_MINUS_RANDOM + "_hi"] = mean, lo, hi
 
 
 def clustering_settings(cfg: "PruneConfig") -> dict[str, object]:

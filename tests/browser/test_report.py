@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, Page
 
+from deepprune.metric_names import MATCHED_MINUS_RANDOM as GAIN
 from deepprune.reference import PAPER_ONLINE, PAPER_SAME_ANSWER_SHARE, PAPER_TABLE1
 from scripts.browser import VIEWPORT, Visit, loaded_bytes, offline_page, open_report
 from tests.browser.conftest import TinyRun
@@ -132,6 +133,6 @@ def test_each_prune_verdict_says_how_it_fares_against_random_pruning_at_its_budg
             row = prune["summary"][method["name"]]
             said = [v for v in verdicts if v.split(":")[0].split(",")[0] == corpus and method["name"] in v]
             assert len(said) == 1, (method["name"], verdicts)
-            expected = "beats it" if row["matched_minus_random_pts_lo"] > 0 else "loses to it" if row["matched_minus_random_pts_hi"] < 0 \
-                else "does not beat it"
-            assert f"{row['matched_minus_random_pts']:+.1f} points" in said[0] and expected in said[0]
+            gain, lo, hi = (row[GAIN + suffix] for suffix in ("", "_lo", "_hi"))
+            expected = "beats it" if lo > 0 else "loses to it" if hi < 0 else "does not beat it"
+            assert f"{gain:+.1f} points" in said[0] and expected in said[0]

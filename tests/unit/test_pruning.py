@@ -4,12 +4,14 @@ import numpy as np
 import pytest
 
 from deepprune.answers import AnswerSpec
+from deepprune.metric_names import MATCHED_MINUS_RANDOM as GAIN
 from deepprune.pruning import confidence as dc
 from deepprune.pruning.controller import (RAN_TO_END, MethodSpec, greedy_cluster, run_deepconf_online,
                                           run_method, stable_seed)
 from deepprune.pruning.replay import RecordedTrace
 from deepprune.pruning.simulate import replay_corpus
-from deepprune.pruning.simulate import add_match_gains, deepconf_warmup_error, method_specs, simulate, summarize
+from deepprune.pruning.simulate import (add_matched_minus_random, deepconf_warmup_error, method_specs, simulate,
+                                       summarize)
 
 SPEC = AnswerSpec(extractor="regex", pattern=r"ANS=(\d+)")
 
@@ -365,7 +367,8 @@ def test_every_method_through_the_controller_keeps_the_invariants():
     specs += [MethodSpec("sbert", "sbert", {"tau": 0.5}), MethodSpec("rand", "random", {"match": "dp0.5_12Nonea"}),
               MethodSpec("esc", "esc", {"window": 3}),
               MethodSpec("settle", "settle", {"tau": 0.5, "window": 3}),
-              MethodSpec("settle_sized", "settle", {"tau": 0.3, "window": 3, "vote": "cluster_size", "max_clusters": 2}),
+              MethodSpec("settle_sized", "settle",
+                         {"tau": 0.3, "window": 3, "vote": "cluster_size", "max_clusters": 2}),
               MethodSpec("settle_all", "settle", {"tau": 0.5, "window": n}),
               MethodSpec("settle_tau1", "settle", {"tau": 1.0, "window": 2}),
               MethodSpec("dc_off", "deepconf_offline", {"eta": 10, "window": 4}),
@@ -528,7 +531,7 @@ def test_match_gain_is_the_matched_methods_accuracy_minus_randoms_paired_by_draw
     beyond the interval even where the two methods' own intervals overlap."""
     rng = np.random.default_rng(11)
     raw = []
-    for i in range(30):  # the majority (correct) answer on 5 of 9 traces; the minority's traces are short and arrive first
+    for i in range(30):  # the majority (correct) answer on 5 of 9 traces; the minority's are short and arrive first
         classes = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0])
         lengths = np.array([20, 20, 20, 20, 60, 60, 60, 60, 60]) + rng.integers(0, 5, size=9)
         raw.append({"pid": f"g{i}", "classes": classes, "lengths": lengths, "correct_class": 0,
@@ -538,12 +541,12 @@ def test_match_gain_is_the_matched_methods_accuracy_minus_randoms_paired_by_draw
              MethodSpec("rand", "random", {"match": "dp"}), MethodSpec("esc", "esc", {"window": 4})]
     results = simulate(problems, engine, specs, n=9, k=8, repetitions=12, seed=5)
     summary = summarize(results, "cons")
-    add_match_gains(summary, results, specs)
+    add_matched_minus_random(summary, results, specs)
     paired = [100.0 * (d - r) for d, r in zip(results["dp"].accuracy, results["rand"].accuracy)]
-    assert summary["rand"]["matched_minus_random_pts"] == pytest.approx(np.mean(paired))
-    assert summary["rand"]["matched_minus_random_pts_lo"] == pytest.approx(np.percentile(paired, 2.5))
-    assert summary["rand"]["matched_minus_random_pts_lo"] > 0  # a perfect judge keeps the majority; random loses it sometimes
-    assert "matched_minus_random_pts" not in summary["dp"] and "matched_minus_random_pts" not in summary["esc"]  # only matched methods
+    assert summary["rand"][GAIN] == pytest.approx(np.mean(paired))
+    assert summary["rand"][GAIN + "_lo"] == pytest.approx(np.percentile(paired, 2.5))
+    assert summary["rand"][GAIN + "_lo"] > 0  # a perfect judge keeps the majority; random loses it sometimes
+    assert GAIN not in summary["dp"] and GAIN not in summary["esc"]  # only budget-matched methods
 
 
 def test_the_prune_stage_matches_random_pruning_to_the_tuned_taus_budget_too():
@@ -565,8 +568,7 @@ def test_the_reports_pruning_sentences_on_a_corpus_where_the_oracle_saves_nothin
     row = {"token_reduction": 0.0, "accuracy": 1.0, "accuracy_change_pts": 0.0, "accuracy_change_pts_lo": 0.0,
            "accuracy_change_pts_hi": 0.0}
     summary = {"cons": row, "oracle": row, "deepprune_tau0.5": row,
-               "random_at_deepprune_tau0.5": {**row, "matched_minus_random_pts": 0.0, "matched_minus_random_pts_lo": 0.0,
-                                              "matched_minus_random_pts_hi": 0.0}}
+               "random_at_deepprune_tau0.5": {**row, GAIN: 0.0, GAIN + "_lo": 0.0, GAIN + "_hi": 0.0}}
     methods = [{"name": "deepprune_tau0.5", "kind": "deepprune", "settings": {}},
                {"name": "random_at_deepprune_tau0.5", "kind": "random", "settings": {"match": "deepprune_tau0.5"}}]
     res = CorpusResults({}, {}, {}, [], [], {}, {}, prune={"summary": summary, "headline": "deepprune_tau0.5",
